@@ -1,0 +1,177 @@
+//! The CF adapter against its simulator: the backend-level contract, below
+//! the daemon.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use custos_adapter_core::{
+    Backend, ErrorKind, Operation, Progress, Reconciled, Resource, ResourceKind, RestoreSpec,
+};
+use custos_cf_v3::{
+    CfAuth, CfConfig, CfV3, Grant,
+    sim::{Injection, SimConfig, Simulator},
+};
+
+const GUID: &str = "11111111-2222-4333-8444-555555555555";
+
+async fn setup(cfg: SimConfig, grant: Grant) -> (Simulator, CfV3) {
+    let sim = Simulator::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    sim.add_instance(GUID, "db");
+    sim.add_backup(GUID, "old-backup", 1_700_000_000);
+    let c = sim.config();
+    let cf = CfV3::new(CfConfig {
+        endpoint: sim.url(),
+        auth: CfAuth::Uaa {
+            token_url: None,
+            client_id: c.client_id,
+            client_secret: c.client_secret,
+            grant,
+        },
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    (sim, cf)
+}
+
+fn instance() -> Resource {
+    Resource {
+        kind: ResourceKind::ServiceInstance,
+        id: GUID.into(),
+    }
+}
+
+async fn drive(cf: &CfV3, op: &Operation) -> Progress {
+    let intent = cf.prepare(op).await.unwrap();
+    let handle = cf.submit(op, &intent).await.unwrap();
+    assert!(handle.display.contains("/v3/jobs/"), "{}", handle.display);
+    loop {
+        match cf.poll(op, &intent, &handle).await.unwrap() {
+            Progress::Running { .. } => tokio::time::sleep(Duration::from_millis(30)).await,
+            done => return done,
+        }
+    }
+}
+
+#[tokio::test]
+async fn backup_then_restore_with_discovered_uaa() {
+    let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
+    let op = Operation::CreateBackup {
+        resource: instance(),
+    };
+    let Progress::Succeeded {
+        backup_id: Some(id),
+        ..
+    } = drive(&cf, &op).await
+    else {
+        panic!("backup did not succeed with an id");
+    };
+    assert_ne!(id, "old-backup");
+    assert!(sim.backups(GUID).contains(&id));
+    let page = cf.list_backups(&instance(), Some(1), "").await.unwrap();
+    assert_eq!(page.backups.len(), 1);
+    assert_eq!(page.backups[0].id, id, "newest first");
+
+    let pitr = Operation::Restore {
+        resource: instance(),
+        spec: RestoreSpec {
+            point_in_time: Utc.timestamp_opt(1_700_000_100, 0).single(),
+            restore_point: Some("pitr".into()),
+            ..Default::default()
+        },
+    };
+    assert!(matches!(
+        drive(&cf, &pitr).await,
+        Progress::Succeeded { .. }
+    ));
+    let got = sim.restores();
+    assert_eq!(
+        got[0].body,
+        serde_json::json!({"target_timestamp": "2023-11-14T22:15:00Z", "restore_point": "pitr"})
+    );
+    assert_eq!(sim.counters().backup_submits, 1);
+    assert_eq!(sim.counters().token_grants, 1, "token reused");
+}
+
+#[tokio::test]
+async fn password_grant_and_expired_tokens_refresh_once() {
+    let cfg = SimConfig {
+        token_lifetime: Duration::from_secs(1),
+        job_duration: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let (sim, cf) = setup(
+        cfg,
+        Grant::Password {
+            username: "admin".into(),
+            password: "admin-password".into(),
+        },
+    )
+    .await;
+    cf.list_backups(&instance(), None, "").await.unwrap();
+    // Past the 1 s lifetime: the client refreshes (at 80 %) or, if the
+    // server saw it expire first, gets 401 CF-InvalidAuthToken and retries.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cf.list_backups(&instance(), None, "").await.unwrap();
+    assert!(sim.counters().token_grants >= 2);
+}
+
+#[tokio::test]
+async fn errors_keep_cf_envelope() {
+    let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
+    let missing = Resource {
+        kind: ResourceKind::ServiceInstance,
+        id: "99999999-2222-4333-8444-555555555555".into(),
+    };
+    let e = cf.list_backups(&missing, None, "").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert_eq!(e.details[0].title.as_deref(), Some("CF-ResourceNotFound"));
+    sim.inject(Injection {
+        method: reqwest::Method::POST,
+        path_contains: "/backups".into(),
+        status: 403,
+        error: custos_cf_v3::sim::cf_error(
+            10003,
+            "CF-NotAuthorized",
+            "You are not authorized to perform the requested action",
+        ),
+        times: 1,
+    });
+    let op = Operation::CreateBackup {
+        resource: instance(),
+    };
+    let intent = cf.prepare(&op).await.unwrap();
+    let e = cf.submit(&op, &intent).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Forbidden);
+    assert!(!e.is_retryable());
+    assert_eq!(sim.counters().backup_submits, 0);
+}
+
+#[tokio::test]
+async fn reconcile_tells_submitted_from_not_submitted() {
+    let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
+    let op = Operation::CreateBackup {
+        resource: instance(),
+    };
+    let intent = cf.prepare(&op).await.unwrap();
+    assert_eq!(
+        cf.reconcile(&op, &intent).await.unwrap(),
+        Reconciled::NotSubmitted
+    );
+    cf.submit(&op, &intent).await.unwrap();
+    let Reconciled::Submitted(h) = cf.reconcile(&op, &intent).await.unwrap() else {
+        panic!("submit not recognised");
+    };
+    loop {
+        match cf.poll(&op, &intent, &h).await.unwrap() {
+            Progress::Running { .. } => tokio::time::sleep(Duration::from_millis(30)).await,
+            Progress::Succeeded { backup_id, .. } => {
+                assert!(backup_id.is_some());
+                break;
+            }
+            Progress::Failed(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(sim.counters().backup_submits, 1);
+}

@@ -1,0 +1,19 @@
+//! The contract between the Custos daemon and its backend adapters.
+//!
+//! The daemon drives every backend through one trait, [`Backend`], used as
+//! `Arc<dyn Backend>`. An adapter knows its backend's URLs, JSON and error
+//! dialect; the daemon knows none of that. This crate also holds what every
+//! adapter needs: the error model ([`BackendError`]), an HTTP helper that
+//! classifies transport failures ([`http`]), a token cache ([`token`]) and
+//! the backoff schedule ([`backoff`]).
+//!
+//! Nothing here depends on tonic, sled or the daemon.
+
+pub mod backoff;
+pub mod error;
+pub mod http;
+pub mod token;
+mod types;
+
+pub use error::{BackendError, ErrorDetail, ErrorKind};
+pub use types::*;

@@ -1,0 +1,99 @@
+//! A cache for bearer tokens (UAA, Keystone): one fetch at a time, reuse
+//! until ~80 % of the lifetime, drop on a 401.
+
+use std::{future::Future, time::Duration};
+
+use tokio::{sync::Mutex, time::Instant};
+
+use crate::BackendError;
+
+/// A token as the identity service issued it.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub value: String,
+    /// `None` for tokens that do not expire (fixed tokens from config).
+    pub lifetime: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    value: String,
+    refresh_at: Option<Instant>,
+}
+
+/// Holds the current token. The async mutex is held across a fetch, so
+/// concurrent callers wait for one fetch instead of starting many.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    inner: Mutex<Option<Cached>>,
+}
+
+/// Fraction of a token's lifetime after which it is refreshed.
+const REFRESH_FRACTION: f64 = 0.8;
+
+impl TokenCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cached token, or a fresh one from `fetch`.
+    pub async fn get<F, Fut>(&self, fetch: F) -> Result<String, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Token, BackendError>>,
+    {
+        let mut guard = self.inner.lock().await;
+        if let Some(c) = guard.as_ref()
+            && c.refresh_at.is_none_or(|t| Instant::now() < t)
+        {
+            return Ok(c.value.clone());
+        }
+        let token = fetch().await?;
+        let refresh_at = token
+            .lifetime
+            .map(|l| Instant::now() + l.mul_f64(REFRESH_FRACTION));
+        *guard = Some(Cached {
+            value: token.value.clone(),
+            refresh_at,
+        });
+        Ok(token.value)
+    }
+
+    /// Forgets `stale` after the backend refused it; a token fetched by
+    /// another caller in the meantime is kept.
+    pub async fn invalidate(&self, stale: &str) {
+        let mut guard = self.inner.lock().await;
+        if guard.as_ref().is_some_and(|c| c.value == stale) {
+            *guard = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_at_eighty_percent_and_after_invalidate() {
+        let cache = TokenCache::new();
+        let fetches = AtomicU32::new(0);
+        let fetch = || async {
+            let n = fetches.fetch_add(1, Ordering::SeqCst);
+            Ok(Token {
+                value: format!("t{n}"),
+                lifetime: Some(Duration::from_secs(100)),
+            })
+        };
+        assert_eq!(cache.get(fetch).await.unwrap(), "t0");
+        tokio::time::advance(Duration::from_secs(79)).await;
+        assert_eq!(cache.get(fetch).await.unwrap(), "t0");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(cache.get(fetch).await.unwrap(), "t1");
+        cache.invalidate("t0").await; // stale: keeps t1
+        assert_eq!(cache.get(fetch).await.unwrap(), "t1");
+        cache.invalidate("t1").await;
+        assert_eq!(cache.get(fetch).await.unwrap(), "t2");
+    }
+}
