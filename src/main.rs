@@ -1,1 +1,126 @@
-fn main() {}
+//! The `custos` binary: parses flags, sets up logging, and hands over to the
+//! library (`server::run`, the CLI, or a simulator).
+
+use std::{path::Path, process::ExitCode};
+
+use clap::Parser;
+use custos::{
+    cli::{self, Cli, Command},
+    config::{Config, LogFormat},
+    dev, server,
+};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result = match args.command {
+        Command::Serve {
+            config,
+            dev,
+            insecure,
+            listen,
+        } => serve(config, dev, insecure, listen).await,
+        Command::Simulate {
+            kind,
+            listen,
+            job_seconds,
+        } => simulate(&kind, listen, job_seconds).await,
+        cmd => cli::run_client(cmd, args.client).await,
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("custos: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(
+    config: Option<std::path::PathBuf>,
+    dev: bool,
+    insecure: bool,
+    listen: Option<String>,
+) -> anyhow::Result<i32> {
+    let mut cfg = match &config {
+        Some(p) => Config::load(Path::new(p))?,
+        None if dev => Config::empty(),
+        None => anyhow::bail!("give --config FILE, or --dev to try Custos with simulators"),
+    };
+    init_logging(cfg.log_format);
+    let dev_env = if dev {
+        let env = dev::start(listen.as_deref().unwrap_or(&cfg.listen)).await?;
+        // A config file given with --dev adds its backends and tokens.
+        let mut merged = env.config.clone();
+        merged.backends.extend(cfg.backends.drain(..));
+        merged.tokens.extend(cfg.tokens.drain(..));
+        cfg = merged;
+        Some(env)
+    } else {
+        None
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    if let Some(env) = &dev_env {
+        println!("{}", env.banner(addr));
+    }
+    // One line that scripts and tests can wait for.
+    println!("custos: listening on {addr}");
+    let shutdown = server::shutdown_on_signal();
+    server::run(
+        cfg,
+        listener,
+        server::Mode {
+            insecure: insecure || dev,
+        },
+        shutdown,
+    )
+    .await?;
+    drop(dev_env);
+    Ok(0)
+}
+
+async fn simulate(
+    kind: &str,
+    listen: std::net::SocketAddr,
+    job_seconds: f64,
+) -> anyhow::Result<i32> {
+    init_logging(LogFormat::Text);
+    match kind {
+        "cf_v3" => {
+            let cfg = custos_cf_v3::sim::SimConfig {
+                job_duration: std::time::Duration::from_secs_f64(job_seconds.max(0.0)),
+                ..Default::default()
+            };
+            let sim = custos_cf_v3::sim::Simulator::start(listen, cfg.clone()).await?;
+            let ids = sim.seed_demo();
+            println!("custos: cf_v3 simulator listening on {}", sim.url());
+            println!("  UAA client: {} / {}", cfg.client_id, cfg.client_secret);
+            println!("  service instances: {}", ids.join(", "));
+            server::shutdown_on_signal().cancelled().await;
+            Ok(0)
+        }
+        "cbr_v3" | "vbs_v2" => {
+            anyhow::bail!("the {kind} simulator comes with its backend in a later release")
+        }
+        other => anyhow::bail!("unknown --kind {other:?}: use cf_v3"),
+    }
+}

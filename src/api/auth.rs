@@ -1,0 +1,144 @@
+//! Client authentication: bearer tokens from the config, each with a role,
+//! checked by an interceptor on every `BackupService` call (health and
+//! reflection are mounted without it).
+
+use std::{collections::HashMap, sync::Arc};
+
+use tonic::{Request, Status};
+
+use crate::config::Role;
+
+/// Who is calling, put in the request's extensions by the interceptor.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The token table; `open` admits everyone as an operator (`--insecure`,
+/// or `--dev` without tokens).
+#[derive(Clone)]
+pub struct Auth {
+    tokens: Arc<HashMap<String, Caller>>,
+    open: bool,
+}
+
+impl Auth {
+    pub fn new(tokens: HashMap<String, Caller>, open: bool) -> Auth {
+        Auth {
+            tokens: Arc::new(tokens),
+            open,
+        }
+    }
+
+    /// The interceptor.
+    #[allow(clippy::result_large_err)]
+    pub fn check(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if self.open && self.tokens.is_empty() {
+            req.extensions_mut().insert(Caller {
+                name: "anonymous".into(),
+                role: Role::Operator,
+            });
+            return Ok(req);
+        }
+        let Some(value) = req.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing authorization metadata: send 'authorization: Bearer <token>'",
+            ));
+        };
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_string())
+            .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?;
+        // Compare against every token without stopping early.
+        let mut found: Option<&Caller> = None;
+        for (tok, caller) in self.tokens.iter() {
+            if constant_time_eq(tok.as_bytes(), presented.as_bytes()) {
+                found = Some(caller);
+            }
+        }
+        let Some(caller) = found.cloned() else {
+            return Err(Status::unauthenticated("unknown token"));
+        };
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refuses the call unless the caller has `role` (operators may do all).
+#[allow(clippy::result_large_err)]
+pub fn require<T>(req: &Request<T>, role: Role) -> Result<(), Status> {
+    let Some(caller) = req.extensions().get::<Caller>() else {
+        return Err(Status::unauthenticated("no caller"));
+    };
+    match (role, caller.role) {
+        (_, Role::Operator) | (Role::Reader, Role::Reader) => Ok(()),
+        (Role::Operator, Role::Reader) => Err(Status::permission_denied(format!(
+            "token {:?} has the reader role; this call needs an operator token",
+            caller.name
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        let mut m = HashMap::new();
+        m.insert(
+            "op-token".to_string(),
+            Caller {
+                name: "ops".into(),
+                role: Role::Operator,
+            },
+        );
+        m.insert(
+            "read-token".to_string(),
+            Caller {
+                name: "ro".into(),
+                role: Role::Reader,
+            },
+        );
+        Auth::new(m, false)
+    }
+
+    fn req(h: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(h) = h {
+            r.metadata_mut().insert("authorization", h.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn tokens_and_roles() {
+        let a = auth();
+        assert_eq!(
+            a.check(req(None)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            a.check(req(Some("Bearer nope"))).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let r = a.check(req(Some("bearer read-token"))).unwrap();
+        assert!(require(&r, Role::Reader).is_ok());
+        assert_eq!(
+            require(&r, Role::Operator).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        let r = a.check(req(Some("Bearer op-token"))).unwrap();
+        assert!(require(&r, Role::Operator).is_ok());
+    }
+}

@@ -1,0 +1,111 @@
+//! Builds adapters from `[[backends]]`. Adding a backend kind is one arm
+//! here and one crate under `adapters/`.
+
+use std::sync::Arc;
+
+use custos_adapter_core::{Backend, BackendKind};
+use custos_cf_v3::{CfAuth, CfConfig, CfV3, Grant};
+
+use crate::config::{AuthConfig, BackendConfig, ConfigError, resolve_secret};
+
+/// The adapter for one configured backend.
+pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, ConfigError> {
+    let ctx = |m: String| ConfigError::Invalid(format!("backend {:?}: {m}", b.name));
+    let kind: BackendKind = b.kind.parse().map_err(ctx)?;
+    let timing = b.timing()?;
+    match kind {
+        BackendKind::CfV3 => {
+            let auth = match &b.auth {
+                AuthConfig::Uaa {
+                    token_url,
+                    client_id,
+                    client_secret,
+                    client_secret_env,
+                    client_secret_file,
+                    grant,
+                    username,
+                    password,
+                    password_env,
+                    password_file,
+                } => {
+                    let secret = resolve_secret(
+                        "client_secret",
+                        client_secret,
+                        client_secret_env,
+                        client_secret_file,
+                        allow_inline,
+                    )
+                    .map_err(|e| ctx(e.to_string()))?;
+                    let grant = match grant.as_deref().unwrap_or("client_credentials") {
+                        "client_credentials" => Grant::ClientCredentials,
+                        "password" => {
+                            let password = resolve_secret(
+                                "password",
+                                password,
+                                password_env,
+                                password_file,
+                                allow_inline,
+                            )
+                            .map_err(|e| ctx(e.to_string()))?
+                            .ok_or_else(|| {
+                                ctx("the password grant needs password_env or password_file".into())
+                            })?;
+                            Grant::Password {
+                                username: username.clone().ok_or_else(|| {
+                                    ctx("the password grant needs username".into())
+                                })?,
+                                password,
+                            }
+                        }
+                        other => {
+                            return Err(ctx(format!(
+                                "auth.grant {other:?}: use client_credentials or password"
+                            )));
+                        }
+                    };
+                    let (client_id, secret) = match (&grant, client_id, secret) {
+                        (_, Some(id), Some(s)) => (id.clone(), s),
+                        // The cf CLI's public client for the password grant.
+                        (Grant::Password { .. }, None, None) => ("cf".into(), String::new()),
+                        (_, None, _) => return Err(ctx("auth.client_id is required".into())),
+                        (_, Some(_), None) => {
+                            return Err(ctx(
+                                "auth.client_secret_env or client_secret_file is required".into(),
+                            ));
+                        }
+                    };
+                    CfAuth::Uaa {
+                        token_url: token_url.clone(),
+                        client_id,
+                        client_secret: secret,
+                        grant,
+                    }
+                }
+                AuthConfig::Token {
+                    token,
+                    token_env,
+                    token_file,
+                } => CfAuth::Token(
+                    resolve_secret("token", token, token_env, token_file, allow_inline)
+                        .map_err(|e| ctx(e.to_string()))?
+                        .ok_or_else(|| ctx("auth.token_env or token_file is required".into()))?,
+                ),
+                AuthConfig::Keystone { .. } => {
+                    return Err(ctx(
+                        "cf_v3 backends use auth type \"uaa\" or \"token\"".into()
+                    ));
+                }
+            };
+            let cf = CfV3::new(CfConfig {
+                endpoint: b.endpoint.clone(),
+                auth,
+                timeout: timing.timeout,
+            })
+            .map_err(|e| ctx(e.to_string()))?;
+            Ok(Arc::new(cf))
+        }
+        BackendKind::CbrV3 | BackendKind::VbsV2 => Err(ctx(format!(
+            "kind {kind} is not supported by this release yet (only cf_v3)"
+        ))),
+    }
+}

@@ -1,0 +1,563 @@
+//! The command line: `serve`, `simulate`, and the client commands that talk
+//! to a running daemon over gRPC (see `config.md` for the fixed flags).
+
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+use crate::api::pb::{self, backup_service_client::BackupServiceClient};
+
+#[derive(Parser, Debug)]
+#[command(name = "custos", version, about = "Multi-cloud backup orchestrator")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// The daemon's gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTOS_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub endpoint: String,
+    /// A client token (sent as `authorization: Bearer <token>`).
+    #[arg(long, global = true, env = "CUSTOS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the daemon.
+    Serve {
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Throwaway data dir, simulators in process, a printed token.
+        #[arg(long)]
+        dev: bool,
+        /// Serve without client tokens (everyone is an operator).
+        #[arg(long)]
+        insecure: bool,
+        /// Overrides `listen` from the config.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Runs one backend simulator standalone.
+    Simulate {
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Seconds a simulated backup or restore job takes.
+        #[arg(long, default_value_t = 2.0)]
+        job_seconds: f64,
+    },
+    /// Lists the configured backends.
+    Backends,
+    /// Creates, lists or deletes backups.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Restores a target.
+    Restore(RestoreArgs),
+    /// Reads, watches or cancels jobs.
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    Create {
+        target: String,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// key=value, repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    List {
+        target: String,
+        #[arg(long)]
+        limit: Option<i32>,
+    },
+    Delete {
+        target: String,
+        backup_id: String,
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    pub target: String,
+    #[arg(long = "backup")]
+    pub backup: Option<String>,
+    /// Point in time (RFC 3339).
+    #[arg(long)]
+    pub at: Option<String>,
+    #[arg(long)]
+    pub restore_point: Option<String>,
+    /// Source target, for a cross-instance restore.
+    #[arg(long = "from")]
+    pub from: Option<String>,
+    /// BACKUP_ID=VOLUME_ID, repeatable.
+    #[arg(long = "map")]
+    pub map: Vec<String>,
+    #[arg(long)]
+    pub no_power_on: bool,
+    #[arg(long)]
+    pub resource_id: Option<String>,
+    #[arg(long)]
+    pub validate_only: bool,
+    #[arg(long)]
+    pub request_id: Option<String>,
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    Get {
+        job: String,
+    },
+    Watch {
+        job: String,
+    },
+    Cancel {
+        job: String,
+    },
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        limit: Option<i32>,
+    },
+}
+
+type Client = BackupServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(opts.endpoint.clone())
+        .with_context(|| format!("bad endpoint {:?}", opts.endpoint))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", opts.endpoint))?;
+    let header: Option<MetadataValue<_>> = match &opts.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token has characters not allowed in a header")?,
+        ),
+        None => None,
+    };
+    let intercept: Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send> =
+        Box::new(move |mut req: Request<()>| {
+            if let Some(h) = &header {
+                req.metadata_mut().insert("authorization", h.clone());
+            }
+            Ok(req)
+        });
+    Ok(BackupServiceClient::with_interceptor(channel, intercept))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    use tonic_types::StatusExt;
+    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    if let Some(br) = s.get_details_bad_request() {
+        for v in br.field_violations {
+            msg.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    anyhow::anyhow!(msg)
+}
+
+fn job_name(s: &str) -> String {
+    if s.starts_with("jobs/") {
+        s.to_string()
+    } else {
+        format!("jobs/{s}")
+    }
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|d| Value::String(d.to_rfc3339()))
+        .unwrap_or(Value::Null)
+}
+
+fn state_name(s: i32) -> &'static str {
+    pb::job::State::try_from(s)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
+pub fn job_json(j: &pb::Job) -> Value {
+    json!({
+        "name": j.name,
+        "kind": pb::job::Kind::try_from(j.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
+        "target": j.target,
+        "state": state_name(j.state),
+        "create_time": ts(&j.create_time),
+        "start_time": ts(&j.start_time),
+        "end_time": ts(&j.end_time),
+        "attempts": j.attempts,
+        "message": j.message,
+        "backup_id": j.backup_id,
+        "remote_operation": j.remote_operation,
+        "error": j.error.as_ref().map(|e| json!({
+            "code": e.code,
+            "message": e.message,
+            "details": e.details.iter().map(|d| json!({
+                "http_status": d.http_status, "code": d.code, "title": d.title, "detail": d.detail,
+            })).collect::<Vec<_>>(),
+        })),
+        "schedule": j.schedule,
+        "request_id": j.request_id,
+        "labels": j.labels,
+        "validate_only": j.validate_only,
+    })
+}
+
+fn print_job(j: &pb::Job, out: Output) {
+    match out {
+        Output::Json => println!("{}", job_json(j)),
+        Output::Table => {
+            let v = job_json(j);
+            for k in [
+                "name",
+                "kind",
+                "target",
+                "state",
+                "message",
+                "backup_id",
+                "remote_operation",
+                "create_time",
+                "start_time",
+                "end_time",
+                "attempts",
+                "request_id",
+            ] {
+                let val = &v[k];
+                let s = match val {
+                    Value::String(s) if s.is_empty() => continue,
+                    Value::String(s) => s.clone(),
+                    Value::Null => continue,
+                    other => other.to_string(),
+                };
+                println!("{k:<17}{s}");
+            }
+            if let Some(e) = &j.error {
+                for d in &e.details {
+                    println!(
+                        "{:<17}{} {} {}",
+                        "backend_error", d.http_status, d.title, d.detail
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Follows a job to its end; returns whether it succeeded.
+async fn wait_job(client: &mut Client, name: &str, out: Output) -> anyhow::Result<bool> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let tty = std::io::stderr().is_terminal() && out == Output::Table;
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let mut last: Option<pb::Job> = None;
+    while let Some(j) = stream.message().await.map_err(status_err)? {
+        match &bar {
+            Some(b) => b.set_message(format!("{} {}", state_name(j.state), j.message)),
+            None if out == Output::Table => {
+                eprintln!("{} {}", state_name(j.state), j.message)
+            }
+            None => {}
+        }
+        last = Some(j);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let Some(j) = last else {
+        bail!("the watch ended without a job");
+    };
+    print_job(&j, out);
+    Ok(j.state == pb::job::State::Succeeded as i32)
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
+    let out = opts.output;
+    let mut c = connect(&opts).await?;
+    let finish = |ok: bool| if ok { 0 } else { 1 };
+    match cmd {
+        Command::Backends => {
+            let r = c
+                .list_backends(pb::ListBackendsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => {
+                    let v: Vec<Value> = r
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let cap = b.capabilities.unwrap_or_default();
+                            json!({"name": b.name, "kind": b.kind, "endpoint": b.endpoint,
+                                "capabilities": {
+                                    "create_backup": cap.create_backup, "list_backups": cap.list_backups,
+                                    "delete_backup": cap.delete_backup, "restore": cap.restore,
+                                    "point_in_time_restore": cap.point_in_time_restore,
+                                    "cross_instance_restore": cap.cross_instance_restore,
+                                    "restore_mappings": cap.restore_mappings}})
+                        })
+                        .collect();
+                    println!("{}", Value::Array(v));
+                }
+                Output::Table => {
+                    println!("{:<28}{:<8}ENDPOINT", "NAME", "KIND");
+                    for b in r.backends {
+                        println!("{:<28}{:<8}{}", b.name, b.kind, b.endpoint);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Backup(BackupCmd::Create {
+            target,
+            request_id,
+            labels,
+            wait,
+        }) => {
+            let mut map = std::collections::HashMap::new();
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .with_context(|| format!("--label {l:?}: use key=value"))?;
+                map.insert(k.to_string(), v.to_string());
+            }
+            let j = c
+                .create_backup(pb::CreateBackupRequest {
+                    target,
+                    request_id: request_id.unwrap_or_default(),
+                    labels: map,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if wait {
+                return Ok(finish(wait_job(&mut c, &j.name, out).await?));
+            }
+            print_job(&j, out);
+            Ok(0)
+        }
+        Command::Backup(BackupCmd::List { target, limit }) => {
+            let r = c
+                .list_backups(pb::ListBackupsRequest {
+                    target,
+                    page_size: limit.unwrap_or(0),
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => {
+                    let v: Vec<Value> = r
+                        .backups
+                        .iter()
+                        .map(|b| json!({"id": b.id, "target": b.target, "create_time": ts(&b.create_time), "state": b.state}))
+                        .collect();
+                    println!("{}", Value::Array(v));
+                }
+                Output::Table => {
+                    println!("{:<40}CREATED", "ID");
+                    for b in r.backups {
+                        println!("{:<40}{}", b.id, ts(&b.create_time).as_str().unwrap_or("-"));
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Backup(BackupCmd::Delete {
+            target,
+            backup_id,
+            request_id,
+            wait,
+        }) => {
+            let j = c
+                .delete_backup(pb::DeleteBackupRequest {
+                    target,
+                    backup_id,
+                    request_id: request_id.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if wait {
+                return Ok(finish(wait_job(&mut c, &j.name, out).await?));
+            }
+            print_job(&j, out);
+            Ok(0)
+        }
+        Command::Restore(a) => {
+            let point_in_time = match &a.at {
+                Some(s) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(s)
+                        .with_context(|| format!("--at {s:?}: not an RFC 3339 time"))?;
+                    Some(prost_types::Timestamp {
+                        seconds: t.timestamp(),
+                        nanos: t.timestamp_subsec_nanos() as i32,
+                    })
+                }
+                None => None,
+            };
+            let mut mappings = Vec::new();
+            for m in &a.map {
+                let (b, v) = m
+                    .split_once('=')
+                    .with_context(|| format!("--map {m:?}: use BACKUP_ID=VOLUME_ID"))?;
+                mappings.push(pb::VolumeMapping {
+                    backup_id: b.to_string(),
+                    volume_id: v.to_string(),
+                });
+            }
+            let j = c
+                .restore(pb::RestoreRequest {
+                    target: a.target,
+                    backup_id: a.backup.unwrap_or_default(),
+                    point_in_time,
+                    restore_point: a.restore_point.unwrap_or_default(),
+                    source: a.from.unwrap_or_default(),
+                    mappings,
+                    power_on: a.no_power_on.then_some(false),
+                    resource_id: a.resource_id.unwrap_or_default(),
+                    request_id: a.request_id.unwrap_or_default(),
+                    validate_only: a.validate_only,
+                    labels: Default::default(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if a.wait && !j.validate_only {
+                return Ok(finish(wait_job(&mut c, &j.name, out).await?));
+            }
+            print_job(&j, out);
+            Ok(0)
+        }
+        Command::Job(JobCmd::Get { job }) => {
+            let j = c
+                .get_job(pb::GetJobRequest {
+                    name: job_name(&job),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_job(&j, out);
+            Ok(0)
+        }
+        Command::Job(JobCmd::Watch { job }) => {
+            Ok(finish(wait_job(&mut c, &job_name(&job), out).await?))
+        }
+        Command::Job(JobCmd::Cancel { job }) => {
+            let j = c
+                .cancel_job(pb::CancelJobRequest {
+                    name: job_name(&job),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_job(&j, out);
+            Ok(0)
+        }
+        Command::Job(JobCmd::List {
+            state,
+            target,
+            kind,
+            limit,
+        }) => {
+            let mut terms = Vec::new();
+            if let Some(s) = state {
+                terms.push(format!("state={}", s.to_uppercase()));
+            }
+            if let Some(k) = kind {
+                terms.push(format!("kind={}", k.to_uppercase()));
+            }
+            if let Some(t) = target {
+                terms.push(format!("target=\"{t}\""));
+            }
+            let r = c
+                .list_jobs(pb::ListJobsRequest {
+                    page_size: limit.unwrap_or(50),
+                    page_token: String::new(),
+                    filter: terms.join(" AND "),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => {
+                    println!("{}", Value::Array(r.jobs.iter().map(job_json).collect()));
+                }
+                Output::Table => {
+                    println!("{:<43}{:<15}{:<11}TARGET", "NAME", "KIND", "STATE");
+                    for j in r.jobs {
+                        println!(
+                            "{:<43}{:<15}{:<11}{}",
+                            j.name,
+                            pb::job::Kind::try_from(j.kind)
+                                .map(|k| k.as_str_name())
+                                .unwrap_or("?"),
+                            state_name(j.state),
+                            j.target
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Serve { .. } | Command::Simulate { .. } => bail!("not a client command"),
+    }
+}

@@ -1,0 +1,485 @@
+//! The configuration file (`custos.toml`, see `config.md`): one serde
+//! struct, unknown keys refused with their name and line, secrets resolved
+//! from `*_env` / `*_file` references.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// A configuration problem, said so that an operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./custos-data")
+}
+fn default_job_history() -> String {
+    "30d".into()
+}
+fn default_shutdown_timeout() -> String {
+    "30s".into()
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC address (health and reflection included).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Prometheus text on `GET /metrics`; accepted, served by a later
+    /// release (a warning says so at start).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// The sled store; created 0700 if missing.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Finished jobs are pruned after this long.
+    #[serde(default = "default_job_history")]
+    pub job_history: String,
+    /// Graceful-shutdown deadline.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: String,
+    /// Allows literal secrets in this file (refused otherwise, so that a
+    /// secret is never committed by accident).
+    #[serde(default)]
+    pub allow_inline_secrets: bool,
+    #[serde(default)]
+    pub limits: Limits,
+    /// TLS is not in this release: a `[tls]` table is refused rather than
+    /// silently serving plaintext.
+    #[serde(default)]
+    pub tls: Option<toml::Value>,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_max_running() -> usize {
+    256
+}
+fn default_per_backend() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Backend calls in flight at once, all backends together.
+    #[serde(default = "default_max_running")]
+    pub max_running_jobs: usize,
+    /// Backend calls in flight at once, per backend.
+    #[serde(default = "default_per_backend")]
+    pub per_backend_running_jobs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_running_jobs: default_max_running(),
+            per_backend_running_jobs: default_per_backend(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Get, List and Watch only.
+    Reader,
+    /// Everything.
+    Operator,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: String,
+    pub endpoint: String,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub vault_id: Option<String>,
+    pub auth: AuthConfig,
+    /// One HTTP call (default 30s).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// First poll delay (default 1s), backing off to `poll_max_interval`.
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+    /// Longest poll delay (default 60s).
+    #[serde(default)]
+    pub poll_max_interval: Option<String>,
+    /// Give up waiting for one remote operation after this (default 6h).
+    #[serde(default)]
+    pub operation_timeout: Option<String>,
+    /// Retries of retryable failures per step (default 10).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+/// `[backends.auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthConfig {
+    Uaa {
+        #[serde(default)]
+        token_url: Option<String>,
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        client_secret: Option<String>,
+        #[serde(default)]
+        client_secret_env: Option<String>,
+        #[serde(default)]
+        client_secret_file: Option<PathBuf>,
+        /// `client_credentials` (default) or `password`.
+        #[serde(default)]
+        grant: Option<String>,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        password_env: Option<String>,
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+    },
+    Token {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        token_env: Option<String>,
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+    },
+    Keystone {
+        auth_url: String,
+        #[serde(default)]
+        user_name: Option<String>,
+        #[serde(default)]
+        user_domain_name: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        password_env: Option<String>,
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+        #[serde(default)]
+        application_credential_id: Option<String>,
+        #[serde(default)]
+        application_credential_secret: Option<String>,
+        #[serde(default)]
+        application_credential_secret_env: Option<String>,
+        #[serde(default)]
+        application_credential_secret_file: Option<PathBuf>,
+    },
+}
+
+/// Per-backend timing, resolved from the optional keys.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendTiming {
+    pub timeout: Duration,
+    pub poll_interval: Duration,
+    pub poll_max_interval: Duration,
+    pub operation_timeout: Duration,
+    pub max_retries: u32,
+}
+
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"6h"`, `"30d"`.
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "{key} = {value:?}: {e} (use a number with a unit: 500ms, 30s, 5m, 6h, 30d)"
+        ))
+    })
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks a config text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.tls.is_some() {
+            return Err(ConfigError::Invalid(
+                "[tls] is not supported by this release yet; remove it or terminate TLS in front of the daemon".into(),
+            ));
+        }
+        parse_duration("job_history", &self.job_history)?;
+        parse_duration("shutdown_timeout", &self.shutdown_timeout)?;
+        if self.limits.max_running_jobs == 0 || self.limits.per_backend_running_jobs == 0 {
+            return Err(ConfigError::Invalid(
+                "[limits]: max_running_jobs and per_backend_running_jobs must be at least 1".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for b in &self.backends {
+            if !crate::names::valid_backend_name(&b.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "backend name {:?}: use 1-63 lowercase letters, digits and '-', starting with a letter",
+                    b.name
+                )));
+            }
+            if !names.insert(b.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "backend name {:?} is used twice",
+                    b.name
+                )));
+            }
+            b.timing()?;
+        }
+        let mut tnames = HashSet::new();
+        for t in &self.tokens {
+            if !tnames.insert(t.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "token name {:?} is used twice",
+                    t.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn job_history(&self) -> Duration {
+        parse_duration("job_history", &self.job_history).unwrap_or(Duration::from_secs(30 * 86_400))
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        parse_duration("shutdown_timeout", &self.shutdown_timeout)
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// An empty config for `--dev` and tests.
+    pub fn empty() -> Config {
+        Config {
+            listen: default_listen(),
+            metrics_listen: None,
+            data_dir: default_data_dir(),
+            log_format: LogFormat::Text,
+            job_history: default_job_history(),
+            shutdown_timeout: default_shutdown_timeout(),
+            allow_inline_secrets: false,
+            limits: Limits::default(),
+            tls: None,
+            tokens: Vec::new(),
+            backends: Vec::new(),
+        }
+    }
+}
+
+impl BackendConfig {
+    pub fn timing(&self) -> Result<BackendTiming, ConfigError> {
+        let d = |key: &str, v: &Option<String>, def: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                Some(s) => parse_duration(&format!("backends.{}.{key}", self.name), s),
+                None => Ok(def),
+            }
+        };
+        Ok(BackendTiming {
+            timeout: d("timeout", &self.timeout, Duration::from_secs(30))?,
+            poll_interval: d("poll_interval", &self.poll_interval, Duration::from_secs(1))?,
+            poll_max_interval: d(
+                "poll_max_interval",
+                &self.poll_max_interval,
+                Duration::from_secs(60),
+            )?,
+            operation_timeout: d(
+                "operation_timeout",
+                &self.operation_timeout,
+                Duration::from_secs(6 * 3600),
+            )?,
+            max_retries: self.max_retries.unwrap_or(10),
+        })
+    }
+}
+
+/// Resolves one secret from its literal, `_env` or `_file` form. Exactly one
+/// form may be given; literals need `allow_inline_secrets`; files must not
+/// be readable by group or others.
+pub fn resolve_secret(
+    key: &str,
+    literal: &Option<String>,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    allow_inline: bool,
+) -> Result<Option<String>, ConfigError> {
+    let given = [literal.is_some(), env.is_some(), file.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given > 1 {
+        return Err(ConfigError::Invalid(format!(
+            "{key}: give only one of {key}, {key}_env, {key}_file"
+        )));
+    }
+    if let Some(v) = literal {
+        if !allow_inline {
+            return Err(ConfigError::Invalid(format!(
+                "{key}: a literal secret in the config file is refused; use {key}_env or {key}_file (or set allow_inline_secrets = true)"
+            )));
+        }
+        return Ok(Some(v.clone()));
+    }
+    if let Some(var) = env {
+        return std::env::var(var).map(Some).map_err(|_| {
+            ConfigError::Invalid(format!("{key}_env: environment variable {var} is not set"))
+        });
+    }
+    if let Some(path) = file {
+        check_secret_file(key, path)?;
+        let s = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Invalid(format!("{key}_file: cannot read {}: {e}", path.display()))
+        })?;
+        return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    Ok(None)
+}
+
+#[cfg(unix)]
+fn check_secret_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ConfigError::Invalid(format!("{key}_file: cannot read {}: {e}", path.display()))
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{key}_file: {} is readable by others; chmod 600 it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_secret_file(_key: &str, _path: &Path) -> Result<(), ConfigError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = Config::parse(
+            "listen = \"127.0.0.1:1\"\nlisten_adress = \"x\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listen_adress"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_backend_auth_is_named() {
+        let text = r#"
+[[backends]]
+name = "cf"
+kind = "cf_v3"
+endpoint = "http://x"
+[backends.auth]
+type = "uaa"
+client_id = "a"
+client_secret_envv = "B"
+"#;
+        let e = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_secret_envv"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_defaults() {
+        let c = Config::parse("job_history = \"2d\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.job_history(), Duration::from_secs(2 * 86_400));
+        assert_eq!(c.limits.max_running_jobs, 256);
+        let e = Config::parse("job_history = \"soon\"\n", Path::new("c")).unwrap_err();
+        assert!(e.to_string().contains("job_history"));
+    }
+
+    #[test]
+    fn inline_secrets_refused_unless_allowed() {
+        let lit = Some("s3cret".to_string());
+        let e = resolve_secret("client_secret", &lit, &None, &None, false).unwrap_err();
+        assert!(e.to_string().contains("client_secret_env"));
+        assert_eq!(
+            resolve_secret("client_secret", &lit, &None, &None, true).unwrap(),
+            lit
+        );
+    }
+
+    #[test]
+    fn secret_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "tok\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(resolve_secret("token", &None, &None, &Some(p.clone()), false).is_err());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            resolve_secret("token", &None, &None, &Some(p), false)
+                .unwrap()
+                .as_deref(),
+            Some("tok")
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! `serve --dev`: a throwaway data dir, the simulators in process with
+//! seeded resources, backends configured for them, and a printed token.
+
+use std::{net::SocketAddr, time::Duration};
+
+use custos_cf_v3::sim::{SimConfig, Simulator};
+
+use crate::config::{AuthConfig, BackendConfig, Config, Role, TokenConfig};
+
+/// What dev mode started; keep it alive while the daemon runs.
+pub struct DevEnv {
+    pub config: Config,
+    pub token: String,
+    /// Removed when dropped.
+    pub data_dir: tempfile::TempDir,
+    pub cf: Simulator,
+    pub cf_instances: Vec<String>,
+}
+
+pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
+    let data_dir = tempfile::Builder::new().prefix("custos-dev-").tempdir()?;
+    let sim_cfg = SimConfig {
+        job_duration: Duration::from_secs(2),
+        ..SimConfig::default()
+    };
+    let (client_id, client_secret) = (sim_cfg.client_id.clone(), sim_cfg.client_secret.clone());
+    let cf = Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_cfg).await?;
+    let cf_instances = cf.seed_demo();
+    let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
+    let mut config = Config::empty();
+    config.listen = listen.to_string();
+    config.data_dir = data_dir.path().join("data");
+    // Dev secrets are generated here, never read from a file.
+    config.allow_inline_secrets = true;
+    config.tokens.push(TokenConfig {
+        name: "dev".into(),
+        role: Role::Operator,
+        token: Some(token.clone()),
+        token_env: None,
+        token_file: None,
+    });
+    config.backends.push(BackendConfig {
+        name: "cf-dev".into(),
+        kind: "cf_v3".into(),
+        endpoint: cf.url(),
+        project_id: None,
+        vault_id: None,
+        auth: AuthConfig::Uaa {
+            token_url: None,
+            client_id: Some(client_id),
+            client_secret: Some(client_secret),
+            client_secret_env: None,
+            client_secret_file: None,
+            grant: None,
+            username: None,
+            password: None,
+            password_env: None,
+            password_file: None,
+        },
+        timeout: Some("10s".into()),
+        poll_interval: Some("500ms".into()),
+        poll_max_interval: Some("5s".into()),
+        operation_timeout: None,
+        max_retries: None,
+    });
+    Ok(DevEnv {
+        config,
+        token,
+        data_dir,
+        cf,
+        cf_instances,
+    })
+}
+
+impl DevEnv {
+    /// The banner with the token and commands to try.
+    pub fn banner(&self, addr: SocketAddr) -> String {
+        let i = &self.cf_instances;
+        let t = |n: usize| format!("backends/cf-dev/serviceInstances/{}", i[n % i.len()]);
+        format!(
+            "\ncustos dev mode — nothing here is kept\n\
+             \x20 data dir      {}\n\
+             \x20 CF simulator  {} (service instances: {})\n\n\
+             Try, in another shell:\n\
+             \x20 export CUSTOS_ENDPOINT=http://{addr}\n\
+             \x20 export CUSTOS_TOKEN={}\n\
+             \x20 custos backends\n\
+             \x20 custos backup list {}\n\
+             \x20 custos backup create {} --wait\n\
+             \x20 custos restore {} --backup bkp-orders-db-1 --wait\n\
+             \x20 custos restore {} --at 2026-01-01T00:00:00Z --restore-point pitr --wait\n\
+             \x20 custos restore {} --backup bkp-orders-db-0 --from {} --wait\n\
+             \x20 custos job list\n",
+            self.data_dir.path().display(),
+            self.cf.url(),
+            i.join(", "),
+            self.token,
+            t(0),
+            t(0),
+            t(0),
+            t(1),
+            t(2),
+            t(0),
+        )
+    }
+}

@@ -1,0 +1,15 @@
+//! Custos: a backup orchestrator daemon. One gRPC API in front of many
+//! cloud backup APIs; every request becomes a durable job driven to its end.
+//!
+//! `main.rs` parses flags and calls [`server::run`] or the CLI; everything
+//! else lives in this library so tests can use it.
+
+pub mod api;
+pub mod backends;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod engine;
+pub mod names;
+pub mod server;
+pub mod store;

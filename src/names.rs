@@ -1,0 +1,152 @@
+//! Resource names (`backends/{backend}/serviceInstances/{guid}`, `jobs/{uuid}`)
+//! parsed into parts, with the reason when they are malformed.
+
+use custos_adapter_core::{Resource, ResourceKind};
+use uuid::Uuid;
+
+/// Longest accepted resource name; longer input is refused, not truncated.
+pub const MAX_NAME_LEN: usize = 512;
+/// Longest accepted resource id segment.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A parsed target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub backend: String,
+    pub resource: Resource,
+}
+
+impl Target {
+    pub fn name(&self) -> String {
+        format!(
+            "backends/{}/{}/{}",
+            self.backend,
+            self.resource.kind.collection(),
+            self.resource.id
+        )
+    }
+}
+
+/// `[a-z]([a-z0-9-]{0,61}[a-z0-9])?`, the config's backend names.
+pub fn valid_backend_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && !s.ends_with('-')
+}
+
+/// Resource ids: letters, digits and `-._~` (URL-safe without escaping).
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+}
+
+/// Parses `backends/{backend}/{collection}/{id}`.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    if s.is_empty() {
+        return Err("required; a name like backends/{backend}/serviceInstances/{guid}".into());
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err(format!("longer than {MAX_NAME_LEN} characters"));
+    }
+    let parts: Vec<&str> = s.split('/').collect();
+    let [b, backend, coll, id] = parts.as_slice() else {
+        return Err(format!(
+            "{s:?} is not of the form backends/{{backend}}/{{collection}}/{{id}}"
+        ));
+    };
+    if *b != "backends" {
+        return Err(format!("{s:?} must start with backends/"));
+    }
+    if !valid_backend_name(backend) {
+        return Err(format!("backend {backend:?} is not a valid backend name"));
+    }
+    let Some(kind) = ResourceKind::from_collection(coll) else {
+        return Err(format!(
+            "collection {coll:?} is unknown; use serviceInstances, servers, volumes or resources"
+        ));
+    };
+    if !valid_id(id) {
+        return Err(format!(
+            "id {id:?} must be 1-{MAX_ID_LEN} letters, digits or -._~"
+        ));
+    }
+    Ok(Target {
+        backend: backend.to_string(),
+        resource: Resource {
+            kind,
+            id: id.to_string(),
+        },
+    })
+}
+
+/// Parses `backends/{backend}`.
+pub fn parse_backend(s: &str) -> Result<String, String> {
+    match s.strip_prefix("backends/") {
+        Some(b) if valid_backend_name(b) => Ok(b.to_string()),
+        _ => Err(format!("{s:?} is not of the form backends/{{backend}}")),
+    }
+}
+
+/// Parses `jobs/{uuid}`.
+pub fn parse_job_name(s: &str) -> Result<Uuid, String> {
+    if s.is_empty() {
+        return Err("required; a name like jobs/{uuid}".into());
+    }
+    let id = s
+        .strip_prefix("jobs/")
+        .ok_or_else(|| format!("{:?} must be of the form jobs/{{uuid}}", truncate(s)))?;
+    Uuid::parse_str(id).map_err(|_| format!("{:?} is not a job uuid", truncate(id)))
+}
+
+pub fn job_name(id: Uuid) -> String {
+    format!("jobs/{id}")
+}
+
+/// Shortens user input before it is echoed in an error.
+pub fn truncate(s: &str) -> String {
+    if s.chars().count() <= 80 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = parse_target("backends/cf-prod/serviceInstances/abc-1").unwrap();
+        assert_eq!(t.backend, "cf-prod");
+        assert_eq!(t.resource.kind, ResourceKind::ServiceInstance);
+        assert_eq!(t.name(), "backends/cf-prod/serviceInstances/abc-1");
+        for bad in [
+            "",
+            "backends/cf",
+            "backend/cf/serviceInstances/x",
+            "backends/CF/serviceInstances/x",
+            "backends/cf/instances/x",
+            "backends/cf/serviceInstances/",
+            "backends/cf/serviceInstances/a b",
+            "backends/cf/serviceInstances/x/y",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+        assert!(parse_target(&format!("backends/cf/volumes/{}", "x".repeat(600))).is_err());
+    }
+
+    #[test]
+    fn job_names() {
+        let id = Uuid::now_v7();
+        assert_eq!(parse_job_name(&job_name(id)).unwrap(), id);
+        assert!(parse_job_name("jobs/nope").is_err());
+        assert!(parse_job_name("").is_err());
+    }
+}

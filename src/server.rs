@@ -1,0 +1,191 @@
+//! `run`: the daemon's life from an open listener to a clean stop.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{
+        self, Service,
+        auth::{Auth, Caller},
+        pb::backup_service_server::BackupServiceServer,
+    },
+    backends,
+    config::{Config, resolve_secret},
+    engine::{BackendEntry, Engine, EngineSettings},
+    store::Store,
+};
+
+/// How the daemon was started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// Serve without client tokens (everyone is an operator).
+    pub insecure: bool,
+}
+
+/// Serves until `shutdown` is cancelled, then drains and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    mode: Mode,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if config.tokens.is_empty() && !mode.insecure {
+        anyhow::bail!(
+            "no [[tokens]] are configured: refusing to serve an open API. Add tokens, or start with --insecure (anyone reaching the port may restore over your data) or --dev"
+        );
+    }
+    if config.tokens.is_empty() {
+        tracing::warn!("SERVING WITHOUT AUTHENTICATION (--insecure): every caller is an operator");
+    }
+    if let Some(m) = &config.metrics_listen {
+        tracing::warn!(metrics_listen = %m, "metrics are not served by this release yet");
+    }
+    let mut tokens = HashMap::new();
+    for t in &config.tokens {
+        let value = resolve_secret(
+            "token",
+            &t.token,
+            &t.token_env,
+            &t.token_file,
+            config.allow_inline_secrets,
+        )
+        .map_err(|e| anyhow::anyhow!("token {:?}: {e}", t.name))?
+        .ok_or_else(|| anyhow::anyhow!("token {:?}: set token_env or token_file", t.name))?;
+        if value.len() < 16 {
+            anyhow::bail!(
+                "token {:?}: a client token must be at least 16 characters",
+                t.name
+            );
+        }
+        tokens.insert(
+            value,
+            Caller {
+                name: t.name.clone(),
+                role: t.role,
+            },
+        );
+    }
+    let auth = Auth::new(tokens, mode.insecure);
+
+    let mut entries = Vec::new();
+    for b in &config.backends {
+        let backend = backends::build(b, config.allow_inline_secrets)?;
+        entries.push(BackendEntry::new(
+            b.name.clone(),
+            backend,
+            b.timing()?,
+            config.limits.per_backend_running_jobs,
+        ));
+    }
+
+    let store = Store::open(&config.data_dir)?;
+    let engine = Engine::new(
+        store,
+        entries,
+        EngineSettings {
+            max_running: config.limits.max_running_jobs,
+            job_history: config.job_history(),
+        },
+        shutdown.child_token(),
+    );
+    let resumed = engine.resume()?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "resumed unfinished jobs");
+    }
+    spawn_pruner(engine.clone(), shutdown.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<BackupServiceServer<Service>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let svc = BackupServiceServer::with_interceptor(Service::new(engine.clone()), move |req| {
+        auth.check(req)
+    });
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), backends = config.backends.len(), "custos serving");
+    let stop = shutdown.clone();
+    let health2 = health.clone();
+    let signal = async move {
+        stop.cancelled().await;
+        // Tell load balancers first, then stop accepting.
+        health2
+            .set_not_serving::<BackupServiceServer<Service>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await?;
+    tracing::info!("gRPC stopped; stopping jobs");
+    engine.shutdown(config.shutdown_timeout()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prunes finished jobs at start and then hourly.
+fn spawn_pruner(engine: std::sync::Arc<Engine>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            match engine.prune() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "pruned finished jobs past job_history"),
+                Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("shutting down (a second signal exits at once)");
+        t.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal: exiting now; unfinished jobs resume on the next start");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

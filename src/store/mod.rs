@@ -1,0 +1,348 @@
+//! The embedded store (sled). Every sled call of the daemon is in this
+//! module, so the engine can be swapped (etcd for the scale-out).
+//!
+//! One tree, keys by prefix, so that a job and its indexes change in one
+//! atomic batch:
+//! - `j{uuid}` → the job record (JSON, versioned)
+//! - `l{uuid}` → present while the job is not terminal (start-up reads only these)
+//! - `r{request_id}` → the job's uuid (idempotency keys)
+//! - `e{end millis, BE}{uuid}` → finished jobs by end time (pruning)
+//!
+//! Durability: `put_job` writes to sled's memory; `flush().await` returns
+//! once a `flush()` that started after the write has finished. One flusher
+//! task serves all waiters (group commit), because sled 0.34's
+//! `flush_async` hangs with concurrent callers (see `docs/store.md`).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::engine::model::{JobRecord, RECORD_VERSION};
+
+/// A store failure. The daemon answers `UNAVAILABLE` with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store in {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// The store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    flush_tx: mpsc::UnboundedSender<Waiter>,
+    stats: Arc<FlushStats>,
+}
+
+/// Counts flushes and the writes they covered, for benchmarks and logs.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    pub flushes: std::sync::atomic::AtomicU64,
+    pub waiters: std::sync::atomic::AtomicU64,
+}
+
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn key(prefix: u8, id: &Uuid) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = prefix;
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn end_key(end: DateTime<Utc>, id: &Uuid) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = b'e';
+    let ms = end.timestamp_millis().max(0) as u64;
+    k[1..9].copy_from_slice(&ms.to_be_bytes());
+    k[9..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn request_key(request_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(request_id.len() + 1);
+    k.push(b'r');
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+fn decode(bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    let rec: JobRecord =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if rec.v > RECORD_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "job {} was written by a newer release (record version {})",
+            rec.id, rec.v
+        )));
+    }
+    Ok(rec)
+}
+
+impl Store {
+    /// Opens (or creates, mode 0700) the store. Must run inside a tokio
+    /// runtime: it starts the flusher task.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: dir.to_path_buf(),
+            message,
+        };
+        if !dir.exists() {
+            create_private_dir(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| open_err(format!("{e} (is another custos using this data_dir?)")))?;
+        let (flush_tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(FlushStats::default());
+        tokio::spawn(flusher(db.clone(), rx, stats.clone()));
+        Ok(Store {
+            db,
+            flush_tx,
+            stats,
+        })
+    }
+
+    pub fn flush_stats(&self) -> &FlushStats {
+        &self.stats
+    }
+
+    /// Writes a job and its index entries in one atomic batch (not yet
+    /// durable: await [`Store::flush`]).
+    pub fn put_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rec).map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(&key(b'j', &rec.id), bytes);
+        if rec.state.is_terminal() {
+            batch.remove(&key(b'l', &rec.id));
+            if let Some(end) = rec.end_time {
+                batch.insert(&end_key(end, &rec.id), &[]);
+            }
+        } else {
+            batch.insert(&key(b'l', &rec.id), &[]);
+        }
+        if let Some(r) = &rec.request_id {
+            batch.insert(request_key(r), rec.id.as_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Waits until everything written before this call is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.flush_tx.send(tx).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn get_job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
+        self.db.get(key(b'j', id))?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The job created with this `request_id`, if it is still kept.
+    pub fn job_for_request(&self, request_id: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(self
+            .db
+            .get(request_key(request_id))?
+            .and_then(|v| Uuid::from_slice(&v).ok()))
+    }
+
+    /// All non-terminal jobs, oldest first.
+    pub fn live_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([b'l']) {
+            let (k, _) = kv?;
+            let id = Uuid::from_slice(&k[1..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(rec) = self.get_job(&id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs newest first, starting after `before` (exclusive) when given.
+    pub fn jobs_newest_first(
+        &self,
+        before: Option<Uuid>,
+    ) -> impl Iterator<Item = Result<JobRecord, StoreError>> + '_ {
+        let end = match before {
+            Some(id) => key(b'j', &id).to_vec(),
+            None => vec![b'j' + 1],
+        };
+        self.db
+            .range(vec![b'j']..end)
+            .rev()
+            .map(|kv| kv.map_err(StoreError::from).and_then(|(_, v)| decode(&v)))
+    }
+
+    /// Deletes finished jobs that ended before `cutoff`, with their
+    /// idempotency keys. Returns how many went.
+    pub fn prune_finished_before(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        let start = vec![b'e'];
+        let end = end_key(cutoff, &Uuid::nil()).to_vec();
+        let mut n = 0;
+        for kv in self.db.range(start..end) {
+            let (k, _) = kv?;
+            let id = Uuid::from_slice(&k[9..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut batch = sled::Batch::default();
+            if let Some(rec) = self.get_job(&id)? {
+                if let Some(r) = &rec.request_id {
+                    batch.remove(request_key(r));
+                }
+            }
+            batch.remove(&key(b'j', &id));
+            batch.remove(k);
+            self.db.apply_batch(batch)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// Group commit: take every waiter queued so far, run one `flush()` on a
+/// blocking thread, answer them all. Waiters that arrive during a flush are
+/// served by the next one, so each waiter's writes are covered.
+async fn flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: Arc<FlushStats>) {
+    use std::sync::atomic::Ordering;
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let db2 = db.clone();
+        let r = match tokio::task::spawn_blocking(move || db2.flush()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Io(e.to_string())),
+            Err(e) => Err(StoreError::Io(format!("flush task failed: {e}"))),
+        };
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .waiters
+            .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+        for w in waiters {
+            let _ = w.send(r.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use custos_adapter_core::{Operation, Resource, ResourceKind};
+
+    use super::*;
+    use crate::engine::model::{JobKind, JobState};
+
+    fn rec(request_id: Option<&str>) -> JobRecord {
+        let mut r = JobRecord::new(
+            JobKind::Backup,
+            "backends/cf/serviceInstances/x".into(),
+            "cf".into(),
+            Operation::CreateBackup {
+                resource: Resource {
+                    kind: ResourceKind::ServiceInstance,
+                    id: "x".into(),
+                },
+            },
+            BTreeMap::new(),
+        );
+        r.request_id = request_id.map(str::to_string);
+        r
+    }
+
+    #[tokio::test]
+    async fn live_index_idempotency_and_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut a = rec(Some("req-1"));
+        let b = rec(None);
+        store.put_job(&a).unwrap();
+        store.put_job(&b).unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(store.live_jobs().unwrap().len(), 2);
+        assert_eq!(store.job_for_request("req-1").unwrap(), Some(a.id));
+
+        a.state = JobState::Succeeded;
+        a.end_time = Some(Utc::now() - chrono::Duration::days(40));
+        store.put_job(&a).unwrap();
+        store.flush().await.unwrap();
+        let live = store.live_jobs().unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].id, b.id);
+
+        let newest: Vec<Uuid> = store
+            .jobs_newest_first(None)
+            .map(|r| r.unwrap().id)
+            .collect();
+        assert_eq!(newest, vec![b.id, a.id]);
+        let after_b: Vec<Uuid> = store
+            .jobs_newest_first(Some(b.id))
+            .map(|r| r.unwrap().id)
+            .collect();
+        assert_eq!(after_b, vec![a.id]);
+
+        let pruned = store
+            .prune_finished_before(Utc::now() - chrono::Duration::days(30))
+            .unwrap();
+        assert_eq!(pruned, 1);
+        assert!(store.get_job(&a.id).unwrap().is_none());
+        assert!(store.job_for_request("req-1").unwrap().is_none());
+        assert!(store.get_job(&b.id).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn concurrent_flush_waiters_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = rec(None);
+                s.put_job(&r).unwrap();
+                s.flush().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let flushes = store
+            .flush_stats()
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(flushes >= 1 && flushes <= 64);
+        assert_eq!(store.live_jobs().unwrap().len(), 64);
+    }
+}
