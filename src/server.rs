@@ -107,9 +107,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(api::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let svc = BackupServiceServer::with_interceptor(Service::new(engine.clone()), move |req| {
-        auth.check(req)
-    });
+    let svc = BackupServiceServer::with_interceptor(
+        Service::new(engine.clone(), shutdown.clone()),
+        move |req| auth.check(req),
+    );
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backends = config.backends.len(), "custos serving");
@@ -122,13 +123,24 @@ pub async fn run(
             .set_not_serving::<BackupServiceServer<Service>>()
             .await;
     };
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // Graceful shutdown waits for clients to close their connections; a
+    // client that keeps one open (an idle channel, a watch) must not keep
+    // the daemon up past the deadline.
+    let deadline = config.shutdown_timeout();
+    let forced = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(deadline).await;
+    };
+    tokio::select! {
+        r = serve => r?,
+        _ = forced => tracing::warn!("clients kept connections open past shutdown_timeout; closing them"),
+    }
     tracing::info!("gRPC stopped; stopping jobs");
     engine.shutdown(config.shutdown_timeout()).await;
     tracing::info!("stopped");

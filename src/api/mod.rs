@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 use custos_adapter_core::{FieldViolation, Operation, RestoreSpec, VolumeMapping};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -48,11 +49,13 @@ const MAX_PAGE: usize = 1000;
 
 pub struct Service {
     engine: Arc<Engine>,
+    /// Ends watch streams when the daemon stops.
+    shutdown: CancellationToken,
 }
 
 impl Service {
-    pub fn new(engine: Arc<Engine>) -> Service {
-        Service { engine }
+    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Service {
+        Service { engine, shutdown }
     }
 
     /// Parses a target and checks that its backend exists and serves that
@@ -545,13 +548,21 @@ impl BackupService for Service {
         let first = self.get_job(&req.get_ref().name)?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
+        let stop = self.shutdown.clone();
         tokio::spawn(async move {
             let mut last = first.clone();
             if tx.send(Ok(convert::job(&first))).await.is_err() || first.state.is_terminal() {
                 return;
             }
             loop {
-                let next = match events.recv().await {
+                let ev = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = stop.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down; watch again after it restarts"))).await;
+                        return;
+                    }
+                };
+                let next = match ev {
                     Ok(j) if j.id == id => j,
                     Ok(_) => continue,
                     // Missed some events: send the current state instead.
@@ -585,9 +596,17 @@ impl BackupService for Service {
         let mut events = self.engine.subscribe();
         // A bounded buffer per watcher; the broadcast never waits for it.
         let (tx, rx) = mpsc::channel(256);
+        let stop = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
-                match events.recv().await {
+                let ev = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = stop.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down"))).await;
+                        return;
+                    }
+                };
+                match ev {
                     Ok(j) if filter.matches(&j) => {
                         if tx.send(Ok(convert::job(&j))).await.is_err() {
                             return;

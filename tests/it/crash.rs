@@ -1,0 +1,156 @@
+//! kill -9 of the daemon with jobs in flight: a restart on the same data
+//! dir finishes every job and submits nothing twice.
+
+use std::time::Duration;
+
+use custos::api::pb;
+use custos_cf_v3::sim::SimConfig;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(1500),
+            ..Default::default()
+        },
+        50,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let mut names = Vec::new();
+    for i in 0..50 {
+        names.push(
+            c.create_backup(backup_req(i, &format!("crash-{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .name,
+        );
+    }
+    // Some submitted, some polling, maybe some between intent and handle.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = sim.counters().backup_submits;
+    d.kill9();
+    let config = d.config.clone();
+    drop(d);
+
+    let d = Daemon::start_with(&config, &sim, dir.path()).expect("restart");
+    let mut c = d.op().await;
+    for n in &names {
+        let j = wait_done(&mut c, n, Duration::from_secs(90)).await;
+        assert_eq!(state(&j), "SUCCEEDED", "{n}: {}\n{}", j.message, d.logs());
+        assert!(!j.backup_id.is_empty());
+    }
+    assert_eq!(
+        sim.counters().backup_submits,
+        50,
+        "submitted before the kill: {before}"
+    );
+    for i in 0..50 {
+        assert_eq!(sim.backups(&inst(i)).len(), 2, "instance {i}");
+    }
+    // Idempotency keys survived the crash too.
+    let again = c
+        .create_backup(backup_req(7, "crash-7"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.name, names[7]);
+    let list = c
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 100,
+            page_token: String::new(),
+            filter: "state=SUCCEEDED".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.jobs.len(), 50);
+}
+
+#[tokio::test]
+async fn kill_nine_during_restores_never_restores_twice() {
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(1000),
+            ..Default::default()
+        },
+        20,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let mut names = Vec::new();
+    for i in 0..20 {
+        let mut r = restore_req(i);
+        r.backup_id = format!("seed-{i}");
+        names.push(c.restore(r).await.unwrap().into_inner().name);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    d.kill9();
+    let config = d.config.clone();
+    drop(d);
+    let d = Daemon::start_with(&config, &sim, dir.path()).expect("restart");
+    let mut c = d.op().await;
+    for n in &names {
+        let j = wait_done(&mut c, n, Duration::from_secs(60)).await;
+        // Either finished, or failed saying the outcome is unknown; never run twice.
+        assert!(
+            state(&j) == "SUCCEEDED" || j.message.contains("outcome unknown"),
+            "{}: {}",
+            state(&j),
+            j.message
+        );
+    }
+    assert!(sim.counters().restore_submits <= 20);
+    let mut per_instance = std::collections::HashMap::new();
+    for r in sim.restores() {
+        *per_instance.entry(r.instance).or_insert(0) += 1;
+    }
+    assert!(per_instance.values().all(|n| *n == 1), "{per_instance:?}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully_and_jobs_resume() {
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(1500),
+            ..Default::default()
+        },
+        2,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let a = c
+        .create_backup(backup_req(0, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = d.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "graceful exit: {status:?}\n{}", d.logs());
+    let config = d.config.clone();
+    drop(d);
+    let d = Daemon::start_with(&config, &sim, dir.path()).expect("restart");
+    let mut c = d.op().await;
+    assert_eq!(
+        state(&wait_done(&mut c, &a.name, Duration::from_secs(30)).await),
+        "SUCCEEDED"
+    );
+    assert_eq!(sim.counters().backup_submits, 1);
+}

@@ -1,0 +1,138 @@
+//! Faults in the backend and the network lose no job and submit nothing
+//! twice.
+
+use std::time::Duration;
+
+use custos_cf_v3::sim::SimConfig;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn thirty_percent_faults_all_fifty_jobs_succeed_once_each() {
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(300),
+            error_rate: 0.10,
+            throttle_rate: 0.10,
+            reset_rate: 0.05,
+            reset_after_apply_rate: 0.05,
+            ..Default::default()
+        },
+        50,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &sim,
+        dir.path(),
+        &Opts {
+            max_retries: 30,
+            ..Default::default()
+        },
+    );
+    let mut c = d.op().await;
+    let mut names = Vec::new();
+    for i in 0..50 {
+        names.push(
+            c.create_backup(backup_req(i, ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .name,
+        );
+    }
+    for n in &names {
+        let j = wait_done(&mut c, n, Duration::from_secs(120)).await;
+        assert_eq!(state(&j), "SUCCEEDED", "{n}: {}\n{}", j.message, d.logs());
+        assert!(!j.backup_id.is_empty(), "{n}");
+    }
+    let k = sim.counters();
+    assert!(k.faults > 20, "faults were injected: {k:?}");
+    assert_eq!(
+        k.backup_submits, 50,
+        "exactly one submission per job: {k:?}"
+    );
+    for i in 0..50 {
+        assert_eq!(
+            sim.backups(&inst(i)).len(),
+            2,
+            "instance {i}: seed + exactly one new backup"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_expiring_every_second_fail_no_job() {
+    let sim = sim(
+        SimConfig {
+            token_lifetime: Duration::from_secs(1),
+            job_duration: Duration::from_millis(1500),
+            ..Default::default()
+        },
+        20,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let mut names = Vec::new();
+    for i in 0..20 {
+        names.push(
+            c.create_backup(backup_req(i, ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .name,
+        );
+    }
+    for n in &names {
+        let j = wait_done(&mut c, n, Duration::from_secs(60)).await;
+        assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
+    }
+    let k = sim.counters();
+    assert!(k.token_grants >= 2, "tokens were renewed: {k:?}");
+    assert_eq!(k.backup_submits, 20);
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_and_are_reconciled() {
+    // Every answer to a POST comes after the client gave up; the POST was
+    // applied. The daemon must find the backup, not submit again.
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(200),
+            ..Default::default()
+        },
+        4,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &sim,
+        dir.path(),
+        &Opts {
+            timeout: "500ms",
+            ..Default::default()
+        },
+    );
+    let mut c = d.op().await;
+    sim.configure(|s| {
+        s.slow_rate = 0.5;
+        s.slow_delay = Duration::from_millis(1200);
+    });
+    let mut names = Vec::new();
+    for i in 0..4 {
+        names.push(
+            c.create_backup(backup_req(i, ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .name,
+        );
+    }
+    for n in &names {
+        let j = wait_done(&mut c, n, Duration::from_secs(90)).await;
+        assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
+    }
+    assert_eq!(sim.counters().backup_submits, 4);
+}

@@ -1,0 +1,253 @@
+//! The test harness: a CF simulator in the test process, the real `custos`
+//! binary as a child process on a free port, and gRPC clients.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use custos::api::pb::{self, backup_service_client::BackupServiceClient};
+use custos_cf_v3::sim::{SimConfig, Simulator};
+use tonic::{Request, Status, service::interceptor::InterceptedService, transport::Channel};
+
+pub const OP_TOKEN: &str = "it-operator-token-0123456789";
+pub const RO_TOKEN: &str = "it-reader-token-0123456789ab";
+
+pub type Client = BackupServiceClient<
+    InterceptedService<Channel, Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>>,
+>;
+
+/// A simulator with `n` service instances `inst(0..n)`.
+pub async fn sim(cfg: SimConfig, n: usize) -> Simulator {
+    let s = Simulator::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    for i in 0..n {
+        s.add_instance(&inst(i), &format!("db-{i}"));
+        s.add_backup(&inst(i), &format!("seed-{i}"), 1_700_000_000);
+    }
+    s
+}
+
+/// The guid of test instance `i`.
+pub fn inst(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+pub fn target(i: usize) -> String {
+    format!("backends/cf/serviceInstances/{}", inst(i))
+}
+
+/// Options of the generated config.
+#[derive(Clone)]
+pub struct Opts {
+    pub max_retries: u32,
+    pub timeout: &'static str,
+    pub extra: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            max_retries: 20,
+            timeout: "2s",
+            extra: String::new(),
+        }
+    }
+}
+
+pub fn config(sim: &Simulator, data_dir: &Path, o: &Opts) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+shutdown_timeout = "2s"
+{extra}
+
+[[tokens]]
+name = "ops"
+role = "operator"
+token_env = "CUSTOS_IT_OP"
+
+[[tokens]]
+name = "ro"
+role = "reader"
+token_env = "CUSTOS_IT_RO"
+
+[[backends]]
+name = "cf"
+kind = "cf_v3"
+endpoint = "{endpoint}"
+timeout = "{timeout}"
+poll_interval = "100ms"
+poll_max_interval = "400ms"
+max_retries = {retries}
+[backends.auth]
+type = "uaa"
+client_id = "{cid}"
+client_secret_env = "CUSTOS_IT_CF_SECRET"
+"#,
+        data = data_dir.display(),
+        extra = o.extra,
+        endpoint = sim.url(),
+        timeout = o.timeout,
+        retries = o.max_retries,
+        cid = sim.config().client_id,
+    )
+}
+
+/// The daemon as a child process.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `custos serve --config` and waits for its listening line.
+    pub fn start(sim: &Simulator, dir: &Path, o: &Opts) -> Daemon {
+        let config = dir.join("custos.toml");
+        std::fs::write(&config, self::config(sim, &dir.join("data"), o)).unwrap();
+        Self::start_with(&config, sim, dir).expect("daemon did not start")
+    }
+
+    pub fn start_with(config: &Path, sim: &Simulator, dir: &Path) -> Result<Daemon, String> {
+        let log = dir.join(format!("daemon-{}.log", uuid::Uuid::new_v4().simple()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_custos"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("CUSTOS_IT_OP", OP_TOKEN)
+            .env("CUSTOS_IT_RO", RO_TOKEN)
+            .env("CUSTOS_IT_CF_SECRET", sim.config().client_secret)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("custos: listening on ") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Ok(Daemon {
+                child,
+                addr,
+                log,
+                config: config.to_path_buf(),
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::fs::read_to_string(&log).unwrap_or_default())
+            }
+        }
+    }
+
+    pub async fn client(&self, token: Option<&str>) -> Client {
+        let ch = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let header: Option<tonic::metadata::MetadataValue<_>> =
+            token.map(|t| format!("Bearer {t}").parse().unwrap());
+        let f: Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send> =
+            Box::new(move |mut r: Request<()>| {
+                if let Some(h) = &header {
+                    r.metadata_mut().insert("authorization", h.clone());
+                }
+                Ok(r)
+            });
+        BackupServiceClient::with_interceptor(ch, f)
+    }
+
+    pub async fn op(&self) -> Client {
+        self.client(Some(OP_TOKEN)).await
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn backup_req(i: usize, request_id: &str) -> pb::CreateBackupRequest {
+    pb::CreateBackupRequest {
+        target: target(i),
+        request_id: request_id.to_string(),
+        labels: Default::default(),
+    }
+}
+
+pub fn restore_req(i: usize) -> pb::RestoreRequest {
+    pb::RestoreRequest {
+        target: target(i),
+        ..Default::default()
+    }
+}
+
+pub fn is_terminal(j: &pb::Job) -> bool {
+    use pb::job::State;
+    [State::Succeeded, State::Failed, State::Cancelled]
+        .iter()
+        .any(|s| *s as i32 == j.state)
+}
+
+pub fn state(j: &pb::Job) -> &'static str {
+    pb::job::State::try_from(j.state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?")
+}
+
+/// Polls `GetJob` until the job ends (or panics after `limit`).
+pub async fn wait_done(c: &mut Client, name: &str, limit: Duration) -> pb::Job {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let j = c
+            .get_job(pb::GetJobRequest {
+                name: name.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if is_terminal(&j) {
+            return j;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {name} did not end in {limit:?}: {} {}",
+            state(&j),
+            j.message
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The field names of a status's `BadRequest` violations.
+pub fn violations(s: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    s.get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,12 @@
+//! Black-box tests: the real daemon process, real gRPC clients, the CF
+//! simulator. One test binary (links once).
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+mod auth_and_config;
+mod crash;
+mod errors;
+mod faults;
+mod flows;
+mod validation;
