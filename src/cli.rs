@@ -159,12 +159,10 @@ pub enum JobCmd {
     },
 }
 
-type Client = BackupServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// The interceptor that adds the bearer token.
+type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
+type Client =
+    BackupServiceClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
 async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(opts.endpoint.clone())
@@ -181,13 +179,12 @@ async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
         ),
         None => None,
     };
-    let intercept: Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut req: Request<()>| {
-            if let Some(h) = &header {
-                req.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(req)
-        });
+    let intercept: AddToken = Box::new(move |mut req: Request<()>| {
+        if let Some(h) = &header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    });
     Ok(BackupServiceClient::with_interceptor(channel, intercept))
 }
 

@@ -65,8 +65,8 @@ async fn serve(
         let env = dev::start(listen.as_deref().unwrap_or(&cfg.listen)).await?;
         // A config file given with --dev adds its backends and tokens.
         let mut merged = env.config.clone();
-        merged.backends.extend(cfg.backends.drain(..));
-        merged.tokens.extend(cfg.tokens.drain(..));
+        merged.backends.append(&mut cfg.backends);
+        merged.tokens.append(&mut cfg.tokens);
         cfg = merged;
         Some(env)
     } else {

@@ -205,10 +205,10 @@ impl Store {
             let (k, _) = kv?;
             let id = Uuid::from_slice(&k[9..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let mut batch = sled::Batch::default();
-            if let Some(rec) = self.get_job(&id)? {
-                if let Some(r) = &rec.request_id {
-                    batch.remove(request_key(r));
-                }
+            if let Some(rec) = self.get_job(&id)?
+                && let Some(r) = &rec.request_id
+            {
+                batch.remove(request_key(r));
             }
             batch.remove(&key(b'j', &id));
             batch.remove(k);
@@ -342,7 +342,7 @@ mod tests {
             .flush_stats()
             .flushes
             .load(std::sync::atomic::Ordering::Relaxed);
-        assert!(flushes >= 1 && flushes <= 64);
+        assert!((1..=64).contains(&flushes));
         assert_eq!(store.live_jobs().unwrap().len(), 64);
     }
 }

@@ -16,9 +16,9 @@ use tonic::{Request, Status, service::interceptor::InterceptedService, transport
 pub const OP_TOKEN: &str = "it-operator-token-0123456789";
 pub const RO_TOKEN: &str = "it-reader-token-0123456789ab";
 
-pub type Client = BackupServiceClient<
-    InterceptedService<Channel, Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>>,
->;
+/// The interceptor that adds the bearer token.
+pub type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+pub type Client = BackupServiceClient<InterceptedService<Channel, AddToken>>;
 
 /// A simulator with `n` service instances `inst(0..n)`.
 pub async fn sim(cfg: SimConfig, n: usize) -> Simulator {
@@ -160,13 +160,12 @@ impl Daemon {
             .unwrap();
         let header: Option<tonic::metadata::MetadataValue<_>> =
             token.map(|t| format!("Bearer {t}").parse().unwrap());
-        let f: Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send> =
-            Box::new(move |mut r: Request<()>| {
-                if let Some(h) = &header {
-                    r.metadata_mut().insert("authorization", h.clone());
-                }
-                Ok(r)
-            });
+        let f: AddToken = Box::new(move |mut r: Request<()>| {
+            if let Some(h) = &header {
+                r.metadata_mut().insert("authorization", h.clone());
+            }
+            Ok(r)
+        });
         BackupServiceClient::with_interceptor(ch, f)
     }
 

@@ -680,7 +680,7 @@ fn serde_urlencoded_from(body: &[u8]) -> Option<TokenForm> {
 }
 
 /// Checks `Authorization: bearer <token>` (scheme case-insensitive).
-fn authorize(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(inner: &Inner, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let value = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -690,12 +690,12 @@ fn authorize(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
     let Some(token) = token else {
-        return Err(cf_error_response(
+        return Err(Box::new(cf_error_response(
             StatusCode::UNAUTHORIZED,
             10002,
             "CF-NotAuthenticated",
             "Authentication error",
-        ));
+        )));
     };
     if lock(&inner.cfg).static_tokens.iter().any(|t| t == token) {
         return Ok(());
@@ -711,12 +711,12 @@ fn authorize(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
             .counters
             .rejected_tokens
             .fetch_add(1, Ordering::SeqCst);
-        Err(cf_error_response(
+        Err(Box::new(cf_error_response(
             StatusCode::UNAUTHORIZED,
             1000,
             "CF-InvalidAuthToken",
             "Invalid Auth Token",
-        ))
+        )))
     }
 }
 
@@ -735,7 +735,7 @@ async fn get_instance(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&inner, &headers) {
-        return r;
+        return *r;
     }
     let mut w = lock(&inner.world);
     advance(&mut w);
@@ -765,7 +765,7 @@ async fn list_backups(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&inner, &headers) {
-        return r;
+        return *r;
     }
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => None,
@@ -785,7 +785,7 @@ async fn list_backups(
         return not_found_instance();
     };
     let mut backups = i.backups.clone();
-    backups.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    backups.sort_by_key(|b| std::cmp::Reverse(b.created_at));
     if let Some(n) = limit {
         backups.truncate(n);
     }
@@ -848,7 +848,7 @@ async fn create_backup(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&inner, &headers) {
-        return r;
+        return *r;
     }
     let resp = start_job(&inner, &guid, JobWork::Backup, "backup");
     if resp.status() == StatusCode::ACCEPTED {
@@ -864,7 +864,7 @@ async fn restore(
     body: Bytes,
 ) -> Response {
     if let Err(r) = authorize(&inner, &headers) {
-        return r;
+        return *r;
     }
     let raw: Value = if body.is_empty() {
         json!({})
@@ -947,7 +947,7 @@ async fn get_job(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&inner, &headers) {
-        return r;
+        return *r;
     }
     inner.counters.job_polls.fetch_add(1, Ordering::SeqCst);
     let mut w = lock(&inner.world);

@@ -1,5 +1,6 @@
 //! The CF adapter against its simulator: the backend-level contract, below
 //! the daemon.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
