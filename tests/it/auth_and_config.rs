@@ -75,7 +75,7 @@ async fn tokens_and_roles_are_enforced() {
         .connect()
         .await
         .unwrap();
-    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let r = h
         .check(tonic_health::pb::HealthCheckRequest {
             service: "custos.v1.BackupService".into(),
