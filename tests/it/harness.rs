@@ -46,7 +46,10 @@ pub fn target(i: usize) -> String {
 pub struct Opts {
     pub max_retries: u32,
     pub timeout: &'static str,
+    /// Top-level keys, before the tables.
     pub extra: String,
+    /// More keys of the `cf` backend.
+    pub backend_extra: String,
 }
 
 impl Default for Opts {
@@ -55,6 +58,7 @@ impl Default for Opts {
             max_retries: 20,
             timeout: "2s",
             extra: String::new(),
+            backend_extra: String::new(),
         }
     }
 }
@@ -85,6 +89,7 @@ timeout = "{timeout}"
 poll_interval = "100ms"
 poll_max_interval = "400ms"
 max_retries = {retries}
+{backend_extra}
 [backends.auth]
 type = "uaa"
 client_id = "{cid}"
@@ -95,6 +100,7 @@ client_secret_env = "CUSTOS_IT_CF_SECRET"
         endpoint = sim.url(),
         timeout = o.timeout,
         retries = o.max_retries,
+        backend_extra = o.backend_extra,
         cid = sim.config().client_id,
     )
 }

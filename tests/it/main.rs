@@ -9,4 +9,5 @@ mod crash;
 mod errors;
 mod faults;
 mod flows;
+mod limits;
 mod validation;

@@ -102,6 +102,9 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub faults: AtomicU64,
     pub rejected_tokens: AtomicU64,
+    /// Requests being answered now, and the most ever at once.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -114,6 +117,7 @@ pub struct CounterSnapshot {
     pub requests: u64,
     pub faults: u64,
     pub rejected_tokens: u64,
+    pub max_in_flight: u64,
 }
 
 /// A forced answer for the next `times` requests whose method matches and
@@ -342,6 +346,7 @@ impl Simulator {
             requests: c.requests.load(Ordering::SeqCst),
             faults: c.faults.load(Ordering::SeqCst),
             rejected_tokens: c.rejected_tokens.load(Ordering::SeqCst),
+            max_in_flight: c.max_in_flight.load(Ordering::SeqCst),
         }
     }
 
@@ -433,6 +438,7 @@ async fn faults(
     next: Next,
 ) -> Response {
     inner.counters.requests.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&inner.counters);
     let cfg = lock(&inner.cfg).clone();
     if !cfg.latency.is_zero() {
         tokio::time::sleep(cfg.latency).await;
@@ -539,6 +545,24 @@ async fn faults(
         tokio::time::sleep(cfg.slow_delay).await;
     }
     resp
+}
+
+/// Counts a request as in flight until dropped (also when its connection
+/// is dropped mid-answer).
+struct InFlight<'a>(&'a Counters);
+
+impl<'a> InFlight<'a> {
+    fn enter(c: &'a Counters) -> Self {
+        let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        c.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Moves every job whose time has come to its end, applying its effect.
