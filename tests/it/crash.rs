@@ -19,7 +19,7 @@ async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
     let mut names = Vec::new();
     for i in 0..50 {
@@ -34,17 +34,9 @@ async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
     // Some submitted, some polling, maybe some between intent and handle.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let before = sim.counters().backup_submits;
-    d.kill9();
-    let config = d.config.clone();
-    drop(d);
-
-    let d = Daemon::start_with(&config, &sim, dir.path()).expect("restart");
+    let d = d.restart_after_kill9(&sim, dir.path());
     let mut c = d.op().await;
-    for n in &names {
-        let j = wait_done(&mut c, n, Duration::from_secs(90)).await;
-        assert_eq!(state(&j), "SUCCEEDED", "{n}: {}\n{}", j.message, d.logs());
-        assert!(!j.backup_id.is_empty());
-    }
+    expect_all_succeed(&mut c, &names, Duration::from_secs(90), &d).await;
     assert_eq!(
         sim.counters().backup_submits,
         50,
@@ -83,7 +75,7 @@ async fn kill_nine_during_restores_never_restores_twice() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
     let mut names = Vec::new();
     for i in 0..20 {
@@ -92,10 +84,7 @@ async fn kill_nine_during_restores_never_restores_twice() {
         names.push(c.restore(r).await.unwrap().into_inner().name);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    d.kill9();
-    let config = d.config.clone();
-    drop(d);
-    let d = Daemon::start_with(&config, &sim, dir.path()).expect("restart");
+    let d = d.restart_after_kill9(&sim, dir.path());
     let mut c = d.op().await;
     for n in &names {
         let j = wait_done(&mut c, n, Duration::from_secs(60)).await;

@@ -31,21 +31,8 @@ async fn thirty_percent_faults_all_fifty_jobs_succeed_once_each() {
         },
     );
     let mut c = d.op().await;
-    let mut names = Vec::new();
-    for i in 0..50 {
-        names.push(
-            c.create_backup(backup_req(i, ""))
-                .await
-                .unwrap()
-                .into_inner()
-                .name,
-        );
-    }
-    for n in &names {
-        let j = wait_done(&mut c, n, Duration::from_secs(120)).await;
-        assert_eq!(state(&j), "SUCCEEDED", "{n}: {}\n{}", j.message, d.logs());
-        assert!(!j.backup_id.is_empty(), "{n}");
-    }
+    let names = create_backups(&mut c, 0..50).await;
+    expect_all_succeed(&mut c, &names, Duration::from_secs(120), &d).await;
     let k = sim.counters();
     assert!(k.faults > 20, "faults were injected: {k:?}");
     assert_eq!(
@@ -75,20 +62,8 @@ async fn tokens_expiring_every_second_fail_no_job() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
-    let mut names = Vec::new();
-    for i in 0..20 {
-        names.push(
-            c.create_backup(backup_req(i, ""))
-                .await
-                .unwrap()
-                .into_inner()
-                .name,
-        );
-    }
-    for n in &names {
-        let j = wait_done(&mut c, n, Duration::from_secs(60)).await;
-        assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
-    }
+    let names = create_backups(&mut c, 0..20).await;
+    expect_all_succeed(&mut c, &names, Duration::from_secs(60), &d).await;
     let k = sim.counters();
     assert!(k.token_grants >= 2, "tokens were renewed: {k:?}");
     assert_eq!(k.backup_submits, 20);
@@ -120,19 +95,7 @@ async fn slow_answers_time_out_and_are_reconciled() {
         s.slow_rate = 0.5;
         s.slow_delay = Duration::from_millis(1200);
     });
-    let mut names = Vec::new();
-    for i in 0..4 {
-        names.push(
-            c.create_backup(backup_req(i, ""))
-                .await
-                .unwrap()
-                .into_inner()
-                .name,
-        );
-    }
-    for n in &names {
-        let j = wait_done(&mut c, n, Duration::from_secs(90)).await;
-        assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
-    }
+    let names = create_backups(&mut c, 0..4).await;
+    expect_all_succeed(&mut c, &names, Duration::from_secs(90), &d).await;
     assert_eq!(sim.counters().backup_submits, 4);
 }

@@ -185,6 +185,14 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// kill -9, then a new daemon on the same config and data dir.
+    pub fn restart_after_kill9(mut self, sim: &Simulator, dir: &Path) -> Daemon {
+        self.kill9();
+        let config = self.config.clone();
+        drop(self);
+        Daemon::start_with(&config, sim, dir).expect("restart")
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -223,6 +231,28 @@ pub fn state(j: &pb::Job) -> &'static str {
     pb::job::State::try_from(j.state)
         .map(|s| s.as_str_name())
         .unwrap_or("?")
+}
+
+/// Starts a backup of each test instance in `instances`; the job names.
+pub async fn create_backups(c: &mut Client, instances: std::ops::Range<usize>) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in instances {
+        let req = backup_req(i, "");
+        names.push(c.create_backup(req).await.unwrap().into_inner().name);
+    }
+    names
+}
+
+/// Waits for every job and asserts it SUCCEEDED (with the daemon's log
+/// when not).
+pub async fn expect_all_succeed(c: &mut Client, names: &[String], limit: Duration, d: &Daemon) {
+    for n in names {
+        let j = wait_done(c, n, limit).await;
+        assert_eq!(state(&j), "SUCCEEDED", "{n}: {}\n{}", j.message, d.logs());
+        if pb::job::Kind::try_from(j.kind) == Ok(pb::job::Kind::Backup) {
+            assert!(!j.backup_id.is_empty(), "{n}: no backup id");
+        }
+    }
 }
 
 /// Polls `GetJob` until the job ends (or panics after `limit`).

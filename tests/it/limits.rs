@@ -36,20 +36,8 @@ async fn per_backend_limit_bounds_backend_calls_and_a_stalled_watcher_slows_noth
         })
         .await
         .unwrap();
-    let mut names = Vec::new();
-    for i in 0..30 {
-        names.push(
-            c.create_backup(backup_req(i, ""))
-                .await
-                .unwrap()
-                .into_inner()
-                .name,
-        );
-    }
-    for n in &names {
-        let j = wait_done(&mut c, n, Duration::from_secs(60)).await;
-        assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
-    }
+    let names = create_backups(&mut c, 0..30).await;
+    expect_all_succeed(&mut c, &names, Duration::from_secs(60), &d).await;
     let k = sim.counters();
     assert_eq!(k.backup_submits, 30);
     assert!(
@@ -108,7 +96,7 @@ async fn finished_jobs_are_pruned_after_job_history() {
         extra: "job_history = \"1s\"\n".into(),
         ..Default::default()
     };
-    let mut d = Daemon::start(&sim, dir.path(), &o);
+    let d = Daemon::start(&sim, dir.path(), &o);
     let mut c = d.op().await;
     let j = c
         .create_backup(backup_req(0, "keep-me-briefly"))
@@ -121,10 +109,7 @@ async fn finished_jobs_are_pruned_after_job_history() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Pruning runs at start (and hourly).
-    d.kill9();
-    let config = d.config.clone();
-    drop(d);
-    let d = Daemon::start_with(&config, &sim, dir.path()).unwrap();
+    let d = d.restart_after_kill9(&sim, dir.path());
     let mut c = d.op().await;
     let e = c
         .get_job(pb::GetJobRequest {

@@ -12,7 +12,7 @@ use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
     ResourceKind, RestoreSpec,
-    http::{self, retry_idempotent},
+    http::{self, Reply, retry_idempotent},
     token::{Token, TokenCache},
 };
 use reqwest::{Method, StatusCode, header::HeaderMap};
@@ -141,19 +141,12 @@ impl CfV3 {
             return Ok(u.clone());
         }
         let url = self.url("")?;
-        let resp = self
-            .http
-            .get(url)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| http::transport_error(&e, "discovering the UAA endpoint", true))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| http::transport_error(&e, "reading the CF root document", true))?;
+        let req = self.http.get(url).header("Accept", "application/json");
+        let Reply {
+            status,
+            headers,
+            body,
+        } = http::send(req, "discovering the UAA endpoint", true).await?;
         if !status.is_success() {
             return Err(cf_error(status, &headers, &body, "GET / (UAA discovery)"));
         }
@@ -197,21 +190,17 @@ impl CfV3 {
                 ("password", password),
             ],
         };
-        let resp = self
+        let req = self
             .http
             .post(&token_url)
             .basic_auth(client_id, Some(client_secret))
             .header("Accept", "application/json")
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(&e, "requesting a UAA token", true))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| http::transport_error(&e, "reading the UAA token", true))?;
+            .form(&form);
+        let Reply {
+            status,
+            headers,
+            body,
+        } = http::send(req, "requesting a UAA token", true).await?;
         if !status.is_success() {
             // OAuth2 errors: {"error","error_description"}.
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -258,7 +247,7 @@ impl CfV3 {
         url: Url,
         body: Option<&Value>,
         what: &str,
-    ) -> Result<(StatusCode, HeaderMap, Vec<u8>), BackendError> {
+    ) -> Result<Reply, BackendError> {
         let idempotent = method == Method::GET;
         let mut refreshed = false;
         loop {
@@ -271,29 +260,20 @@ impl CfV3 {
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| http::transport_error(&e, what, idempotent))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| http::transport_error(&e, what, idempotent))?;
-            if status == StatusCode::UNAUTHORIZED
+            let reply = http::send(req, what, idempotent).await?;
+            if reply.status == StatusCode::UNAUTHORIZED
                 && !refreshed
                 && matches!(self.auth, CfAuth::Uaa { .. })
-                && is_invalid_token(&bytes)
+                && is_invalid_token(&reply.body)
             {
                 self.tokens.invalidate(&token).await;
                 refreshed = true;
                 continue;
             }
-            if !status.is_success() {
-                return Err(cf_error(status, &headers, &bytes, what));
+            if !reply.status.is_success() {
+                return Err(cf_error(reply.status, &reply.headers, &reply.body, what));
             }
-            return Ok((status, headers, bytes.to_vec()));
+            return Ok(reply);
         }
     }
 
@@ -304,8 +284,8 @@ impl CfV3 {
     ) -> Result<T, BackendError> {
         let url = self.url(path)?;
         retry_idempotent(MAX_LIST_RETRIES, MAX_LIST_WAIT, || async {
-            let (_, _, body) = self.call(Method::GET, url.clone(), None, what).await?;
-            serde_json::from_slice::<T>(&body).map_err(|e| {
+            let reply = self.call(Method::GET, url.clone(), None, what).await?;
+            serde_json::from_slice::<T>(&reply.body).map_err(|e| {
                 BackendError::transient(format!(
                     "{what}: the answer is not valid JSON of the expected shape: {e}"
                 ))
@@ -342,8 +322,10 @@ impl CfV3 {
         what: &str,
     ) -> Result<Url, BackendError> {
         let url = self.url(path)?;
-        let (status, headers, _) = self.call(Method::POST, url.clone(), body, what).await?;
-        let location = headers
+        let reply = self.call(Method::POST, url.clone(), body, what).await?;
+        let status = reply.status;
+        let location = reply
+            .headers
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
@@ -718,10 +700,10 @@ impl Backend for CfV3 {
                 let url = Url::parse(&url)
                     .map_err(|e| BackendError::permanent(format!("stored job URL is bad: {e}")))?;
                 self.same_origin(&url)?;
-                let (_, _, body) = self
+                let reply = self
                     .call(Method::GET, url, None, "reading the CF job")
                     .await?;
-                let job: wire::Job = serde_json::from_slice(&body).map_err(|e| {
+                let job: wire::Job = serde_json::from_slice(&reply.body).map_err(|e| {
                     BackendError::transient(format!("the CF job is not of the expected shape: {e}"))
                 })?;
                 match job.state.as_str() {

@@ -419,6 +419,16 @@ fn cf_error_response(status: StatusCode, code: i64, title: &str, detail: &str) -
     (status, Json(env)).into_response()
 }
 
+/// 422 `CF-UnprocessableEntity`, CF's answer to a request it cannot use.
+fn unprocessable(detail: &str) -> Response {
+    cf_error_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        10008,
+        "CF-UnprocessableEntity",
+        detail,
+    )
+}
+
 fn rate_limit_headers(h: &mut HeaderMap, reset: i64, remaining: u64) {
     let set = |h: &mut HeaderMap, k: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
@@ -795,12 +805,7 @@ async fn list_backups(
         None => None,
         Some(Ok(n)) if n >= 1 => Some(n),
         Some(_) => {
-            return cf_error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                10008,
-                "CF-UnprocessableEntity",
-                "Limit must be a positive integer",
-            );
+            return unprocessable("Limit must be a positive integer");
         }
     };
     let mut w = lock(&inner.world);
@@ -896,35 +901,20 @@ async fn restore(
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return cf_error_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    10008,
-                    "CF-UnprocessableEntity",
-                    &format!("Request invalid due to parse error: {e}"),
-                );
+                return unprocessable(&format!("Request invalid due to parse error: {e}"));
             }
         }
     };
     let req: RestoreBody = match serde_json::from_value(raw.clone()) {
         Ok(r) => r,
         Err(e) => {
-            return cf_error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                10008,
-                "CF-UnprocessableEntity",
-                &e.to_string(),
-            );
+            return unprocessable(&e.to_string());
         }
     };
     if let Some(ts) = &req.target_timestamp
         && chrono::DateTime::parse_from_rfc3339(ts).is_err()
     {
-        return cf_error_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            10008,
-            "CF-UnprocessableEntity",
-            "Target timestamp must be an RFC 3339 date-time",
-        );
+        return unprocessable("Target timestamp must be an RFC 3339 date-time");
     }
     {
         let w = lock(&inner.world);
@@ -933,22 +923,12 @@ async fn restore(
         }
         let from = req.source_service_instance_guid.as_deref().unwrap_or(&guid);
         let Some(src) = w.instances.get(from) else {
-            return cf_error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                10008,
-                "CF-UnprocessableEntity",
-                "Source service instance not found",
-            );
+            return unprocessable("Source service instance not found");
         };
         if let Some(b) = &req.backup_id
             && !src.backups.iter().any(|x| &x.id == b)
         {
-            return cf_error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                10008,
-                "CF-UnprocessableEntity",
-                &format!("Backup {b} not found"),
-            );
+            return unprocessable(&format!("Backup {b} not found"));
         }
     }
     let resp = start_job(&inner, &guid, JobWork::Restore, "restore");

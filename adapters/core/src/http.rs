@@ -17,6 +17,39 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, BackendError> {
         .map_err(|e| BackendError::permanent(format!("cannot build the HTTP client: {e}")))
 }
 
+/// A whole HTTP answer, read.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: reqwest::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Sends a request and reads the whole answer; transport failures become
+/// [`BackendError`]s (see [`transport_error`]). Any status is returned.
+pub async fn send(
+    req: reqwest::RequestBuilder,
+    what: &str,
+    idempotent: bool,
+) -> Result<Reply, BackendError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, what, idempotent))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| transport_error(&e, what, idempotent))?
+        .to_vec();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
 /// Maps a transport failure. A request that failed before a connection was
 /// made cannot have been applied; any later failure of a non-idempotent
 /// request may have been, and is marked so the caller reconciles.
