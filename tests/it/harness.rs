@@ -159,20 +159,7 @@ impl Daemon {
     }
 
     pub async fn client(&self, token: Option<&str>) -> Client {
-        let ch = Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let header: Option<tonic::metadata::MetadataValue<_>> =
-            token.map(|t| format!("Bearer {t}").parse().unwrap());
-        let f: AddToken = Box::new(move |mut r: Request<()>| {
-            if let Some(h) = &header {
-                r.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(r)
-        });
-        BackupServiceClient::with_interceptor(ch, f)
+        connect(&self.addr, token).await
     }
 
     pub async fn op(&self) -> Client {
@@ -203,6 +190,24 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client of the daemon at `addr`, sending `token` when given.
+pub async fn connect(addr: &str, token: Option<&str>) -> Client {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let header: Option<tonic::metadata::MetadataValue<_>> =
+        token.map(|t| format!("Bearer {t}").parse().unwrap());
+    let f: AddToken = Box::new(move |mut r: Request<()>| {
+        if let Some(h) = &header {
+            r.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(r)
+    });
+    BackupServiceClient::with_interceptor(ch, f)
 }
 
 pub fn backup_req(i: usize, request_id: &str) -> pb::CreateBackupRequest {
