@@ -481,7 +481,7 @@ impl Engine {
                             .map(|h| format!(" {}", h.display))
                             .unwrap_or_default()
                     );
-                    self.fail(&id, tonic_code::DEADLINE_EXCEEDED, msg, vec![])
+                    self.fail(&id, rpc_code::DEADLINE_EXCEEDED, msg, vec![])
                         .await?;
                     return Ok(());
                 }
@@ -672,7 +672,7 @@ impl Engine {
             Reconciled::Unknown(why) => {
                 self.fail(
                     &job.id,
-                    tonic_code::UNKNOWN,
+                    rpc_code::UNKNOWN,
                     format!("outcome unknown: {why}"),
                     vec![],
                 )
@@ -691,7 +691,7 @@ impl Engine {
         let (Some(intent), Some(handle)) = (job.intent.clone(), job.handle.clone()) else {
             self.fail(
                 &job.id,
-                tonic_code::INTERNAL,
+                rpc_code::INTERNAL,
                 "the job lost its remote handle".into(),
                 vec![],
             )
@@ -842,9 +842,9 @@ impl From<StoreError> for StepError {
     }
 }
 
-/// `google.rpc.Code` values used in `JobError.code` (kept here so the
+/// `google.rpc.Code` values used in `JobError.code` (numbers, so the
 /// engine does not depend on tonic).
-pub mod tonic_code {
+pub mod rpc_code {
     pub const UNKNOWN: i32 = 2;
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const DEADLINE_EXCEEDED: i32 = 4;
@@ -861,7 +861,7 @@ pub mod tonic_code {
 
 /// The failure class of a backend error, as a `google.rpc.Code`.
 fn code_for(e: &BackendError) -> i32 {
-    use tonic_code::*;
+    use rpc_code::*;
     match e.kind {
         ErrorKind::Unauthorized => UNAUTHENTICATED,
         ErrorKind::Forbidden => PERMISSION_DENIED,

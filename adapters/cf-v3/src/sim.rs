@@ -68,6 +68,8 @@ pub struct SimConfig {
     pub users: Vec<(String, String)>,
     /// Tokens accepted without UAA (for `type = "token"` backends).
     pub static_tokens: Vec<String>,
+    /// Send `Location: /v3/jobs/{guid}` (relative) instead of an absolute URL.
+    pub relative_location: bool,
 }
 
 impl Default for SimConfig {
@@ -86,6 +88,7 @@ impl Default for SimConfig {
             client_secret: "custos-secret".into(),
             users: vec![("admin".into(), "admin-password".into())],
             static_tokens: Vec::new(),
+            relative_location: false,
         }
     }
 }
@@ -823,7 +826,10 @@ async fn list_backups(
 
 /// Starts a job on an instance, or answers 404/409.
 fn start_job(inner: &Inner, guid: &str, work: JobWork, kind: &'static str) -> Response {
-    let duration = lock(&inner.cfg).job_duration;
+    let (duration, relative) = {
+        let c = lock(&inner.cfg);
+        (c.job_duration, c.relative_location)
+    };
     let mut w = lock(&inner.world);
     advance(&mut w);
     let fail_with = w.fail_next_jobs.remove(guid);
@@ -865,7 +871,12 @@ fn start_job(inner: &Inner, guid: &str, work: JobWork, kind: &'static str) -> Re
         },
     );
     let mut resp = StatusCode::ACCEPTED.into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("{}/v3/jobs/{job_guid}", inner.base_url)) {
+    let base = if relative {
+        ""
+    } else {
+        inner.base_url.as_str()
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{base}/v3/jobs/{job_guid}")) {
         resp.headers_mut().insert("location", v);
     }
     resp

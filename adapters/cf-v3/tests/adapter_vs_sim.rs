@@ -176,3 +176,32 @@ async fn reconcile_tells_submitted_from_not_submitted() {
     }
     assert_eq!(sim.counters().backup_submits, 1);
 }
+
+#[tokio::test]
+async fn relative_location_and_fixed_token() {
+    let cfg = SimConfig {
+        relative_location: true,
+        static_tokens: vec!["fixed-token".into()],
+        ..Default::default()
+    };
+    let sim = Simulator::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    sim.add_instance(GUID, "db");
+    let cf = CfV3::new(CfConfig {
+        endpoint: sim.url(),
+        auth: CfAuth::Token("fixed-token".into()),
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let op = Operation::CreateBackup {
+        resource: instance(),
+    };
+    let Progress::Succeeded {
+        backup_id: Some(_), ..
+    } = drive(&cf, &op).await
+    else {
+        panic!("backup did not succeed");
+    };
+    assert_eq!(sim.counters().token_grants, 0, "no UAA with a fixed token");
+}
