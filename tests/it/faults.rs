@@ -99,3 +99,42 @@ async fn slow_answers_time_out_and_are_reconciled() {
     expect_all_succeed(&mut c, &names, Duration::from_secs(90), &d).await;
     assert_eq!(sim.counters().backup_submits, 4);
 }
+
+#[tokio::test]
+async fn a_restore_whose_outcome_cannot_be_known_fails_and_never_runs_twice() {
+    // The restore POST is applied but answered after the client gave up,
+    // and the instance shows no last_operation: nobody can tell whether the
+    // restore started. Sending it again could destroy data.
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(200),
+            omit_last_operation: true,
+            slow_only_posts: true,
+            slow_rate: 1.0,
+            slow_delay: Duration::from_millis(1500),
+            ..Default::default()
+        },
+        1,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &sim,
+        dir.path(),
+        &Opts {
+            timeout: "500ms",
+            ..Default::default()
+        },
+    );
+    let mut c = d.op().await;
+    let mut r = restore_req(0);
+    r.backup_id = "seed-0".into();
+    let j = c.restore(r).await.unwrap().into_inner();
+    let j = wait_done(&mut c, &j.name, Duration::from_secs(30)).await;
+    assert_eq!(state(&j), "FAILED");
+    assert!(j.message.contains("outcome unknown"), "{}", j.message);
+    assert!(j.message.contains("cannot be known"), "{}", j.message);
+    assert_eq!(j.error.unwrap().code, tonic::Code::Unknown as i32);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.counters().restore_submits, 1, "never sent twice");
+}

@@ -70,6 +70,12 @@ pub struct SimConfig {
     pub static_tokens: Vec<String>,
     /// Send `Location: /v3/jobs/{guid}` (relative) instead of an absolute URL.
     pub relative_location: bool,
+    /// Apply `slow_rate` to API POSTs (`/v3/...`) only, not to reads or
+    /// token requests.
+    pub slow_only_posts: bool,
+    /// Leave `last_operation` out of service instances (a CC that does not
+    /// track backup operations there), so reconciliation cannot tell.
+    pub omit_last_operation: bool,
 }
 
 impl Default for SimConfig {
@@ -89,6 +95,8 @@ impl Default for SimConfig {
             users: vec![("admin".into(), "admin-password".into())],
             static_tokens: Vec::new(),
             relative_location: false,
+            slow_only_posts: false,
+            omit_last_operation: false,
         }
     }
 }
@@ -553,7 +561,8 @@ async fn faults(
         k.0.notify_one();
         return std::future::pending().await;
     }
-    if slow {
+    let api_post = method == Method::POST && path.starts_with("/v3/");
+    if slow && (api_post || !cfg.slow_only_posts) {
         inner.counters.faults.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(cfg.slow_delay).await;
     }
@@ -780,14 +789,19 @@ async fn get_instance(
         return not_found_instance();
     };
     let b = &inner.base_url;
-    Json(json!({
+    let mut v = json!({
         "guid": guid,
         "name": i.name,
         "type": "managed",
         "last_operation": i.last_operation.as_ref().map(LastOp::to_json),
         "links": {"self": {"href": format!("{b}/v3/service_instances/{guid}")}},
-    }))
-    .into_response()
+    });
+    if lock(&inner.cfg).omit_last_operation
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("last_operation");
+    }
+    Json(v).into_response()
 }
 
 #[derive(Deserialize)]
