@@ -10,7 +10,7 @@ mod filter;
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
-use custos_adapter_core::{FieldViolation, Operation, RestoreSpec, VolumeMapping};
+use custos_adapter_core::{Capabilities, FieldViolation, Operation, RestoreSpec, VolumeMapping};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ pub use error::ApiError;
 use crate::{
     config::Role,
     engine::{
-        Engine, NewJob,
+        BackendEntry, Engine, NewJob,
         model::{JobKind, JobRecord},
     },
     names::{self, Target},
@@ -59,8 +59,8 @@ impl Service {
     }
 
     /// Parses a target and checks that its backend exists and serves that
-    /// kind of resource.
-    fn target(&self, field: &str, s: &str) -> Result<Target, ApiError> {
+    /// kind of resource; returns the backend with it.
+    fn target(&self, field: &str, s: &str) -> Result<(Target, &BackendEntry), ApiError> {
         let t = names::parse_target(s).map_err(|e| ApiError::field(field, e))?;
         let Some(entry) = self.engine.backend(&t.backend) else {
             return Err(ApiError::NotFound(format!(
@@ -82,43 +82,7 @@ impl Service {
                 ),
             ));
         }
-        Ok(t)
-    }
-
-    fn check_op(
-        &self,
-        backend: &str,
-        op: &Operation,
-        mut v: Vec<FieldViolation>,
-    ) -> Result<(), ApiError> {
-        if let Some(entry) = self.engine.backend(backend) {
-            v.extend(entry.backend.check(op));
-        }
-        if v.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Invalid(v))
-        }
-    }
-
-    fn capability(
-        &self,
-        backend: &str,
-        what: &str,
-        has: impl Fn(&custos_adapter_core::Capabilities) -> bool,
-    ) -> Result<(), ApiError> {
-        let entry = self
-            .engine
-            .backend(backend)
-            .ok_or_else(|| ApiError::NotFound(format!("backend {backend:?} is not configured")))?;
-        if has(&entry.backend.capabilities()) {
-            Ok(())
-        } else {
-            Err(ApiError::FailedPrecondition(format!(
-                "backend {backend} ({}) cannot {what}",
-                entry.backend.kind()
-            )))
-        }
+        Ok((t, entry))
     }
 
     async fn create(&self, new: NewJob) -> Result<Response<pb::Job>, Status> {
@@ -135,6 +99,42 @@ impl Service {
         self.engine
             .get(&id)?
             .ok_or_else(|| ApiError::NotFound(format!("job {} not found", names::truncate(name))))
+    }
+}
+
+/// FAILED_PRECONDITION unless the backend has the capability.
+fn capability(
+    entry: &BackendEntry,
+    what: &str,
+    has: impl Fn(&Capabilities) -> bool,
+) -> Result<(), ApiError> {
+    if has(&entry.backend.capabilities()) {
+        Ok(())
+    } else {
+        Err(ApiError::FailedPrecondition(format!(
+            "backend {} ({}) cannot {what}",
+            entry.name,
+            entry.backend.kind()
+        )))
+    }
+}
+
+/// Adds the adapter's own checks to `v` (without repeating a field already
+/// named) and refuses the request if anything was found.
+fn check_op(
+    entry: &BackendEntry,
+    op: &Operation,
+    mut v: Vec<FieldViolation>,
+) -> Result<(), ApiError> {
+    for f in entry.backend.check(op) {
+        if !v.iter().any(|x| x.field == f.field) {
+            v.push(f);
+        }
+    }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(v))
     }
 }
 
@@ -220,15 +220,15 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Job>, Status> {
         require(&req, Role::Operator)?;
         let r = req.into_inner();
-        let t = self.target("target", &r.target)?;
-        self.capability(&t.backend, "create backups", |c| c.create_backup)?;
+        let (t, entry) = self.target("target", &r.target)?;
+        capability(entry, "create backups", |c| c.create_backup)?;
         let mut v = Vec::new();
         let request_id = request_id(&r.request_id, &mut v);
         let labels = labels(&r.labels, &mut v);
         let op = Operation::CreateBackup {
             resource: t.resource.clone(),
         };
-        self.check_op(&t.backend, &op, v)?;
+        check_op(entry, &op, v)?;
         self.create(NewJob {
             kind: JobKind::Backup,
             target: t.name(),
@@ -247,16 +247,12 @@ impl BackupService for Service {
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         require(&req, Role::Reader)?;
         let r = req.into_inner();
-        let t = self.target("target", &r.target)?;
-        self.capability(&t.backend, "list backups", |c| c.list_backups)?;
+        let (t, entry) = self.target("target", &r.target)?;
+        capability(entry, "list backups", |c| c.list_backups)?;
         if r.page_size < 0 {
             return Err(ApiError::field("page_size", "must not be negative").into());
         }
         let limit = (r.page_size > 0).then_some(r.page_size as u32);
-        let entry = self
-            .engine
-            .backend(&t.backend)
-            .ok_or_else(|| ApiError::NotFound(t.backend.clone()))?;
         let page = entry
             .backend
             .list_backups(&t.resource, limit, &r.page_token)
@@ -279,7 +275,7 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Job>, Status> {
         require(&req, Role::Operator)?;
         let r = req.into_inner();
-        let t = self.target("target", &r.target)?;
+        let (t, entry) = self.target("target", &r.target)?;
         let mut v = Vec::new();
         if !names::valid_id(&r.backup_id) {
             v.push(FieldViolation::new(
@@ -291,12 +287,12 @@ impl BackupService for Service {
         if !v.is_empty() {
             return Err(ApiError::Invalid(v).into());
         }
-        self.capability(&t.backend, "delete backups", |c| c.delete_backup)?;
+        capability(entry, "delete backups", |c| c.delete_backup)?;
         let op = Operation::DeleteBackup {
             resource: t.resource.clone(),
             backup_id: r.backup_id,
         };
-        self.check_op(&t.backend, &op, v)?;
+        check_op(entry, &op, v)?;
         self.create(NewJob {
             kind: JobKind::DeleteBackup,
             target: t.name(),
@@ -312,18 +308,10 @@ impl BackupService for Service {
     async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::Job>, Status> {
         require(&req, Role::Operator)?;
         let r = req.into_inner();
-        let t = self.target("target", &r.target)?;
-        self.capability(&t.backend, "restore", |c| c.restore)?;
-        let caps = self
-            .engine
-            .backend(&t.backend)
-            .map(|b| b.backend.capabilities())
-            .unwrap_or_default();
-        let kind = self
-            .engine
-            .backend(&t.backend)
-            .map(|b| b.backend.kind().to_string())
-            .unwrap_or_default();
+        let (t, entry) = self.target("target", &r.target)?;
+        capability(entry, "restore", |c| c.restore)?;
+        let caps = entry.backend.capabilities();
+        let kind = entry.backend.kind();
         let mut v = Vec::new();
         let unsupported =
             |field: &str| FieldViolation::new(field, format!("not supported by {kind} backends"));
@@ -456,23 +444,8 @@ impl BackupService for Service {
                 resource_id,
             },
         };
-        // The adapter's own checks, without repeating what was said above.
-        let mut all = v;
-        if let Some(entry) = self.engine.backend(&t.backend) {
-            for f in entry.backend.check(&op) {
-                if !all.iter().any(|x| x.field == f.field) {
-                    all.push(f);
-                }
-            }
-        }
-        if !all.is_empty() {
-            return Err(ApiError::Invalid(all).into());
-        }
+        check_op(entry, &op, v)?;
         if r.validate_only {
-            let entry = self
-                .engine
-                .backend(&t.backend)
-                .ok_or_else(|| ApiError::NotFound(t.backend.clone()))?;
             let plan = entry
                 .backend
                 .validate(&op)

@@ -23,13 +23,7 @@ async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
     let mut c = d.op().await;
     let mut names = Vec::new();
     for i in 0..50 {
-        names.push(
-            c.create_backup(backup_req(i, &format!("crash-{i}")))
-                .await
-                .unwrap()
-                .into_inner()
-                .name,
-        );
+        names.push(start_backup(&mut c, i, &format!("crash-{i}")).await.name);
     }
     // Some submitted, some polling, maybe some between intent and handle.
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -46,11 +40,7 @@ async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
         assert_eq!(sim.backups(&inst(i)).len(), 2, "instance {i}");
     }
     // Idempotency keys survived the crash too.
-    let again = c
-        .create_backup(backup_req(7, "crash-7"))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = start_backup(&mut c, 7, "crash-7").await;
     assert_eq!(again.name, names[7]);
     let list = c
         .list_jobs(pb::ListJobsRequest {
@@ -117,11 +107,7 @@ async fn sigterm_stops_gracefully_and_jobs_resume() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
-    let a = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let a = start_backup(&mut c, 0, "").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = d.child.id().to_string();
     assert!(

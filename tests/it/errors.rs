@@ -74,11 +74,7 @@ async fn cf_errors_end_jobs_failed_with_the_envelope() {
             error: cf_error(code, title, detail),
             times: 100,
         });
-        let j = c
-            .create_backup(backup_req(i, ""))
-            .await
-            .unwrap()
-            .into_inner();
+        let j = start_backup(&mut c, i, "").await;
         let j = wait_done(&mut c, &j.name, T).await;
         assert_eq!(state(&j), "FAILED", "{status}: {}", j.message);
         let e = j.error.expect("error set");
@@ -110,11 +106,7 @@ async fn cf_errors_end_jobs_failed_with_the_envelope() {
             "Broker could not snapshot the volume",
         ),
     );
-    let j = c
-        .create_backup(backup_req(5, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let j = start_backup(&mut c, 5, "").await;
     let j = wait_done(&mut c, &j.name, T).await;
     assert_eq!(state(&j), "FAILED");
     assert!(
@@ -153,11 +145,7 @@ async fn bad_uaa_credentials_fail_the_job_clearly() {
     // The secret is rotated on the UAA side; the daemon has the old one.
     sim.configure(|c| c.client_secret = "rotated".into());
     let mut c = d.op().await;
-    let j = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let j = start_backup(&mut c, 0, "").await;
     let j = wait_done(&mut c, &j.name, T).await;
     assert_eq!(state(&j), "FAILED");
     assert!(j.message.contains("UAA refused"), "{}", j.message);

@@ -29,11 +29,7 @@ async fn backup_list_and_restore_in_every_form() {
     let caps = backends.backends[0].capabilities.unwrap();
     assert!(caps.point_in_time_restore && !caps.delete_backup && !caps.restore_mappings);
 
-    let job = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_backup(&mut c, 0, "").await;
     assert!(job.name.starts_with("jobs/"));
     let done = wait_done(&mut c, &job.name, T).await;
     assert_eq!(state(&done), "SUCCEEDED", "{}", done.message);
@@ -155,23 +151,11 @@ async fn request_id_makes_creation_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
-    let a = c
-        .create_backup(backup_req(0, "nightly-42"))
-        .await
-        .unwrap()
-        .into_inner();
-    let b = c
-        .create_backup(backup_req(0, "nightly-42"))
-        .await
-        .unwrap()
-        .into_inner();
+    let a = start_backup(&mut c, 0, "nightly-42").await;
+    let b = start_backup(&mut c, 0, "nightly-42").await;
     assert_eq!(a.name, b.name);
     wait_done(&mut c, &a.name, T).await;
-    let again = c
-        .create_backup(backup_req(0, "nightly-42"))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = start_backup(&mut c, 0, "nightly-42").await;
     assert_eq!(again.name, a.name);
     assert_eq!(state(&again), "SUCCEEDED");
     assert_eq!(
@@ -218,11 +202,7 @@ async fn watch_job_streams_every_change_and_ends() {
         .await
         .unwrap()
         .into_inner();
-    let job = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_backup(&mut c, 0, "").await;
     let mut stream = c
         .watch_job(pb::WatchJobRequest {
             name: job.name.clone(),
@@ -252,16 +232,8 @@ async fn watch_job_streams_every_change_and_ends() {
     assert!(again.next().await.is_none());
 
     // WatchJobs saw this job and two more end.
-    let b = c
-        .create_backup(backup_req(1, ""))
-        .await
-        .unwrap()
-        .into_inner();
-    let e = c
-        .create_backup(backup_req(2, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let b = start_backup(&mut c, 1, "").await;
+    let e = start_backup(&mut c, 2, "").await;
     let mut ended = std::collections::HashSet::new();
     while ended.len() < 3 {
         let j = tokio::time::timeout(T, all.next())
@@ -289,21 +261,9 @@ async fn one_job_per_target_and_cancel() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
-    let first = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
-    let second = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
-    let third = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = start_backup(&mut c, 0, "").await;
+    let second = start_backup(&mut c, 0, "").await;
+    let third = start_backup(&mut c, 0, "").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s = c
         .get_job(pb::GetJobRequest {

@@ -238,6 +238,14 @@ pub fn state(j: &pb::Job) -> &'static str {
         .unwrap_or("?")
 }
 
+/// Starts a backup of test instance `i`; the job as created.
+pub async fn start_backup(c: &mut Client, i: usize, request_id: &str) -> pb::Job {
+    c.create_backup(backup_req(i, request_id))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Starts a backup of each test instance in `instances`; the job names.
 pub async fn create_backups(c: &mut Client, instances: std::ops::Range<usize>) -> Vec<String> {
     let mut names = Vec::new();

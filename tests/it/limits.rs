@@ -65,11 +65,7 @@ async fn operation_timeout_fails_the_job_and_says_the_remote_may_still_run() {
     };
     let d = Daemon::start(&sim, dir.path(), &o);
     let mut c = d.op().await;
-    let j = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let j = start_backup(&mut c, 0, "").await;
     let j = wait_done(&mut c, &j.name, Duration::from_secs(20)).await;
     assert_eq!(state(&j), "FAILED");
     assert!(j.message.contains("operation timeout"), "{}", j.message);
@@ -98,11 +94,7 @@ async fn finished_jobs_are_pruned_after_job_history() {
     };
     let d = Daemon::start(&sim, dir.path(), &o);
     let mut c = d.op().await;
-    let j = c
-        .create_backup(backup_req(0, "keep-me-briefly"))
-        .await
-        .unwrap()
-        .into_inner();
+    let j = start_backup(&mut c, 0, "keep-me-briefly").await;
     assert_eq!(
         state(&wait_done(&mut c, &j.name, Duration::from_secs(20)).await),
         "SUCCEEDED"
@@ -119,10 +111,6 @@ async fn finished_jobs_are_pruned_after_job_history() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
     // Its request_id went with it: the same id now makes a new job.
-    let again = c
-        .create_backup(backup_req(0, "keep-me-briefly"))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = start_backup(&mut c, 0, "keep-me-briefly").await;
     assert_ne!(again.name, j.name);
 }

@@ -167,11 +167,7 @@ async fn bad_input_names_the_field() {
         sim.counters().backup_submits + sim.counters().restore_submits,
         0
     );
-    let ok = c
-        .create_backup(backup_req(0, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = start_backup(&mut c, 0, "").await;
     assert_eq!(
         state(&wait_done(&mut c, &ok.name, std::time::Duration::from_secs(30)).await),
         "SUCCEEDED"
