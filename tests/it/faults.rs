@@ -16,6 +16,8 @@ async fn thirty_percent_faults_all_fifty_jobs_succeed_once_each() {
             throttle_rate: 0.10,
             reset_rate: 0.05,
             reset_after_apply_rate: 0.05,
+            // Beyond the 30 %: some reads come back as broken JSON.
+            malformed_rate: 0.03,
             ..Default::default()
         },
         50,

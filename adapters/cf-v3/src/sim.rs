@@ -52,6 +52,8 @@ pub struct SimConfig {
     pub throttle_rate: f64,
     /// Share of requests whose connection is dropped before they are read.
     pub reset_rate: f64,
+    /// Share of GETs answered 200 with a truncated, malformed JSON body.
+    pub malformed_rate: f64,
     /// Share of accepted POSTs whose connection is dropped *after* they
     /// were applied (the client cannot know they were).
     pub reset_after_apply_rate: f64,
@@ -87,6 +89,7 @@ impl Default for SimConfig {
             throttle_rate: 0.0,
             reset_rate: 0.0,
             reset_after_apply_rate: 0.0,
+            malformed_rate: 0.0,
             slow_rate: 0.0,
             slow_delay: Duration::from_secs(5),
             token_lifetime: Duration::from_secs(43199),
@@ -490,7 +493,7 @@ async fn faults(
         return cf_error_response(status, e.code, &e.title, &e.detail);
     }
 
-    let (reset, throttle, error, slow, reset_after) = {
+    let (reset, throttle, error, slow, reset_after, malformed) = {
         let mut rng = rand::rng();
         (
             rng.random_bool(cfg.reset_rate.clamp(0.0, 1.0)),
@@ -498,6 +501,7 @@ async fn faults(
             rng.random_bool(cfg.error_rate.clamp(0.0, 1.0)),
             rng.random_bool(cfg.slow_rate.clamp(0.0, 1.0)),
             rng.random_bool(cfg.reset_after_apply_rate.clamp(0.0, 1.0)),
+            rng.random_bool(cfg.malformed_rate.clamp(0.0, 1.0)),
         )
     };
     if reset && let Some(k) = &kill {
@@ -549,6 +553,13 @@ async fn faults(
                 "An unknown error occurred.",
             ),
         };
+    }
+    if malformed && method == Method::GET {
+        inner.counters.faults.fetch_add(1, Ordering::SeqCst);
+        let mut resp = (StatusCode::OK, "{\"backups\": [{\"id\": ").into_response();
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        return resp;
     }
     let mut resp = next.run(req).await;
     rate_limit_headers(resp.headers_mut(), reset_epoch, 19_999);
