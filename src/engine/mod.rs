@@ -505,9 +505,9 @@ impl Engine {
                 Ok(Step::Continue) => retry.reset(),
                 Ok(Step::Stop) => return Ok(()),
                 Err(StepError::Store(e)) => return Err(e),
-                Err(StepError::Backend(e, what)) => {
+                Err(StepError::Backend(e, doing)) => {
                     if !self
-                        .handle_failure(&id, &job, e, what, &mut retry, cancel)
+                        .handle_failure(&id, e, doing, timing.max_retries, &mut retry, cancel)
                         .await?
                     {
                         return Ok(());
@@ -554,7 +554,7 @@ impl Engine {
                 .backend
                 .prepare(&job.op)
                 .await
-                .map_err(|e| StepError::Backend(e, "preparing"))?
+                .map_err(|e| StepError::Backend(e, Doing::Preparing))?
         };
         // The intent is durable before the submit is sent.
         self.update(&job.id, |j| {
@@ -623,7 +623,7 @@ impl Engine {
                     })
                     .await?;
                 }
-                Err(StepError::Backend(e, "submitting"))
+                Err(StepError::Backend(e, Doing::Submitting))
             }
         }
     }
@@ -640,7 +640,7 @@ impl Engine {
                 .backend
                 .reconcile(&job.op, &intent)
                 .await
-                .map_err(|e| StepError::Backend(e, "reconciling"))?
+                .map_err(|e| StepError::Backend(e, Doing::Reconciling))?
         };
         match r {
             Reconciled::NotSubmitted => {
@@ -704,7 +704,7 @@ impl Engine {
                 .backend
                 .poll(&job.op, &intent, &handle)
                 .await
-                .map_err(|e| StepError::Backend(e, "polling"))?
+                .map_err(|e| StepError::Backend(e, Doing::Polling))?
         };
         match progress {
             Progress::Running { message, handle } => {
@@ -756,25 +756,28 @@ impl Engine {
     async fn handle_failure(
         &self,
         id: &Uuid,
-        job: &JobRecord,
         e: BackendError,
-        what: &'static str,
+        doing: Doing,
+        max_retries: u32,
         retry: &mut Backoff,
         cancel: &CancellationToken,
     ) -> Result<bool, StoreError> {
-        let timing = self.backends.get(&job.backend).map(|b| b.timing);
-        let max_retries = timing.map(|t| t.max_retries).unwrap_or(10);
+        let what = doing.as_str();
         let attempts = lock(&self.live).get(id).map(|j| j.attempts).unwrap_or(0);
         if !e.is_retryable() || attempts >= max_retries {
             let mut msg = e.message.clone();
+            let mut code = code_for(&e);
             if e.is_retryable() {
                 msg = format!("gave up after {attempts} attempts while {what}: {msg}");
-            } else if job.phase == Phase::Submitting && !e.maybe_applied && what == "reconciling" {
+            }
+            if doing == Doing::Reconciling {
+                // The submit may or may not have reached the backend.
                 msg = format!(
                     "outcome unknown: the backend could not be asked whether the submit had reached it: {msg}"
                 );
+                code = rpc_code::UNKNOWN;
             }
-            self.fail(id, code_for(&e), msg, e.details).await?;
+            self.fail(id, code, msg, e.details).await?;
             return Ok(false);
         }
         let delay = retry.next_delay_honouring(e.retry_after);
@@ -833,7 +836,29 @@ fn set_message(j: &mut JobRecord, msg: String) -> bool {
 
 enum StepError {
     Store(StoreError),
-    Backend(BackendError, &'static str),
+    Backend(BackendError, Doing),
+}
+
+/// The step a backend failure happened in; decides how an exhausted or
+/// permanent failure is worded (and, for reconciling, that the outcome of
+/// the submit is unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Doing {
+    Preparing,
+    Submitting,
+    Reconciling,
+    Polling,
+}
+
+impl Doing {
+    fn as_str(self) -> &'static str {
+        match self {
+            Doing::Preparing => "preparing",
+            Doing::Submitting => "submitting",
+            Doing::Reconciling => "reconciling",
+            Doing::Polling => "polling",
+        }
+    }
 }
 
 impl From<StoreError> for StepError {

@@ -140,3 +140,57 @@ async fn a_restore_whose_outcome_cannot_be_known_fails_and_never_runs_twice() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sim.counters().restore_submits, 1, "never sent twice");
 }
+
+#[tokio::test]
+async fn a_reconcile_that_fails_ends_the_job_outcome_unknown() {
+    // The restore POST is applied but answered late; when the daemon asks
+    // the instance what happened, the instance is gone (404).
+    let sim = sim(
+        SimConfig {
+            slow_only_posts: true,
+            slow_rate: 1.0,
+            slow_delay: Duration::from_millis(1500),
+            ..Default::default()
+        },
+        1,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &sim,
+        dir.path(),
+        &Opts {
+            timeout: "600ms",
+            ..Default::default()
+        },
+    );
+    let mut c = d.op().await;
+    let mut r = restore_req(0);
+    r.backup_id = "seed-0".into();
+    let j = c.restore(r).await.unwrap().into_inner();
+    // After prepare has read the instance, while the POST is in flight.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.inject(custos_cf_v3::sim::Injection {
+        method: reqwest::Method::GET,
+        path_contains: format!("service_instances/{}", inst(0)),
+        status: 404,
+        error: custos_cf_v3::sim::cf_error(
+            10010,
+            "CF-ResourceNotFound",
+            "Service instance not found",
+        ),
+        times: 100,
+    });
+    let j = wait_done(&mut c, &j.name, Duration::from_secs(30)).await;
+    assert_eq!(state(&j), "FAILED");
+    assert!(j.message.starts_with("outcome unknown"), "{}", j.message);
+    assert!(
+        j.message.contains("Service instance not found"),
+        "{}",
+        j.message
+    );
+    let e = j.error.unwrap();
+    assert_eq!(e.code, tonic::Code::Unknown as i32);
+    assert_eq!(e.details[0].title, "CF-ResourceNotFound");
+    assert_eq!(sim.counters().restore_submits, 1);
+}

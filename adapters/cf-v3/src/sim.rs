@@ -671,7 +671,7 @@ fn oauth_error(status: StatusCode, error: &str, desc: &str) -> Response {
 
 async fn token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let cfg = lock(&inner.cfg).clone();
-    let form: TokenForm = match serde_urlencoded_from(&body) {
+    let form: TokenForm = match parse_token_form(&body) {
         Some(f) => f,
         None => {
             return oauth_error(
@@ -727,7 +727,7 @@ async fn token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes)
     .into_response()
 }
 
-fn serde_urlencoded_from(body: &[u8]) -> Option<TokenForm> {
+fn parse_token_form(body: &[u8]) -> Option<TokenForm> {
     let pairs: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     Some(TokenForm {
         grant_type: pairs.get("grant_type")?.clone(),
