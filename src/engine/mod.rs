@@ -557,6 +557,8 @@ impl Engine {
                 .map_err(|e| StepError::Backend(e, Doing::Preparing))?
         };
         // The intent is durable before the submit is sent.
+        let mut intent = intent;
+        intent.recorded_at = Some(Utc::now());
         self.update(&job.id, |j| {
             j.intent = Some(intent);
             j.phase = Phase::Submitting;

@@ -672,6 +672,7 @@ impl Backend for CfV3 {
         }
         Ok(Intent {
             state: to_json(&st)?,
+            recorded_at: None,
         })
     }
 

@@ -158,6 +158,12 @@ impl Operation {
 pub struct Intent {
     /// Adapter-private state (JSON, usually).
     pub state: String,
+    /// When the daemon stored this intent (set by the daemon, just before
+    /// it is written and the submit is sent). A trace on the backend is
+    /// this operation's only if it started after this instant (less the
+    /// clock skew the adapter allows).
+    #[serde(default)]
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 /// The backend's handle of a submitted operation: a job URL, an
