@@ -30,11 +30,26 @@ fn default_listen() -> String {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./custos-data")
 }
-fn default_job_history() -> String {
-    "30d".into()
+fn default_job_history() -> Dur {
+    Dur(Duration::from_secs(30 * 86_400))
 }
-fn default_shutdown_timeout() -> String {
-    "30s".into()
+fn default_shutdown_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// A duration written with a unit (`"500ms"`, `"30s"`, `"5m"`, `"6h"`,
+/// `"30d"`), parsed once when the file is read: a bad one is an error that
+/// names the key and the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The whole file.
@@ -55,10 +70,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Finished jobs are pruned after this long.
     #[serde(default = "default_job_history")]
-    pub job_history: String,
+    pub job_history: Dur,
     /// Graceful-shutdown deadline.
     #[serde(default = "default_shutdown_timeout")]
-    pub shutdown_timeout: String,
+    pub shutdown_timeout: Dur,
     /// Allows literal secrets in this file (refused otherwise, so that a
     /// secret is never committed by accident).
     #[serde(default)]
@@ -145,19 +160,24 @@ pub struct BackendConfig {
     pub auth: AuthConfig,
     /// One HTTP call (default 30s).
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<Dur>,
     /// First poll delay (default 1s), backing off to `poll_max_interval`.
     #[serde(default)]
-    pub poll_interval: Option<String>,
+    pub poll_interval: Option<Dur>,
     /// Longest poll delay (default 60s).
     #[serde(default)]
-    pub poll_max_interval: Option<String>,
+    pub poll_max_interval: Option<Dur>,
     /// Give up waiting for one remote operation after this (default 6h).
     #[serde(default)]
-    pub operation_timeout: Option<String>,
-    /// Retries of retryable failures per step (default 10).
+    pub operation_timeout: Option<Dur>,
+    /// Retries of retryable failures per step (default 10). "Operation in
+    /// progress" answers are retried until `operation_timeout` instead.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// The longest `Retry-After` honoured (default 5m): a longer one is
+    /// cut to this (plus jitter), so that no backend can park a job.
+    #[serde(default)]
+    pub max_retry_after: Option<Dur>,
 }
 
 /// `[backends.auth]`.
@@ -226,14 +246,15 @@ pub struct BackendTiming {
     pub poll_max_interval: Duration,
     pub operation_timeout: Duration,
     pub max_retries: u32,
+    pub max_retry_after: Duration,
 }
 
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"6h"`, `"30d"`.
-pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim()).map_err(|e| {
-        ConfigError::Invalid(format!(
-            "{key} = {value:?}: {e} (use a number with a unit: 500ms, 30s, 5m, 6h, 30d)"
-        ))
+        format!(
+            "{value:?} is not a duration: {e} (use a number with a unit: 500ms, 30s, 5m, 6h, 30d)"
+        )
     })
 }
 
@@ -262,8 +283,6 @@ impl Config {
                 "[tls] is not supported by this release yet; remove it or terminate TLS in front of the daemon".into(),
             ));
         }
-        parse_duration("job_history", &self.job_history)?;
-        parse_duration("shutdown_timeout", &self.shutdown_timeout)?;
         if self.limits.max_running_jobs == 0 || self.limits.per_backend_running_jobs == 0 {
             return Err(ConfigError::Invalid(
                 "[limits]: max_running_jobs and per_backend_running_jobs must be at least 1".into(),
@@ -283,7 +302,13 @@ impl Config {
                     b.name
                 )));
             }
-            b.timing()?;
+            let t = b.timing();
+            if t.timeout.is_zero() || t.poll_interval.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "backend {:?}: timeout and poll_interval must be more than zero",
+                    b.name
+                )));
+            }
         }
         let mut tnames = HashSet::new();
         for t in &self.tokens {
@@ -298,12 +323,11 @@ impl Config {
     }
 
     pub fn job_history(&self) -> Duration {
-        parse_duration("job_history", &self.job_history).unwrap_or(Duration::from_secs(30 * 86_400))
+        self.job_history.0
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
-        parse_duration("shutdown_timeout", &self.shutdown_timeout)
-            .unwrap_or(Duration::from_secs(30))
+        self.shutdown_timeout.0
     }
 
     /// An empty config for `--dev` and tests.
@@ -325,28 +349,17 @@ impl Config {
 }
 
 impl BackendConfig {
-    pub fn timing(&self) -> Result<BackendTiming, ConfigError> {
-        let d = |key: &str, v: &Option<String>, def: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                Some(s) => parse_duration(&format!("backends.{}.{key}", self.name), s),
-                None => Ok(def),
-            }
-        };
-        Ok(BackendTiming {
-            timeout: d("timeout", &self.timeout, Duration::from_secs(30))?,
-            poll_interval: d("poll_interval", &self.poll_interval, Duration::from_secs(1))?,
-            poll_max_interval: d(
-                "poll_max_interval",
-                &self.poll_max_interval,
-                Duration::from_secs(60),
-            )?,
-            operation_timeout: d(
-                "operation_timeout",
-                &self.operation_timeout,
-                Duration::from_secs(6 * 3600),
-            )?,
+    /// The timing keys with their defaults.
+    pub fn timing(&self) -> BackendTiming {
+        let d = |v: Option<Dur>, def: u64| v.map(|x| x.0).unwrap_or(Duration::from_secs(def));
+        BackendTiming {
+            timeout: d(self.timeout, 30),
+            poll_interval: d(self.poll_interval, 1),
+            poll_max_interval: d(self.poll_max_interval, 60),
+            operation_timeout: d(self.operation_timeout, 6 * 3600),
             max_retries: self.max_retries.unwrap_or(10),
-        })
+            max_retry_after: d(self.max_retry_after, 300),
+        }
     }
 }
 
@@ -451,8 +464,14 @@ client_secret_envv = "B"
         let c = Config::parse("job_history = \"2d\"\n", Path::new("c")).unwrap();
         assert_eq!(c.job_history(), Duration::from_secs(2 * 86_400));
         assert_eq!(c.limits.max_running_jobs, 256);
-        let e = Config::parse("job_history = \"soon\"\n", Path::new("c")).unwrap_err();
-        assert!(e.to_string().contains("job_history"));
+        let e = Config::parse(
+            "listen = \"127.0.0.1:1\"\njob_history = \"soon\"\n",
+            Path::new("c"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("job_history") && e.contains("line 2"), "{e}");
+        assert!(e.contains("not a duration"), "{e}");
     }
 
     #[test]

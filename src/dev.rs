@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use custos_cf_v3::sim::{SimConfig, Simulator};
 
-use crate::config::{AuthConfig, BackendConfig, Config, Role, TokenConfig};
+use crate::config::{AuthConfig, BackendConfig, Config, Dur, Role, TokenConfig};
 
 /// What dev mode started; keep it alive while the daemon runs.
 pub struct DevEnv {
@@ -57,11 +57,12 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
             password_env: None,
             password_file: None,
         },
-        timeout: Some("10s".into()),
-        poll_interval: Some("500ms".into()),
-        poll_max_interval: Some("5s".into()),
+        timeout: Some(Dur(Duration::from_secs(10))),
+        poll_interval: Some(Dur(Duration::from_millis(500))),
+        poll_max_interval: Some(Dur(Duration::from_secs(5))),
         operation_timeout: None,
         max_retries: None,
+        max_retry_after: None,
     });
     Ok(DevEnv {
         config,

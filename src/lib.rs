@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod engine;
+pub mod job;
 pub mod names;
 pub mod server;
 pub mod store;

@@ -76,7 +76,7 @@ pub async fn run(
         entries.push(BackendEntry::new(
             b.name.clone(),
             backend,
-            b.timing()?,
+            b.timing(),
             config.limits.per_backend_running_jobs,
         ));
     }
@@ -91,7 +91,7 @@ pub async fn run(
         },
         shutdown.child_token(),
     );
-    let resumed = engine.resume()?;
+    let resumed = engine.resume().await?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "resumed unfinished jobs");
     }
@@ -151,7 +151,7 @@ pub async fn run(
 fn spawn_pruner(engine: std::sync::Arc<Engine>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         loop {
-            match engine.prune() {
+            match engine.prune().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "pruned finished jobs past job_history"),
                 Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),

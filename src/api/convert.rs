@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use custos_adapter_core::{BackupInfo, Capabilities, Operation};
 
 use super::pb;
-use crate::engine::model::{JobKind, JobRecord, JobState};
+use crate::job::{JobKind, JobRecord, JobState};
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -108,7 +108,7 @@ pub fn job(j: &JobRecord) -> pb::Job {
             .map(|h| h.display.clone())
             .unwrap_or_default(),
         error: j.error.as_ref().map(|e| pb::JobError {
-            code: e.code,
+            code: super::error::failure_code(e.reason) as i32,
             message: e.message.clone(),
             details: e
                 .details

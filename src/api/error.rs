@@ -7,7 +7,38 @@ use custos_adapter_core::{BackendError, ErrorKind, FieldViolation};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{engine::EngineError, store::StoreError};
+use crate::{engine::EngineError, job::Failure, store::StoreError};
+
+/// The most field violations one error carries; a request with more gets
+/// the first ones and a count of the rest.
+const MAX_VIOLATIONS: usize = 20;
+
+/// The gRPC code of a backend failure, the same for a synchronous call and
+/// for `Job.error`.
+pub fn backend_code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Invalid => Code::InvalidArgument,
+        ErrorKind::Busy | ErrorKind::Throttled | ErrorKind::Transient => Code::Unavailable,
+        // The backend refused *our* credentials, or cannot do this: not
+        // the caller's fault, and not the caller's auth either.
+        ErrorKind::Unauthorized
+        | ErrorKind::Forbidden
+        | ErrorKind::Permanent
+        | ErrorKind::Unsupported => Code::FailedPrecondition,
+    }
+}
+
+/// The gRPC code of a failed job (`Job.error.code`).
+pub fn failure_code(f: Failure) -> Code {
+    match f {
+        Failure::Backend(kind) => backend_code(kind),
+        Failure::OutcomeUnknown => Code::Unknown,
+        Failure::Timeout => Code::DeadlineExceeded,
+        Failure::Internal => Code::Internal,
+        Failure::Store => Code::Unavailable,
+    }
+}
 
 /// Everything an RPC can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +63,16 @@ pub enum ApiError {
 }
 
 fn describe(v: &[FieldViolation]) -> String {
-    v.iter()
+    let mut s = v
+        .iter()
+        .take(MAX_VIOLATIONS)
         .map(|f| format!("{}: {}", f.field, f.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if v.len() > MAX_VIOLATIONS {
+        s.push_str(&format!("; … and {} more", v.len() - MAX_VIOLATIONS));
+    }
+    s
 }
 
 impl ApiError {
@@ -68,8 +105,12 @@ impl From<ApiError> for Status {
         match e {
             ApiError::Invalid(violations) => {
                 let mut d = ErrorDetails::new();
-                for v in violations {
+                let more = violations.len().saturating_sub(MAX_VIOLATIONS);
+                for v in violations.into_iter().take(MAX_VIOLATIONS) {
                     d.add_bad_request_violation(v.field, v.description);
+                }
+                if more > 0 {
+                    d.add_bad_request_violation("", format!("… and {more} more"));
                 }
                 Status::with_error_details(Code::InvalidArgument, msg, d)
             }
@@ -84,19 +125,7 @@ impl From<ApiError> for Status {
             }
             ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::Backend(b) => {
-                let code = match b.kind {
-                    ErrorKind::NotFound => Code::NotFound,
-                    ErrorKind::Invalid => Code::InvalidArgument,
-                    ErrorKind::Busy | ErrorKind::Throttled | ErrorKind::Transient => {
-                        Code::Unavailable
-                    }
-                    ErrorKind::Unsupported => Code::FailedPrecondition,
-                    // The backend refused *our* credentials: not the
-                    // caller's fault, and not the caller's auth either.
-                    ErrorKind::Unauthorized | ErrorKind::Forbidden | ErrorKind::Permanent => {
-                        Code::FailedPrecondition
-                    }
-                };
+                let code = backend_code(b.kind);
                 let mut meta = HashMap::new();
                 if let Some(d) = b.details.first() {
                     if let Some(s) = d.http_status {

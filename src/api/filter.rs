@@ -1,7 +1,7 @@
 //! The job filter of `ListJobs` and `WatchJobs`: `key=value` terms joined by
 //! `AND` (a subset of AIP-160). Keys: state, kind, target, schedule, backend.
 
-use crate::engine::model::{JobKind, JobRecord, JobState};
+use crate::job::{JobKind, JobRecord, JobState};
 
 #[derive(Debug, Default, Clone)]
 pub struct JobFilter {

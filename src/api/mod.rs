@@ -1,16 +1,18 @@
 //! The gRPC face of the daemon: `custos.v1.BackupService`. Only this module
-//! sees generated proto types. Handlers validate, record work through the
-//! engine and return; they never call a backend except for the synchronous
-//! `ListBackups` and `validate_only` preflights.
+//! sees generated proto types. Handlers validate (`validate.rs`), record
+//! work through the engine and return; the synchronous `ListBackups` and
+//! `validate_only` preflights also go through the engine (for its permits),
+//! never straight to an adapter.
 
 pub mod auth;
 mod convert;
 mod error;
 mod filter;
+mod validate;
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
-use custos_adapter_core::{Capabilities, FieldViolation, Operation, RestoreSpec, VolumeMapping};
+use custos_adapter_core::{Capabilities, FieldViolation, Operation};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -21,10 +23,8 @@ pub use error::ApiError;
 
 use crate::{
     config::Role,
-    engine::{
-        BackendEntry, Engine, NewJob,
-        model::{JobKind, JobRecord},
-    },
+    engine::{BackendEntry, Engine, NewJob},
+    job::{JobKind, JobRecord},
     names::{self, Target},
 };
 use auth::require;
@@ -40,12 +40,6 @@ pub mod pb {
 }
 
 use pb::backup_service_server::BackupService;
-
-/// Longest accepted `request_id`.
-const MAX_REQUEST_ID: usize = 128;
-const MAX_LABELS: usize = 64;
-const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 1000;
 
 pub struct Service {
     engine: Arc<Engine>,
@@ -90,6 +84,11 @@ impl Service {
         Ok(Response::new(convert::job(&rec)))
     }
 
+    /// The adapter's checks of an operation: the one capability gate.
+    fn check(&self, entry: &BackendEntry, op: &Operation) -> Result<(), ApiError> {
+        validate::done(self.engine.check(entry, op))
+    }
+
     fn job_id(name: &str) -> Result<Uuid, ApiError> {
         names::parse_job_name(name).map_err(|e| ApiError::field("name", e))
     }
@@ -119,79 +118,21 @@ fn capability(
     }
 }
 
-/// Adds the adapter's own checks to `v` (without repeating a field already
-/// named) and refuses the request if anything was found.
-fn check_op(
-    entry: &BackendEntry,
-    op: &Operation,
-    mut v: Vec<FieldViolation>,
-) -> Result<(), ApiError> {
-    for f in entry.backend.check(op) {
-        if !v.iter().any(|x| x.field == f.field) {
-            v.push(f);
-        }
-    }
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid(v))
-    }
-}
-
-fn request_id(s: &str, v: &mut Vec<FieldViolation>) -> Option<String> {
-    if s.is_empty() {
-        return None;
-    }
-    if s.len() > MAX_REQUEST_ID || !s.chars().all(|c| c.is_ascii_graphic()) {
-        v.push(FieldViolation::new(
-            "request_id",
-            format!("at most {MAX_REQUEST_ID} printable ASCII characters without spaces"),
-        ));
-        return None;
-    }
-    Some(s.to_string())
-}
-
-fn labels(
-    m: &std::collections::HashMap<String, String>,
-    v: &mut Vec<FieldViolation>,
-) -> BTreeMap<String, String> {
-    if m.len() > MAX_LABELS {
-        v.push(FieldViolation::new(
-            "labels",
-            format!("at most {MAX_LABELS} labels"),
-        ));
-    }
-    for (k, val) in m {
-        let key_ok = !k.is_empty()
-            && k.len() <= 63
-            && k.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-./".contains(c));
-        if !key_ok {
-            v.push(FieldViolation::new(
-                format!("labels[{}]", names::truncate(k)),
-                "keys are 1-63 lowercase letters, digits or _-./",
-            ));
-        }
-        if val.len() > 256 {
-            v.push(FieldViolation::new(
-                format!("labels[{}]", names::truncate(k)),
-                "values are at most 256 bytes",
-            ));
-        }
-    }
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-fn page_size(n: i32, field: &str) -> Result<usize, ApiError> {
-    match n {
-        0 => Ok(DEFAULT_PAGE),
-        n if n < 0 => Err(ApiError::field(field, "must not be negative")),
-        n => Ok((n as usize).min(MAX_PAGE)),
-    }
-}
-
 type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send + 'static>>;
+
+/// Changes a `WatchJobs` client may have unread before it is cut off.
+const WATCH_BUFFER: usize = 1024;
+
+/// Ends a `WatchJobs` stream whose reader fell behind with a status that
+/// says what to do. Only the watch task sends, and it keeps one slot free,
+/// so this never waits.
+fn fell_behind(tx: &mpsc::Sender<Result<pb::Job, Status>>) {
+    tracing::info!("a WatchJobs reader fell behind; ending its stream with ABORTED");
+    let status = Status::aborted(
+        "this watcher fell behind and changes were dropped; resync with ListJobs, then watch again",
+    );
+    let _ = tx.try_send(Err(status));
+}
 
 #[tonic::async_trait]
 impl BackupService for Service {
@@ -223,12 +164,13 @@ impl BackupService for Service {
         let (t, entry) = self.target("target", &r.target)?;
         capability(entry, "create backups", |c| c.create_backup)?;
         let mut v = Vec::new();
-        let request_id = request_id(&r.request_id, &mut v);
-        let labels = labels(&r.labels, &mut v);
+        let request_id = validate::request_id(&r.request_id, &mut v);
+        let labels = validate::labels(&r.labels, &mut v);
+        validate::done(v)?;
         let op = Operation::CreateBackup {
             resource: t.resource.clone(),
         };
-        check_op(entry, &op, v)?;
+        self.check(entry, &op)?;
         self.create(NewJob {
             kind: JobKind::Backup,
             target: t.name(),
@@ -253,9 +195,9 @@ impl BackupService for Service {
             return Err(ApiError::field("page_size", "must not be negative").into());
         }
         let limit = (r.page_size > 0).then_some(r.page_size as u32);
-        let page = entry
-            .backend
-            .list_backups(&t.resource, limit, &r.page_token)
+        let page = self
+            .engine
+            .list_backups(entry, &t.resource, limit, &r.page_token)
             .await
             .map_err(ApiError::Backend)?;
         let name = t.name();
@@ -276,23 +218,16 @@ impl BackupService for Service {
         require(&req, Role::Operator)?;
         let r = req.into_inner();
         let (t, entry) = self.target("target", &r.target)?;
-        let mut v = Vec::new();
-        if !names::valid_id(&r.backup_id) {
-            v.push(FieldViolation::new(
-                "backup_id",
-                "required; 1-128 letters, digits or -._~",
-            ));
-        }
-        let request_id = request_id(&r.request_id, &mut v);
-        if !v.is_empty() {
-            return Err(ApiError::Invalid(v).into());
-        }
+        let mut v: Vec<FieldViolation> = Vec::new();
+        validate::required_id("backup_id", &r.backup_id, &mut v);
+        let request_id = validate::request_id(&r.request_id, &mut v);
+        validate::done(v)?;
         capability(entry, "delete backups", |c| c.delete_backup)?;
         let op = Operation::DeleteBackup {
             resource: t.resource.clone(),
             backup_id: r.backup_id,
         };
-        check_op(entry, &op, v)?;
+        self.check(entry, &op)?;
         self.create(NewJob {
             kind: JobKind::DeleteBackup,
             target: t.name(),
@@ -310,145 +245,16 @@ impl BackupService for Service {
         let r = req.into_inner();
         let (t, entry) = self.target("target", &r.target)?;
         capability(entry, "restore", |c| c.restore)?;
-        let caps = entry.backend.capabilities();
-        let kind = entry.backend.kind();
-        let mut v = Vec::new();
-        let unsupported =
-            |field: &str| FieldViolation::new(field, format!("not supported by {kind} backends"));
-        let backup_id = if r.backup_id.is_empty() {
-            None
-        } else if !names::valid_id(&r.backup_id) {
-            v.push(FieldViolation::new(
-                "backup_id",
-                "1-128 letters, digits or -._~",
-            ));
-            None
-        } else {
-            Some(r.backup_id.clone())
-        };
-        let point_in_time = match &r.point_in_time {
-            None => None,
-            Some(ts) => match convert::from_timestamp(ts) {
-                None => {
-                    v.push(FieldViolation::new(
-                        "point_in_time",
-                        "not a valid timestamp",
-                    ));
-                    None
-                }
-                Some(t) if t > chrono::Utc::now() => {
-                    v.push(FieldViolation::new(
-                        "point_in_time",
-                        format!("{} is in the future", t.to_rfc3339()),
-                    ));
-                    None
-                }
-                Some(t) => {
-                    if !caps.point_in_time_restore {
-                        v.push(unsupported("point_in_time"));
-                    }
-                    Some(t)
-                }
-            },
-        };
-        let restore_point = if r.restore_point.is_empty() {
-            None
-        } else {
-            if r.restore_point.len() > 64
-                || !r
-                    .restore_point
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                v.push(FieldViolation::new(
-                    "restore_point",
-                    "at most 64 letters, digits or -_.",
-                ));
-            } else if !caps.point_in_time_restore {
-                v.push(unsupported("restore_point"));
-            }
-            Some(r.restore_point.clone())
-        };
-        let source = if r.source.is_empty() {
-            None
-        } else {
-            match names::parse_target(&r.source) {
-                Err(e) => {
-                    v.push(FieldViolation::new("source", e));
-                    None
-                }
-                Ok(s) if s.backend != t.backend => {
-                    v.push(FieldViolation::new(
-                        "source",
-                        "a cross-instance restore must come from the same backend as the target",
-                    ));
-                    None
-                }
-                Ok(s) => {
-                    if !caps.cross_instance_restore {
-                        v.push(unsupported("source"));
-                    }
-                    Some(s.resource)
-                }
-            }
-        };
-        let mut mappings = Vec::new();
-        for (i, m) in r.mappings.iter().enumerate() {
-            if !names::valid_id(&m.backup_id) {
-                v.push(FieldViolation::new(
-                    format!("mappings[{i}].backup_id"),
-                    "required; 1-128 letters, digits or -._~",
-                ));
-            }
-            if !names::valid_id(&m.volume_id) {
-                v.push(FieldViolation::new(
-                    format!("mappings[{i}].volume_id"),
-                    "required; 1-128 letters, digits or -._~",
-                ));
-            }
-            mappings.push(VolumeMapping {
-                backup_id: m.backup_id.clone(),
-                volume_id: m.volume_id.clone(),
-            });
-        }
-        if !mappings.is_empty() && !caps.restore_mappings {
-            v.push(unsupported("mappings"));
-        }
-        if r.power_on.is_some() && !caps.restore_mappings {
-            v.push(unsupported("power_on"));
-        }
-        let resource_id = if r.resource_id.is_empty() {
-            None
-        } else {
-            if !names::valid_id(&r.resource_id) {
-                v.push(FieldViolation::new(
-                    "resource_id",
-                    "1-128 letters, digits or -._~",
-                ));
-            } else if !caps.restore_mappings {
-                v.push(unsupported("resource_id"));
-            }
-            Some(r.resource_id.clone())
-        };
-        let request_id = request_id(&r.request_id, &mut v);
-        let labels = labels(&r.labels, &mut v);
-        let op = Operation::Restore {
-            resource: t.resource.clone(),
-            spec: RestoreSpec {
-                backup_id,
-                point_in_time,
-                restore_point,
-                source,
-                mappings,
-                power_on: r.power_on,
-                resource_id,
-            },
-        };
-        check_op(entry, &op, v)?;
+        let validate::Checked {
+            op,
+            request_id,
+            labels,
+        } = validate::restore(&r, &t)?;
+        self.check(entry, &op)?;
         if r.validate_only {
-            let plan = entry
-                .backend
-                .validate(&op)
+            let plan = self
+                .engine
+                .validate(entry, &op)
                 .await
                 .map_err(ApiError::Backend)?;
             let mut rec = JobRecord::new(JobKind::Restore, t.name(), t.backend.clone(), op, labels);
@@ -483,7 +289,7 @@ impl BackupService for Service {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         require(&req, Role::Reader)?;
         let r = req.into_inner();
-        let size = page_size(r.page_size, "page_size")?;
+        let size = validate::page_size(r.page_size, "page_size")?;
         let filter = JobFilter::parse(&r.filter).map_err(|e| ApiError::field("filter", e))?;
         let before =
             if r.page_token.is_empty() {
@@ -515,41 +321,52 @@ impl BackupService for Service {
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         require(&req, Role::Reader)?;
-        let id = Self::job_id(&req.get_ref().name)?;
+        let name = req.get_ref().name.clone();
+        let id = Self::job_id(&name)?;
         // Subscribe before reading, so no change falls in between.
         let mut events = self.engine.subscribe();
-        let first = self.get_job(&req.get_ref().name)?;
+        let (mut last, first) = self
+            .engine
+            .snapshot(&id)
+            .map_err(ApiError::from)?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("job {} not found", names::truncate(&name)))
+            })?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
         let stop = self.shutdown.clone();
         tokio::spawn(async move {
-            let mut last = first.clone();
             if tx.send(Ok(convert::job(&first))).await.is_err() || first.state.is_terminal() {
                 return;
             }
             loop {
                 let ev = tokio::select! {
                     ev = events.recv() => ev,
+                    // The client went away: stop at once.
+                    _ = tx.closed() => return,
                     _ = stop.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("the daemon is shutting down; watch again after it restarts"))).await;
                         return;
                     }
                 };
-                let next = match ev {
-                    Ok(j) if j.id == id => j,
+                let (seq, next) = match ev {
+                    Ok(e) if e.job.id == id => (e.seq, e.job.clone()),
                     Ok(_) => continue,
-                    // Missed some events: send the current state instead.
-                    Err(RecvError::Lagged(_)) => match engine.get(&id) {
-                        Ok(Some(j)) => j,
+                    // Missed some events: the current state replaces them.
+                    Err(RecvError::Lagged(_)) => match engine.snapshot(&id) {
+                        Ok(Some(s)) => s,
                         _ => return,
                     },
                     Err(RecvError::Closed) => return,
                 };
-                if next == last {
+                // Never older than what was sent (events buffered before a
+                // re-read snapshot).
+                if seq <= last {
                     continue;
                 }
-                last = next.clone();
-                if tx.send(Ok(convert::job(&next))).await.is_err() || next.state.is_terminal() {
+                last = seq;
+                let done = next.state.is_terminal();
+                if tx.send(Ok(convert::job(&next))).await.is_err() || done {
                     return;
                 }
             }
@@ -567,30 +384,36 @@ impl BackupService for Service {
         let filter =
             JobFilter::parse(&req.get_ref().filter).map_err(|e| ApiError::field("filter", e))?;
         let mut events = self.engine.subscribe();
-        // A bounded buffer per watcher; the broadcast never waits for it.
-        let (tx, rx) = mpsc::channel(256);
+        // A bounded buffer per watcher; the engine never waits for it. A
+        // watcher that falls behind is told so, rather than silently
+        // missing changes.
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let stop = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
                 let ev = tokio::select! {
                     ev = events.recv() => ev,
+                    _ = tx.closed() => return,
                     _ = stop.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("the daemon is shutting down"))).await;
                         return;
                     }
                 };
                 match ev {
-                    Ok(j) if filter.matches(&j) => {
-                        if tx.send(Ok(convert::job(&j))).await.is_err() {
+                    Ok(e) if filter.matches(&e.job) => {
+                        // The last slot is kept for the ABORTED status.
+                        if tx.capacity() <= 1 {
+                            fell_behind(&tx);
+                            return;
+                        }
+                        if tx.send(Ok(convert::job(&e.job))).await.is_err() {
                             return;
                         }
                     }
                     Ok(_) => {}
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::debug!(
-                            missed = n,
-                            "a WatchJobs reader is too slow; changes were skipped"
-                        );
+                    Err(RecvError::Lagged(_)) => {
+                        fell_behind(&tx);
+                        return;
                     }
                     Err(RecvError::Closed) => return,
                 }

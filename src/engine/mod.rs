@@ -1,17 +1,20 @@
-//! The job engine: turns accepted requests into durable jobs and drives each
-//! one to its end through the `Backend` trait.
+//! The job engine's registry: accepts requests as durable jobs, keeps the
+//! live ones, answers reads with flushed state only, and supervises one
+//! driver task per live job (`driver.rs` holds what a driver does).
 //!
 //! Invariants:
 //! - every change of a job is written and flushed before it is acted on or
-//!   reported (`Engine::update`);
-//! - the submit is preceded by a stored intent; after a crash between the
-//!   two, the job reconciles instead of submitting again;
-//! - one job per target runs at a time (`targets::TargetQueues`), in
-//!   creation order;
-//! - backend calls hold a global and a per-backend permit; waiting (for a
-//!   poll, a retry, a turn) holds nothing and costs one timer.
+//!   reported (`Engine::update`); readers and watchers see a change only
+//!   once it is durable (`Live::published`), in the order it was made;
+//! - a job's acceptance does not depend on the RPC that asked for it: the
+//!   write, the flush and the start run in a task of their own;
+//! - every live job whose backend is configured has exactly one driver
+//!   (`Engine::supervise`); a driver that fails on the store or panics is
+//!   restarted, and a job that ends always releases its target;
+//! - backend calls hold a per-backend and then a global permit, including
+//!   the synchronous ones (`list_backups`, `validate`); waiting holds none.
 
-pub mod model;
+mod driver;
 mod targets;
 
 use std::{
@@ -22,17 +25,17 @@ use std::{
 
 use chrono::Utc;
 use custos_adapter_core::{
-    Backend, BackendError, ErrorKind, Operation, Progress, Reconciled, backoff::Backoff,
+    Backend, BackendError, BackupPage, FieldViolation, Operation, Resource, backoff::Backoff,
 };
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 use crate::{
     config::BackendTiming,
+    job::{Failure, JobError, JobKind, JobRecord, JobState, Phase},
     store::{Store, StoreError},
 };
-use model::{JobError, JobKind, JobRecord, JobState, Phase};
 use targets::TargetQueues;
 
 /// Why the engine refused a request.
@@ -102,18 +105,40 @@ pub struct EngineSettings {
     pub job_history: Duration,
 }
 
+/// One durable change of a job, as announced to watchers. `seq` grows with
+/// every change of the same job (within this process), so a watcher that
+/// re-read a snapshot can skip older events.
+#[derive(Debug)]
+pub struct JobEvent {
+    pub seq: u64,
+    pub job: JobRecord,
+}
+
+/// A live (non-terminal, or terminal but not yet published) job.
+struct Live {
+    /// Authoritative; may hold a change that is not durable yet.
+    rec: JobRecord,
+    /// Bumped by every write of `rec`.
+    seq: u64,
+    /// The newest durable version: what readers and watchers see. `None`
+    /// until the job's creation is flushed.
+    published: Option<Arc<JobEvent>>,
+    published_seq: u64,
+}
+
 pub struct Engine {
     store: Store,
     backends: HashMap<String, BackendEntry>,
     global: Arc<Semaphore>,
-    /// Non-terminal jobs, authoritative; a std mutex because it is never
-    /// held across an await (the store write under it is in memory).
-    live: Mutex<HashMap<Uuid, JobRecord>>,
+    /// Live jobs; a std mutex because it is never held across an await
+    /// (the store write under it only reaches sled's memory).
+    live: Mutex<HashMap<Uuid, Live>>,
     /// Serialises the idempotency check with the insert.
     create_lock: Mutex<()>,
     targets: TargetQueues,
-    cancels: Mutex<HashMap<Uuid, CancellationToken>>,
-    events: broadcast::Sender<JobRecord>,
+    /// One entry per job that has a driver: its wake-up for cancellation.
+    drivers: Mutex<HashMap<Uuid, CancellationToken>>,
+    events: broadcast::Sender<Arc<JobEvent>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     settings: EngineSettings,
@@ -123,13 +148,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How a step of a job ended.
-enum Step {
-    /// Go on with the (updated) job.
-    Continue,
-    /// The job reached a terminal state, or the engine is stopping.
-    Stop,
-}
+/// Room in the event channel; a watcher further behind is told so.
+const EVENT_BUFFER: usize = 8192;
 
 impl Engine {
     pub fn new(
@@ -138,15 +158,15 @@ impl Engine {
         settings: EngineSettings,
         shutdown: CancellationToken,
     ) -> Arc<Engine> {
-        let (events, _) = broadcast::channel(8192);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         Arc::new(Engine {
             store,
             backends: backends.into_iter().map(|b| (b.name.clone(), b)).collect(),
-            global: Arc::new(Semaphore::new(settings.max_running)),
+            global: Arc::new(Semaphore::new(settings.max_running.max(1))),
             live: Mutex::new(HashMap::new()),
             create_lock: Mutex::new(()),
             targets: TargetQueues::default(),
-            cancels: Mutex::new(HashMap::new()),
+            drivers: Mutex::new(HashMap::new()),
             events,
             shutdown,
             tasks: TaskTracker::new(),
@@ -162,79 +182,238 @@ impl Engine {
         self.backends.get(name)
     }
 
-    /// Every persisted change of any job.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobRecord> {
+    /// Every durable change of any job, in the order the changes were made.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
         self.events.subscribe()
     }
 
+    // ---- synchronous backend calls, under the same permits as jobs ------
+
+    /// The adapter's static checks of an operation (no network).
+    pub fn check(&self, entry: &BackendEntry, op: &Operation) -> Vec<FieldViolation> {
+        entry.backend.check(op)
+    }
+
+    pub async fn list_backups(
+        &self,
+        entry: &BackendEntry,
+        resource: &Resource,
+        page_size: Option<u32>,
+        page_token: &str,
+    ) -> Result<BackupPage, BackendError> {
+        let _p = self.permits(entry).await;
+        entry
+            .backend
+            .list_backups(resource, page_size, page_token)
+            .await
+    }
+
+    pub async fn validate(
+        &self,
+        entry: &BackendEntry,
+        op: &Operation,
+    ) -> Result<String, BackendError> {
+        let _p = self.permits(entry).await;
+        entry.backend.validate(op).await
+    }
+
+    /// A per-backend permit, then a global one: a backend at its limit
+    /// queues its own jobs without holding global slots that other
+    /// backends could use.
+    async fn permits(&self, entry: &BackendEntry) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let b = entry.permits.clone().acquire_owned().await;
+        let g = self.global.clone().acquire_owned().await;
+        match (b, g) {
+            (Ok(b), Ok(g)) => (b, g),
+            _ => unreachable!("the engine never closes its semaphores"),
+        }
+    }
+
+    // ---- start-up ---------------------------------------------------------
+
     /// Loads every non-terminal job and starts driving it again. Jobs that
     /// were running get their target first, so the order survives restarts.
-    pub fn resume(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let mut jobs = self.store.live_jobs()?;
+    /// Jobs of a backend no longer configured stay listed and cancellable
+    /// (while PENDING), with a message saying why they do not run.
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let store = self.store.clone();
+        let mut jobs = tokio::task::spawn_blocking(move || store.live_jobs())
+            .await
+            .map_err(|e| StoreError::Io(format!("reading live jobs failed: {e}")))??;
         jobs.sort_by_key(|j| (j.state != JobState::Running, j.id));
         let n = jobs.len();
+        let mut orphans = Vec::new();
         for j in jobs {
-            if !self.backends.contains_key(&j.backend) {
-                tracing::error!(job = %j.id, backend = %j.backend, "job names a backend that is no longer configured; it stays as it is");
-                continue;
-            }
-            self.targets.enqueue(&j.target, j.id);
             let id = j.id;
-            lock(&self.live).insert(id, j);
-            self.spawn(id);
+            let configured = self.backends.contains_key(&j.backend);
+            if configured {
+                self.targets.enqueue(&j.target, id);
+            } else {
+                orphans.push((id, j.backend.clone()));
+            }
+            let published = Arc::new(JobEvent {
+                seq: 1,
+                job: j.clone(),
+            });
+            lock(&self.live).insert(
+                id,
+                Live {
+                    rec: j,
+                    seq: 1,
+                    published: Some(published),
+                    published_seq: 1,
+                },
+            );
+            if configured {
+                self.supervise(id);
+            }
+        }
+        for (id, backend) in orphans {
+            tracing::error!(job = %id, %backend, "job names a backend that is no longer configured; it waits (cancel it if PENDING, or configure the backend again)");
+            let msg = format!(
+                "backend {backend:?} is no longer configured: this job cannot run until it is configured again (a PENDING job can be cancelled)"
+            );
+            self.update(&id, |j| set_message(j, msg)).await?;
         }
         Ok(n)
     }
 
+    // ---- creating -----------------------------------------------------------
+
     /// Creates a job (or returns the one created before with the same
-    /// `request_id`), durably, and starts it.
+    /// `request_id`), durably, and starts it. The work runs in a task of
+    /// its own: a caller that goes away (deadline, reset) cannot leave a
+    /// stored job without a driver.
     pub async fn create(self: &Arc<Self>, new: NewJob) -> Result<JobRecord, EngineError> {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
+        let me = self.clone();
+        match tokio::spawn(async move { me.create_detached(new).await }).await {
+            Ok(r) => r,
+            Err(e) => Err(EngineError::Store(StoreError::Io(format!(
+                "creating the job failed: {e}"
+            )))),
+        }
+    }
+
+    async fn create_detached(self: Arc<Self>, new: NewJob) -> Result<JobRecord, EngineError> {
         let fingerprint = new.fingerprint();
-        let (rec, fresh) = {
+        let existing = {
             let _g = lock(&self.create_lock);
             let existing = match &new.request_id {
                 Some(r) => self.store.job_for_request(r)?,
                 None => None,
             };
-            if let Some(id) = existing {
-                let old = self
-                    .get(&id)?
-                    .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
-                if old.fingerprint.as_deref() != Some(fingerprint.as_str()) {
-                    return Err(EngineError::RequestIdReused(
-                        new.request_id.unwrap_or_default(),
-                        crate::names::job_name(id),
-                    ));
+            match existing {
+                Some(id) => Ok(id),
+                None => {
+                    let mut rec = JobRecord::new(
+                        new.kind,
+                        new.target.clone(),
+                        new.backend.clone(),
+                        new.op.clone(),
+                        new.labels.clone(),
+                    );
+                    rec.request_id = new.request_id.clone();
+                    rec.schedule = new.schedule.clone();
+                    rec.fingerprint = Some(fingerprint.clone());
+                    // Into `live` before the store, so a reader that finds
+                    // the record in the store also finds it here (and sees
+                    // it only once published).
+                    lock(&self.live).insert(
+                        rec.id,
+                        Live {
+                            rec: rec.clone(),
+                            seq: 1,
+                            published: None,
+                            published_seq: 0,
+                        },
+                    );
+                    if let Err(e) = self.store.put_job(&rec) {
+                        lock(&self.live).remove(&rec.id);
+                        return Err(e.into());
+                    }
+                    self.targets.enqueue(&rec.target, rec.id);
+                    Err(rec)
                 }
-                (old, false)
-            } else {
-                let mut rec = JobRecord::new(new.kind, new.target, new.backend, new.op, new.labels);
-                rec.request_id = new.request_id;
-                rec.schedule = new.schedule;
-                rec.fingerprint = Some(fingerprint);
-                self.store.put_job(&rec)?;
-                lock(&self.live).insert(rec.id, rec.clone());
-                self.targets.enqueue(&rec.target, rec.id);
-                (rec, true)
             }
         };
-        // Acknowledge only once durable (grouped with other writers).
+        let id = match existing {
+            Ok(id) => id,
+            Err(fresh) => return self.accept(fresh).await,
+        };
+        // A retry of an earlier request: the same job, once durable.
         self.store.flush().await?;
-        if fresh {
-            let _ = self.events.send(rec.clone());
-            self.spawn(rec.id);
+        let old = match self.get(&id)? {
+            Some(j) => j,
+            // Created a moment ago and flushed by our flush; not yet
+            // published by its creator.
+            None => self
+                .store
+                .get_job(&id)?
+                .ok_or_else(|| EngineError::NotFound(crate::names::job_name(id)))?,
+        };
+        if old.fingerprint.as_deref() != Some(fingerprint.as_str()) {
+            return Err(EngineError::RequestIdReused(
+                new.request_id.unwrap_or_default(),
+                crate::names::job_name(id),
+            ));
         }
-        Ok(rec)
+        Ok(old)
     }
 
-    pub fn get(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
-        if let Some(j) = lock(&self.live).get(id) {
-            return Ok(Some(j.clone()));
+    /// Makes a new job durable, publishes it and starts its driver; if the
+    /// store cannot flush, the job is given up and its target released.
+    async fn accept(self: &Arc<Self>, rec: JobRecord) -> Result<JobRecord, EngineError> {
+        match self.store.flush().await {
+            Ok(()) => {
+                self.publish(&rec, 1);
+                self.supervise(rec.id);
+                Ok(rec)
+            }
+            Err(e) => {
+                tracing::error!(job = %rec.id, error = %e, "the store could not make a new job durable; it is not accepted");
+                let mut failed = rec.clone();
+                end(
+                    &mut failed,
+                    JobState::Failed,
+                    format!("not accepted: the store could not make it durable: {e}"),
+                );
+                failed.error = Some(JobError {
+                    reason: Failure::Store,
+                    message: failed.message.clone(),
+                    details: vec![],
+                });
+                // Best effort: if this write survives, the job reads FAILED.
+                let _ = self.store.put_job(&failed);
+                lock(&self.live).remove(&rec.id);
+                self.targets.remove(&rec.target, rec.id);
+                Err(e.into())
+            }
         }
-        self.store.get_job(id)
+    }
+
+    // ---- reading ------------------------------------------------------------
+
+    /// The job as last made durable.
+    pub fn get(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.snapshot(id)?.map(|(_, j)| j))
+    }
+
+    /// The job as last made durable, with the `seq` of that version
+    /// (`u64::MAX` for a job that has ended: no event follows it).
+    pub fn snapshot(&self, id: &Uuid) -> Result<Option<(u64, JobRecord)>, StoreError> {
+        let published = |l: &Live| l.published.as_ref().map(|p| (p.seq, p.job.clone()));
+        if let Some(l) = lock(&self.live).get(id) {
+            return Ok(published(l));
+        }
+        let stored = self.store.get_job(id)?;
+        // Created between the two looks: only its published state counts.
+        if let Some(l) = lock(&self.live).get(id) {
+            return Ok(published(l));
+        }
+        Ok(stored.map(|j| (u64::MAX, j)))
     }
 
     /// Jobs newest first that pass `keep`, after `before`; returns the page
@@ -249,7 +428,10 @@ impl Engine {
         for r in self.store.jobs_newest_first(before) {
             let mut rec = r?;
             if let Some(l) = lock(&self.live).get(&rec.id) {
-                rec = l.clone();
+                match &l.published {
+                    Some(p) => rec = p.job.clone(),
+                    None => continue,
+                }
             }
             if keep(&rec) {
                 if out.len() == page_size {
@@ -261,8 +443,11 @@ impl Engine {
         Ok((out, false))
     }
 
-    /// Cancels a PENDING job. RUNNING ones only where the backend can stop
-    /// them (none yet), so they are refused with the reason.
+    // ---- changing -----------------------------------------------------------
+
+    /// Cancels a job that has sent nothing to its backend yet: PENDING, or
+    /// RUNNING but waiting to (re)try before its submit. A job whose remote
+    /// operation exists (or may exist) is refused with the reason.
     pub async fn cancel(&self, id: &Uuid) -> Result<JobRecord, EngineError> {
         let name = crate::names::job_name(*id);
         let current = self
@@ -277,26 +462,38 @@ impl Engine {
         let mut refusal = None;
         let updated = self
             .update(id, |j| {
-                if j.state == JobState::Pending {
-                    j.state = JobState::Cancelled;
-                    j.phase = Phase::Done;
-                    j.end_time = Some(Utc::now());
-                    j.message = "cancelled before it started".into();
-                    j.next_attempt_time = None;
+                let nothing_sent = j.state == JobState::Pending
+                    || (j.state == JobState::Running && j.phase == Phase::Queued);
+                if nothing_sent {
+                    let msg = if j.state == JobState::Pending {
+                        "cancelled before it started"
+                    } else {
+                        "cancelled before anything was sent to the backend"
+                    };
+                    end(j, JobState::Cancelled, msg.into());
                     true
                 } else {
-                    refusal = Some(format!(
-                        "job {name} is {}: the remote operation{} cannot be stopped on this backend",
-                        j.state.as_str(),
-                        j.handle.as_ref().map(|h| format!(" {}", h.display)).unwrap_or_default()
-                    ));
+                    refusal = Some(match j.phase {
+                        Phase::Submitting => format!(
+                            "job {name} is {}: its submit may have reached the backend and is being checked, so it cannot be cancelled now",
+                            j.state.as_str()
+                        ),
+                        _ => format!(
+                            "job {name} is {}: the remote operation{} cannot be stopped on this backend",
+                            j.state.as_str(),
+                            j.handle
+                                .as_ref()
+                                .map(|h| format!(" {}", h.display))
+                                .unwrap_or_default()
+                        ),
+                    });
                     false
                 }
             })
             .await?;
         match updated {
             Some(rec) => {
-                if let Some(t) = lock(&self.cancels).get(id) {
+                if let Some(t) = lock(&self.drivers).get(id) {
                     t.cancel();
                 }
                 Ok(rec)
@@ -309,45 +506,118 @@ impl Engine {
     }
 
     /// Applies `change` to a live job; if it returns true, writes the job,
-    /// waits for durability and announces it. `None` when the job is not
-    /// live or nothing changed.
+    /// waits for durability and publishes it. `None` when the job is not
+    /// live, has ended, or nothing changed. Every change of a job goes
+    /// through here.
     async fn update(
         &self,
         id: &Uuid,
         change: impl FnOnce(&mut JobRecord) -> bool,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let rec = {
+        let (rec, seq) = {
             let mut live = lock(&self.live);
-            let Some(j) = live.get_mut(id) else {
+            let Some(l) = live.get_mut(id) else {
                 return Ok(None);
             };
-            let before = j.clone();
-            if !change(j) {
+            if l.rec.state.is_terminal() {
+                return Ok(None);
+            }
+            let before = l.rec.clone();
+            if !change(&mut l.rec) {
                 return Ok(None);
             }
             // Written under the lock so that store order = change order.
-            if let Err(e) = self.store.put_job(j) {
-                *j = before;
+            if let Err(e) = self.store.put_job(&l.rec) {
+                l.rec = before;
                 return Err(e);
             }
-            let rec = j.clone();
-            if rec.state.is_terminal() {
-                live.remove(id);
-            }
-            rec
+            l.seq += 1;
+            (l.rec.clone(), l.seq)
         };
         self.store.flush().await?;
-        let _ = self.events.send(rec.clone());
+        self.publish(&rec, seq);
         Ok(Some(rec))
     }
 
-    fn spawn(self: &Arc<Self>, id: Uuid) {
+    /// Makes a durable version visible, unless a newer one already is;
+    /// announces it in the same order. A published terminal job leaves
+    /// `live`.
+    fn publish(&self, rec: &JobRecord, seq: u64) {
+        let mut live = lock(&self.live);
+        let Some(l) = live.get_mut(&rec.id) else {
+            return;
+        };
+        if seq <= l.published_seq {
+            return;
+        }
+        l.published_seq = seq;
+        let p = Arc::new(JobEvent {
+            seq,
+            job: rec.clone(),
+        });
+        l.published = Some(p.clone());
+        if rec.state.is_terminal() && seq == l.seq {
+            live.remove(&rec.id);
+        }
+        // Under the lock, so events leave in publication order.
+        let _ = self.events.send(p);
+    }
+
+    /// Whether the job still has to be driven.
+    fn is_live(&self, id: &Uuid) -> bool {
+        lock(&self.live)
+            .get(id)
+            .is_some_and(|l| !l.rec.state.is_terminal())
+    }
+
+    /// A copy of the authoritative record of a live job.
+    fn current(&self, id: &Uuid) -> Option<JobRecord> {
+        lock(&self.live).get(id).map(|l| l.rec.clone())
+    }
+
+    // ---- supervision ----------------------------------------------------------
+
+    /// Starts the one driver of a job, unless it has one. The supervisor
+    /// restarts a driver that stopped on a store error or panicked (after a
+    /// backoff), and releases the job's target once the job has ended.
+    fn supervise(self: &Arc<Self>, id: Uuid) {
         let token = self.shutdown.child_token();
-        lock(&self.cancels).insert(id, token.clone());
+        {
+            let mut d = lock(&self.drivers);
+            if d.contains_key(&id) {
+                return;
+            }
+            d.insert(id, token.clone());
+        }
         let engine = self.clone();
         self.tasks.spawn(async move {
-            engine.drive(id, token).await;
-            lock(&engine.cancels).remove(&id);
+            let target = engine.current(&id).map(|j| j.target);
+            let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+            loop {
+                let run = tokio::spawn(driver::drive(engine.clone(), id, token.clone()));
+                let why = match run.await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(format!("the job's task failed: {e}")),
+                };
+                if engine.shutdown.is_cancelled() || token.is_cancelled() || !engine.is_live(&id)
+                {
+                    break;
+                }
+                let Some(why) = why else { break };
+                let delay = backoff.next_delay();
+                tracing::error!(job = %id, error = %why, ?delay, "job driver stopped; restarting it");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = token.cancelled() => break,
+                }
+            }
+            lock(&engine.drivers).remove(&id);
+            if let Some(t) = target
+                && !engine.is_live(&id)
+            {
+                engine.targets.remove(&t, id);
+            }
         });
     }
 
@@ -369,461 +639,18 @@ impl Engine {
         }
     }
 
-    /// Removes finished jobs older than the history period.
-    pub fn prune(&self) -> Result<usize, StoreError> {
+    /// Removes finished jobs older than the history period, on a blocking
+    /// thread (it reads and deletes many records).
+    pub async fn prune(&self) -> Result<usize, StoreError> {
         let keep = chrono::Duration::from_std(self.settings.job_history)
             .unwrap_or(chrono::Duration::days(30));
-        self.store.prune_finished_before(Utc::now() - keep)
-    }
-
-    // ---- driving one job ------------------------------------------------
-
-    async fn drive(self: &Arc<Self>, id: Uuid, cancel: CancellationToken) {
-        let Some(job) = lock(&self.live).get(&id).cloned() else {
-            return;
-        };
-        let target = job.target.clone();
-        let result = self.drive_inner(id, &cancel).await;
-        if let Err(e) = result {
-            tracing::error!(job = %id, error = %e, "job stopped on a store error; it resumes on the next start");
-            return;
-        }
-        // Release the target unless we are stopping with the job unfinished
-        // (then it is re-queued at the next start anyway).
-        let finished = lock(&self.live).get(&id).is_none();
-        if finished || !self.shutdown.is_cancelled() {
-            self.targets.remove(&target, id);
-        }
-    }
-
-    async fn drive_inner(
-        self: &Arc<Self>,
-        id: Uuid,
-        cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
-        let Some(job) = lock(&self.live).get(&id).cloned() else {
-            return Ok(());
-        };
-        let Some(entry) = self.backends.get(&job.backend) else {
-            return Ok(());
-        };
-
-        // 1. Wait for our turn on the target.
-        let mut said_waiting = false;
-        loop {
-            let notify = self.targets.notify(&job.target);
-            let notified = notify.notified();
-            match self.targets.head(&job.target) {
-                Some(h) if h == id => break,
-                Some(other) => {
-                    if !said_waiting && job.state == JobState::Pending {
-                        said_waiting = true;
-                        let msg = format!(
-                            "waiting for {} to finish on the same target",
-                            crate::names::job_name(other)
-                        );
-                        self.update(&id, |j| set_message(j, msg)).await?;
-                    }
-                }
-                None => return Ok(()),
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = cancel.cancelled() => return Ok(()),
-            }
-        }
-
-        // 2. Start (PENDING → RUNNING) once a backend slot is free.
-        if lock(&self.live).get(&id).map(|j| j.state) == Some(JobState::Pending) {
-            let permits = tokio::select! {
-                p = self.permits(entry) => p,
-                _ = cancel.cancelled() => return Ok(()),
-            };
-            let started = self
-                .update(&id, |j| {
-                    if j.state != JobState::Pending {
-                        return false;
-                    }
-                    j.state = JobState::Running;
-                    j.start_time = Some(Utc::now());
-                    j.message = "starting".into();
-                    true
-                })
-                .await?;
-            drop(permits);
-            if started.is_none() {
-                return Ok(()); // cancelled meanwhile
-            }
-        }
-
-        // 3. Steps until the end.
-        let timing = entry.timing;
-        let mut retry = Backoff::new(
-            timing.poll_interval.min(Duration::from_secs(1)),
-            Duration::from_secs(30),
-        );
-        let mut poll = Backoff::new(timing.poll_interval, timing.poll_max_interval);
-        // A submit is "fresh" only if this process recorded its intent;
-        // an intent found at start-up means the outcome was lost.
-        let mut fresh_intent = false;
-        loop {
-            let Some(job) = lock(&self.live).get(&id).cloned() else {
-                return Ok(());
-            };
-            if let Some(start) = job.start_time {
-                let elapsed = (Utc::now() - start).to_std().unwrap_or_default();
-                if elapsed > timing.operation_timeout {
-                    let msg = format!(
-                        "gave up after the operation timeout of {}; the remote operation{} may still be running",
-                        humantime::format_duration(timing.operation_timeout),
-                        job.handle
-                            .as_ref()
-                            .map(|h| format!(" {}", h.display))
-                            .unwrap_or_default()
-                    );
-                    self.fail(&id, rpc_code::DEADLINE_EXCEEDED, msg, vec![])
-                        .await?;
-                    return Ok(());
-                }
-            }
-            let step = match job.phase {
-                Phase::Queued => self.step_prepare(entry, &job, &mut fresh_intent).await,
-                Phase::Submitting if fresh_intent => {
-                    self.step_submit(entry, &job, &mut fresh_intent).await
-                }
-                Phase::Submitting => self.step_reconcile(entry, &job).await,
-                Phase::Polling => {
-                    let wait = poll.next_delay();
-                    if !self.wait(wait, cancel).await {
-                        return Ok(());
-                    }
-                    self.step_poll(entry, &job, &mut poll).await
-                }
-                Phase::Done => return Ok(()),
-            };
-            match step {
-                Ok(Step::Continue) => retry.reset(),
-                Ok(Step::Stop) => return Ok(()),
-                Err(StepError::Store(e)) => return Err(e),
-                Err(StepError::Backend(e, doing)) => {
-                    if !self
-                        .handle_failure(&id, e, doing, timing.max_retries, &mut retry, cancel)
-                        .await?
-                    {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Acquires a global and a per-backend permit.
-    async fn permits(
-        &self,
-        entry: &BackendEntry,
-    ) -> (
-        tokio::sync::OwnedSemaphorePermit,
-        tokio::sync::OwnedSemaphorePermit,
-    ) {
-        // Neither semaphore is ever closed.
-        let g = self.global.clone().acquire_owned().await;
-        let b = entry.permits.clone().acquire_owned().await;
-        match (g, b) {
-            (Ok(g), Ok(b)) => (g, b),
-            _ => unreachable!("semaphores are never closed"),
-        }
-    }
-
-    /// Sleeps; false if the job was cancelled or the engine is stopping.
-    async fn wait(&self, d: Duration, cancel: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = cancel.cancelled() => false,
-        }
-    }
-
-    async fn step_prepare(
-        &self,
-        entry: &BackendEntry,
-        job: &JobRecord,
-        fresh_intent: &mut bool,
-    ) -> Result<Step, StepError> {
-        let intent = {
-            let _p = self.permits(entry).await;
-            entry
-                .backend
-                .prepare(&job.op)
-                .await
-                .map_err(|e| StepError::Backend(e, Doing::Preparing))?
-        };
-        // The intent is durable before the submit is sent.
-        let mut intent = intent;
-        intent.recorded_at = Some(Utc::now());
-        self.update(&job.id, |j| {
-            j.intent = Some(intent);
-            j.phase = Phase::Submitting;
-            j.message = "submitting to the backend".into();
-            true
-        })
-        .await?;
-        *fresh_intent = true;
-        Ok(Step::Continue)
-    }
-
-    async fn step_submit(
-        &self,
-        entry: &BackendEntry,
-        job: &JobRecord,
-        fresh_intent: &mut bool,
-    ) -> Result<Step, StepError> {
-        let intent = job.intent.clone().unwrap_or_default();
-        let result = {
-            let _p = self.permits(entry).await;
-            self.update(&job.id, |j| {
-                j.attempts += 1;
-                true
-            })
-            .await?;
-            entry.backend.submit(&job.op, &intent).await
-        };
-        match result {
-            Ok(handle) => {
-                self.update(&job.id, |j| {
-                    j.message = format!("submitted; waiting for {}", handle.display);
-                    j.handle = Some(handle);
-                    j.phase = Phase::Polling;
-                    j.attempts = 0;
-                    true
-                })
-                .await?;
-                Ok(Step::Continue)
-            }
-            Err(e) if e.maybe_applied => {
-                // The request may have reached the backend: find out
-                // instead of sending it again.
-                *fresh_intent = false;
-                tracing::warn!(job = %job.id, error = %e, "submit outcome unknown; reconciling");
-                self.update(&job.id, |j| {
-                    j.message = format!(
-                        "the submit's outcome is unknown ({}); checking with the backend",
-                        e.message
-                    );
-                    true
-                })
-                .await?;
-                Ok(Step::Continue)
-            }
-            Err(e) => {
-                if e.is_retryable() {
-                    // Not applied: prepare again later (the snapshot may
-                    // change while another operation runs).
-                    *fresh_intent = false;
-                    self.update(&job.id, |j| {
-                        j.phase = Phase::Queued;
-                        j.intent = None;
-                        true
-                    })
-                    .await?;
-                }
-                Err(StepError::Backend(e, Doing::Submitting))
-            }
-        }
-    }
-
-    async fn step_reconcile(
-        &self,
-        entry: &BackendEntry,
-        job: &JobRecord,
-    ) -> Result<Step, StepError> {
-        let intent = job.intent.clone().unwrap_or_default();
-        let r = {
-            let _p = self.permits(entry).await;
-            entry
-                .backend
-                .reconcile(&job.op, &intent)
-                .await
-                .map_err(|e| StepError::Backend(e, Doing::Reconciling))?
-        };
-        match r {
-            Reconciled::NotSubmitted => {
-                tracing::info!(job = %job.id, "reconciled: the submit never reached the backend; submitting again");
-                self.update(&job.id, |j| {
-                    j.phase = Phase::Queued;
-                    j.intent = None;
-                    j.message =
-                        "the earlier submit never reached the backend; submitting again".into();
-                    true
-                })
-                .await?;
-                Ok(Step::Continue)
-            }
-            Reconciled::Submitted(handle) => {
-                tracing::info!(job = %job.id, handle = %handle.display, "reconciled: the submit had reached the backend");
-                self.update(&job.id, |j| {
-                    j.message = format!(
-                        "the earlier submit had reached the backend; waiting for {}",
-                        handle.display
-                    );
-                    j.handle = Some(handle);
-                    j.phase = Phase::Polling;
-                    true
-                })
-                .await?;
-                Ok(Step::Continue)
-            }
-            Reconciled::Unknown(why) => {
-                self.fail(
-                    &job.id,
-                    rpc_code::UNKNOWN,
-                    format!("outcome unknown: {why}"),
-                    vec![],
-                )
-                .await?;
-                Ok(Step::Stop)
-            }
-        }
-    }
-
-    async fn step_poll(
-        &self,
-        entry: &BackendEntry,
-        job: &JobRecord,
-        poll: &mut Backoff,
-    ) -> Result<Step, StepError> {
-        let (Some(intent), Some(handle)) = (job.intent.clone(), job.handle.clone()) else {
-            self.fail(
-                &job.id,
-                rpc_code::INTERNAL,
-                "the job lost its remote handle".into(),
-                vec![],
-            )
-            .await?;
-            return Ok(Step::Stop);
-        };
-        let progress = {
-            let _p = self.permits(entry).await;
-            entry
-                .backend
-                .poll(&job.op, &intent, &handle)
-                .await
-                .map_err(|e| StepError::Backend(e, Doing::Polling))?
-        };
-        match progress {
-            Progress::Running { message, handle } => {
-                if handle.is_some() {
-                    poll.reset();
-                }
-                self.update(&job.id, |j| {
-                    let mut changed = false;
-                    if let Some(h) = handle {
-                        j.handle = Some(h);
-                        changed = true;
-                    }
-                    if j.attempts != 0 {
-                        j.attempts = 0;
-                        changed = true;
-                    }
-                    set_message(j, message) || changed
-                })
-                .await?;
-                Ok(Step::Continue)
-            }
-            Progress::Succeeded { message, backup_id } => {
-                self.update(&job.id, |j| {
-                    j.state = JobState::Succeeded;
-                    j.phase = Phase::Done;
-                    j.end_time = Some(Utc::now());
-                    j.message = message;
-                    j.next_attempt_time = None;
-                    if backup_id.is_some() {
-                        j.backup_id = backup_id;
-                    }
-                    true
-                })
-                .await?;
-                Ok(Step::Stop)
-            }
-            Progress::Failed(e) => {
-                let code = code_for(&e);
-                self.fail(&job.id, code, e.message.clone(), e.details)
-                    .await?;
-                Ok(Step::Stop)
-            }
-        }
-    }
-
-    /// Retries a retryable failure after a backoff (honouring
-    /// `Retry-After`), or ends the job. False when the job ended or the
-    /// engine is stopping.
-    async fn handle_failure(
-        &self,
-        id: &Uuid,
-        e: BackendError,
-        doing: Doing,
-        max_retries: u32,
-        retry: &mut Backoff,
-        cancel: &CancellationToken,
-    ) -> Result<bool, StoreError> {
-        let what = doing.as_str();
-        let attempts = lock(&self.live).get(id).map(|j| j.attempts).unwrap_or(0);
-        if !e.is_retryable() || attempts >= max_retries {
-            let mut msg = e.message.clone();
-            let mut code = code_for(&e);
-            if e.is_retryable() {
-                msg = format!("gave up after {attempts} attempts while {what}: {msg}");
-            }
-            if doing == Doing::Reconciling {
-                // The submit may or may not have reached the backend.
-                msg = format!(
-                    "outcome unknown: the backend could not be asked whether the submit had reached it: {msg}"
-                );
-                code = rpc_code::UNKNOWN;
-            }
-            self.fail(id, code, msg, e.details).await?;
-            return Ok(false);
-        }
-        let delay = retry.next_delay_honouring(e.retry_after);
-        let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        tracing::debug!(job = %id, error = %e, ?delay, "retryable failure while {what}");
-        self.update(id, |j| {
-            j.attempts += 1;
-            j.message = format!(
-                "{what}: {} — retrying in {} (attempt {} of {})",
-                e.message,
-                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-                j.attempts,
-                max_retries
-            );
-            j.next_attempt_time = Some(next);
-            true
-        })
-        .await?;
-        Ok(self.wait(delay, cancel).await)
-    }
-
-    async fn fail(
-        &self,
-        id: &Uuid,
-        code: i32,
-        message: String,
-        details: Vec<custos_adapter_core::ErrorDetail>,
-    ) -> Result<(), StoreError> {
-        tracing::info!(job = %id, %message, "job failed");
-        self.update(id, |j| {
-            j.state = JobState::Failed;
-            j.phase = Phase::Done;
-            j.end_time = Some(Utc::now());
-            j.next_attempt_time = None;
-            j.message = message.clone();
-            j.error = Some(JobError {
-                code,
-                message,
-                details,
-            });
-            true
-        })
-        .await?;
-        Ok(())
+        let cutoff = Utc::now()
+            .checked_sub_signed(keep)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.prune_finished_before(cutoff))
+            .await
+            .map_err(|e| StoreError::Io(format!("pruning failed: {e}")))?
     }
 }
 
@@ -836,68 +663,12 @@ fn set_message(j: &mut JobRecord, msg: String) -> bool {
     true
 }
 
-enum StepError {
-    Store(StoreError),
-    Backend(BackendError, Doing),
+/// Ends a job in `state` with `message`.
+fn end(j: &mut JobRecord, state: JobState, message: String) {
+    j.state = state;
+    j.phase = Phase::Done;
+    j.end_time = Some(Utc::now());
+    j.next_attempt_time = None;
+    j.message = message;
 }
 
-/// The step a backend failure happened in; decides how an exhausted or
-/// permanent failure is worded (and, for reconciling, that the outcome of
-/// the submit is unknown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Doing {
-    Preparing,
-    Submitting,
-    Reconciling,
-    Polling,
-}
-
-impl Doing {
-    fn as_str(self) -> &'static str {
-        match self {
-            Doing::Preparing => "preparing",
-            Doing::Submitting => "submitting",
-            Doing::Reconciling => "reconciling",
-            Doing::Polling => "polling",
-        }
-    }
-}
-
-impl From<StoreError> for StepError {
-    fn from(e: StoreError) -> Self {
-        StepError::Store(e)
-    }
-}
-
-/// `google.rpc.Code` values used in `JobError.code` (numbers, so the
-/// engine does not depend on tonic).
-pub mod rpc_code {
-    pub const UNKNOWN: i32 = 2;
-    pub const INVALID_ARGUMENT: i32 = 3;
-    pub const DEADLINE_EXCEEDED: i32 = 4;
-    pub const NOT_FOUND: i32 = 5;
-    pub const PERMISSION_DENIED: i32 = 7;
-    pub const RESOURCE_EXHAUSTED: i32 = 8;
-    pub const FAILED_PRECONDITION: i32 = 9;
-    pub const ABORTED: i32 = 10;
-    pub const UNIMPLEMENTED: i32 = 12;
-    pub const INTERNAL: i32 = 13;
-    pub const UNAVAILABLE: i32 = 14;
-    pub const UNAUTHENTICATED: i32 = 16;
-}
-
-/// The failure class of a backend error, as a `google.rpc.Code`.
-fn code_for(e: &BackendError) -> i32 {
-    use rpc_code::*;
-    match e.kind {
-        ErrorKind::Unauthorized => UNAUTHENTICATED,
-        ErrorKind::Forbidden => PERMISSION_DENIED,
-        ErrorKind::NotFound => NOT_FOUND,
-        ErrorKind::Invalid => INVALID_ARGUMENT,
-        ErrorKind::Busy => ABORTED,
-        ErrorKind::Throttled => RESOURCE_EXHAUSTED,
-        ErrorKind::Transient => UNAVAILABLE,
-        ErrorKind::Permanent => FAILED_PRECONDITION,
-        ErrorKind::Unsupported => UNIMPLEMENTED,
-    }
-}

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::engine::model::{JobRecord, RECORD_VERSION};
+use crate::job::{DecodeError, JobRecord};
 
 /// A store failure. The daemon answers `UNAVAILABLE` with it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -86,15 +86,16 @@ fn request_key(request_id: &str) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> Result<JobRecord, StoreError> {
-    let rec: JobRecord =
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    if rec.v > RECORD_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "job {} was written by a newer release (record version {})",
-            rec.id, rec.v
-        )));
+    JobRecord::decode(bytes).map_err(StoreError::from)
+}
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Corrupt(m) => StoreError::Corrupt(m),
+            too_new @ DecodeError::TooNew(..) => StoreError::Corrupt(too_new.to_string()),
+        }
     }
-    Ok(rec)
 }
 
 impl Store {
@@ -130,7 +131,7 @@ impl Store {
     /// Writes a job and its index entries in one atomic batch (not yet
     /// durable: await [`Store::flush`]).
     pub fn put_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(rec).map_err(|e| StoreError::Io(e.to_string()))?;
+        let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
         let mut batch = sled::Batch::default();
         batch.insert(&key(b'j', &rec.id), bytes);
         if rec.state.is_terminal() {
@@ -263,7 +264,7 @@ mod tests {
     use custos_adapter_core::{Operation, Resource, ResourceKind};
 
     use super::*;
-    use crate::engine::model::{JobKind, JobState};
+    use crate::job::{JobKind, JobState};
 
     fn rec(request_id: Option<&str>) -> JobRecord {
         let mut r = JobRecord::new(

@@ -1,0 +1,575 @@
+//! The driver of one job: waits for the target's turn, then walks the
+//! phases `Queued → Submitting → Polling → Done` through the `Backend`
+//! trait. The failure policy (retry or end, backoff, `Retry-After`, the
+//! attempt count) and the submit/reconcile rule live here, in one place.
+//!
+//! The submit/reconcile rule (see `ARCHITECTURE.md`):
+//! - the intent is stored (`Phase::Submitting`) before the submit is sent;
+//! - a submit that failed with `maybe_applied`, or an intent found at
+//!   start-up, is reconciled, never sent again blindly;
+//! - `Reconciled::NotSubmitted` is believed only after the backend had time
+//!   to show the operation: at least `GRACE_CHECKS` answers spread over at
+//!   least the backend's request timeout;
+//! - `Reconciled::Unknown`, or a reconcile that cannot be completed, ends
+//!   the job `FAILED` with `Failure::OutcomeUnknown`.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use custos_adapter_core::{
+    BackendError, ErrorDetail, ErrorKind, Progress, Reconciled, backoff::Backoff,
+};
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{BackendEntry, Engine, end, set_message};
+use crate::{
+    job::{Failure, JobError, JobRecord, JobState, Phase},
+    names::job_name,
+    store::StoreError,
+};
+
+/// How many "not submitted" answers reconcile needs before it is believed.
+const GRACE_CHECKS: u32 = 3;
+/// The ceiling of the retry backoff (a `Retry-After` may ask for more, up
+/// to the backend's `max_retry_after`).
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Drives the job until it ends, is cancelled, or the engine stops (`Ok`),
+/// or until the store fails (`Err`: the supervisor restarts the driver).
+pub(super) async fn drive(
+    engine: Arc<Engine>,
+    id: Uuid,
+    cancel: CancellationToken,
+) -> Result<(), StoreError> {
+    let Some(job) = engine.current(&id) else {
+        return Ok(());
+    };
+    let Some(entry) = engine.backends.get(&job.backend) else {
+        return Ok(());
+    };
+    let timing = entry.timing;
+    let mut d = Driver {
+        engine: &engine,
+        entry,
+        id,
+        cancel: &cancel,
+        retry: Backoff::new(timing.poll_interval.min(Duration::from_secs(1)), RETRY_MAX),
+        poll: Backoff::new(timing.poll_interval, timing.poll_max_interval),
+        fresh_intent: false,
+        grace: None,
+    };
+    if !d.wait_turn(&job).await? || !d.start(&job).await? {
+        return Ok(());
+    }
+    d.run().await
+}
+
+/// The result of one step.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+enum StepError {
+    Store(StoreError),
+    Backend(BackendError, Doing),
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        StepError::Store(e)
+    }
+}
+
+/// The step a backend failure happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Doing {
+    Preparing,
+    Submitting,
+    Reconciling,
+    Polling,
+}
+
+impl Doing {
+    fn as_str(self) -> &'static str {
+        match self {
+            Doing::Preparing => "preparing",
+            Doing::Submitting => "submitting",
+            Doing::Reconciling => "reconciling",
+            Doing::Polling => "polling",
+        }
+    }
+}
+
+/// "Not submitted" answers seen so far for the current intent.
+struct Grace {
+    first: Instant,
+    checks: u32,
+}
+
+struct Driver<'a> {
+    engine: &'a Engine,
+    entry: &'a BackendEntry,
+    id: Uuid,
+    cancel: &'a CancellationToken,
+    /// Backoff between retries of failed calls; reset only by progress (a
+    /// handle stored, a poll answered), not by a successful prepare.
+    retry: Backoff,
+    poll: Backoff,
+    /// True only between storing an intent and sending its submit, in this
+    /// process; an intent found otherwise was (maybe) used: reconcile.
+    fresh_intent: bool,
+    grace: Option<Grace>,
+}
+
+impl Driver<'_> {
+    /// Waits until the job is the head of its target's queue. False when
+    /// the job was cancelled or the engine is stopping.
+    async fn wait_turn(&self, job: &JobRecord) -> Result<bool, StoreError> {
+        let mut said_waiting = false;
+        loop {
+            let notify = self.engine.targets.notify(&job.target);
+            let notified = notify.notified();
+            match self.engine.targets.head(&job.target) {
+                Some(h) if h == self.id => return Ok(true),
+                Some(other) => {
+                    if !said_waiting && job.state == JobState::Pending {
+                        said_waiting = true;
+                        let msg = format!(
+                            "waiting for {} to finish on the same target",
+                            job_name(other)
+                        );
+                        self.engine
+                            .update(&self.id, |j| set_message(j, msg))
+                            .await?;
+                    }
+                }
+                None => return Ok(false),
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.cancel.cancelled() => return Ok(false),
+            }
+        }
+    }
+
+    /// PENDING → RUNNING once a backend slot is free. False when the job
+    /// was cancelled meanwhile or the engine is stopping.
+    async fn start(&self, job: &JobRecord) -> Result<bool, StoreError> {
+        if job.state != JobState::Pending {
+            return Ok(true);
+        }
+        let permits = tokio::select! {
+            p = self.engine.permits(self.entry) => p,
+            _ = self.cancel.cancelled() => return Ok(false),
+        };
+        let started = self
+            .engine
+            .update(&self.id, |j| {
+                if j.state != JobState::Pending {
+                    return false;
+                }
+                j.state = JobState::Running;
+                j.start_time = Some(Utc::now());
+                j.message = "starting".into();
+                true
+            })
+            .await?;
+        drop(permits);
+        Ok(started.is_some())
+    }
+
+    async fn run(&mut self) -> Result<(), StoreError> {
+        loop {
+            let Some(job) = self.engine.current(&self.id) else {
+                return Ok(());
+            };
+            if job.state.is_terminal() || self.cancel.is_cancelled() {
+                return Ok(());
+            }
+            if let Some(msg) = self.timed_out(&job) {
+                self.fail(Failure::Timeout, msg, vec![]).await?;
+                return Ok(());
+            }
+            let step = match job.phase {
+                Phase::Queued => self.prepare(&job).await,
+                Phase::Submitting if self.fresh_intent => self.submit(&job).await,
+                Phase::Submitting => self.reconcile(&job).await,
+                Phase::Polling => {
+                    let wait = self.poll.next_delay();
+                    if !self.sleep(wait, &job).await {
+                        return Ok(());
+                    }
+                    self.poll(&job).await
+                }
+                Phase::Done => return Ok(()),
+            };
+            match step {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => return Ok(()),
+                Err(StepError::Store(e)) => return Err(e),
+                Err(StepError::Backend(e, doing)) => {
+                    if !self.on_failure(e, doing).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The operation timeout, counted from the job's start.
+    fn deadline(&self, job: &JobRecord) -> Option<chrono::DateTime<Utc>> {
+        let t = chrono::Duration::from_std(self.entry.timing.operation_timeout).ok()?;
+        job.start_time?.checked_add_signed(t)
+    }
+
+    fn timed_out(&self, job: &JobRecord) -> Option<String> {
+        let deadline = self.deadline(job)?;
+        if Utc::now() <= deadline {
+            return None;
+        }
+        Some(format!(
+            "gave up after the operation timeout of {}; the remote operation{} may still be running",
+            humantime::format_duration(self.entry.timing.operation_timeout),
+            job.handle
+                .as_ref()
+                .map(|h| format!(" {}", h.display))
+                .unwrap_or_default()
+        ))
+    }
+
+    /// Sleeps `d`, but not past the operation deadline; false if the job
+    /// was cancelled or the engine is stopping.
+    async fn sleep(&self, d: Duration, job: &JobRecord) -> bool {
+        let left = self
+            .deadline(job)
+            .and_then(|t| (t - Utc::now()).to_std().ok())
+            .map(|l| l + Duration::from_millis(10));
+        let d = left.map_or(d, |l| d.min(l));
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+
+    async fn prepare(&mut self, job: &JobRecord) -> Result<Flow, StepError> {
+        let mut intent = {
+            let _p = self.engine.permits(self.entry).await;
+            self.entry
+                .backend
+                .prepare(&job.op)
+                .await
+                .map_err(|e| StepError::Backend(e, Doing::Preparing))?
+        };
+        intent.recorded_at = Some(Utc::now());
+        // The intent is durable before the submit is sent; a job cancelled
+        // meanwhile is not submitted.
+        let stored = self
+            .engine
+            .update(&self.id, |j| {
+                if j.state != JobState::Running || j.phase != Phase::Queued {
+                    return false;
+                }
+                j.intent = Some(intent);
+                j.phase = Phase::Submitting;
+                j.message = "submitting to the backend".into();
+                true
+            })
+            .await?;
+        if stored.is_none() {
+            return Ok(Flow::Stop);
+        }
+        self.fresh_intent = true;
+        self.grace = None;
+        Ok(Flow::Continue)
+    }
+
+    async fn submit(&mut self, job: &JobRecord) -> Result<Flow, StepError> {
+        let intent = job.intent.clone().unwrap_or_default();
+        let result = {
+            let _p = self.engine.permits(self.entry).await;
+            self.entry.backend.submit(&job.op, &intent).await
+        };
+        // Whatever happened, this intent has been used.
+        self.fresh_intent = false;
+        match result {
+            Ok(handle) => {
+                self.engine
+                    .update(&self.id, |j| {
+                        j.message = format!("submitted; waiting for {}", handle.display);
+                        j.handle = Some(handle);
+                        j.phase = Phase::Polling;
+                        j.attempts = 0;
+                        j.next_attempt_time = None;
+                        true
+                    })
+                    .await?;
+                self.retry.reset();
+                Ok(Flow::Continue)
+            }
+            Err(e) if e.maybe_applied => {
+                // The request may have reached the backend: find out
+                // instead of sending it again.
+                tracing::warn!(job = %self.id, error = %e, "submit outcome unknown; reconciling");
+                self.engine
+                    .update(&self.id, |j| {
+                        j.message = format!(
+                            "the submit's outcome is unknown ({}); checking with the backend",
+                            e.message
+                        );
+                        true
+                    })
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Err(e) => {
+                if e.is_retryable() {
+                    // Not applied: prepare again later (what the adapter
+                    // records may change while another operation runs).
+                    self.engine
+                        .update(&self.id, |j| {
+                            j.phase = Phase::Queued;
+                            j.intent = None;
+                            true
+                        })
+                        .await?;
+                }
+                Err(StepError::Backend(e, Doing::Submitting))
+            }
+        }
+    }
+
+    async fn reconcile(&mut self, job: &JobRecord) -> Result<Flow, StepError> {
+        let intent = job.intent.clone().unwrap_or_default();
+        let r = {
+            let _p = self.engine.permits(self.entry).await;
+            self.entry
+                .backend
+                .reconcile(&job.op, &intent)
+                .await
+                .map_err(|e| StepError::Backend(e, Doing::Reconciling))?
+        };
+        match r {
+            Reconciled::NotSubmitted => {
+                let timing = self.entry.timing;
+                let g = self.grace.get_or_insert_with(|| Grace {
+                    first: Instant::now(),
+                    checks: 0,
+                });
+                g.checks += 1;
+                if g.checks < GRACE_CHECKS || g.first.elapsed() < timing.timeout {
+                    let wait = (timing.timeout / 2).max(timing.poll_interval);
+                    let n = g.checks;
+                    let msg = format!(
+                        "no trace of the earlier submit on the backend yet (check {n}); checking again in {}",
+                        humantime::format_duration(wait)
+                    );
+                    self.engine
+                        .update(&self.id, |j| set_message(j, msg))
+                        .await?;
+                    if !self.sleep(wait, job).await {
+                        return Ok(Flow::Stop);
+                    }
+                    return Ok(Flow::Continue);
+                }
+                self.grace = None;
+                tracing::info!(job = %self.id, "reconciled: the submit never reached the backend; submitting again");
+                self.engine
+                    .update(&self.id, |j| {
+                        j.phase = Phase::Queued;
+                        j.intent = None;
+                        j.message =
+                            "the earlier submit never reached the backend; submitting again".into();
+                        true
+                    })
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Reconciled::Submitted(handle) => {
+                self.grace = None;
+                tracing::info!(job = %self.id, handle = %handle.display, "reconciled: the submit had reached the backend");
+                self.engine
+                    .update(&self.id, |j| {
+                        j.message = format!(
+                            "the earlier submit had reached the backend; waiting for {}",
+                            handle.display
+                        );
+                        j.handle = Some(handle);
+                        j.phase = Phase::Polling;
+                        j.attempts = 0;
+                        j.next_attempt_time = None;
+                        true
+                    })
+                    .await?;
+                self.retry.reset();
+                Ok(Flow::Continue)
+            }
+            Reconciled::Unknown(why) => {
+                self.fail(
+                    Failure::OutcomeUnknown,
+                    format!("outcome unknown: {why}"),
+                    vec![],
+                )
+                .await?;
+                Ok(Flow::Stop)
+            }
+        }
+    }
+
+    async fn poll(&mut self, job: &JobRecord) -> Result<Flow, StepError> {
+        let (Some(intent), Some(handle)) = (job.intent.clone(), job.handle.clone()) else {
+            self.fail(
+                Failure::Internal,
+                "the job lost its remote handle".into(),
+                vec![],
+            )
+            .await?;
+            return Ok(Flow::Stop);
+        };
+        let progress = {
+            let _p = self.engine.permits(self.entry).await;
+            self.entry
+                .backend
+                .poll(&job.op, &intent, &handle)
+                .await
+                .map_err(|e| StepError::Backend(e, Doing::Polling))?
+        };
+        self.retry.reset();
+        match progress {
+            Progress::Running { message, handle } => {
+                if handle.is_some() {
+                    self.poll.reset();
+                }
+                self.engine
+                    .update(&self.id, |j| {
+                        let mut changed = false;
+                        if let Some(h) = handle {
+                            j.handle = Some(h);
+                            changed = true;
+                        }
+                        if j.attempts != 0 || j.next_attempt_time.is_some() {
+                            j.attempts = 0;
+                            j.next_attempt_time = None;
+                            changed = true;
+                        }
+                        set_message(j, message) || changed
+                    })
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Progress::Succeeded { message, backup_id } => {
+                self.engine
+                    .update(&self.id, |j| {
+                        end(j, JobState::Succeeded, message);
+                        if backup_id.is_some() {
+                            j.backup_id = backup_id;
+                        }
+                        true
+                    })
+                    .await?;
+                Ok(Flow::Stop)
+            }
+            Progress::Failed(e) => {
+                self.fail(Failure::Backend(e.kind), e.message, e.details)
+                    .await?;
+                Ok(Flow::Stop)
+            }
+        }
+    }
+
+    /// The one failure policy. A retryable failure is retried after a
+    /// backoff (honouring a capped `Retry-After`) until `max_retries`
+    /// failed tries, or, for "operation in progress", until the operation
+    /// timeout; anything else ends the job. False when the job ended or
+    /// the wait was interrupted.
+    async fn on_failure(&mut self, e: BackendError, doing: Doing) -> Result<bool, StoreError> {
+        let timing = self.entry.timing;
+        let what = doing.as_str();
+        let Some(job) = self.engine.current(&self.id) else {
+            return Ok(false);
+        };
+        let attempts = job.attempts.saturating_add(1);
+        let exhausted = e.kind != ErrorKind::Busy && attempts > timing.max_retries;
+        if !e.is_retryable() || exhausted {
+            let mut msg = e.message.clone();
+            let mut reason = Failure::Backend(e.kind);
+            if exhausted {
+                msg = format!("gave up after {attempts} attempts while {what}: {msg}");
+            }
+            if doing == Doing::Reconciling {
+                msg = format!(
+                    "outcome unknown: the backend could not be asked whether the submit had reached it: {msg}"
+                );
+                reason = Failure::OutcomeUnknown;
+            }
+            self.fail(reason, msg, e.details).await?;
+            return Ok(false);
+        }
+        let delay = self.retry_delay(e.retry_after);
+        let next = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d));
+        tracing::debug!(job = %self.id, error = %e, ?delay, "retryable failure while {what}");
+        let of = if e.kind == ErrorKind::Busy {
+            "until the operation timeout".to_string()
+        } else {
+            format!("of {}", timing.max_retries.saturating_add(1))
+        };
+        self.engine
+            .update(&self.id, |j| {
+                j.attempts = attempts;
+                j.message = format!(
+                    "{what}: {} — retrying in {} (attempt {attempts} {of})",
+                    e.message,
+                    humantime::format_duration(Duration::from_millis(
+                        u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+                    )),
+                );
+                j.next_attempt_time = next;
+                true
+            })
+            .await?;
+        Ok(self.sleep(delay, &job).await)
+    }
+
+    /// The backoff's next delay, or the backend's `Retry-After` cut to
+    /// `max_retry_after`, plus jitter so that jobs throttled together do
+    /// not all come back in the same second.
+    fn retry_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+        let d = self.retry.next_delay();
+        let Some(ra) = retry_after else {
+            return d;
+        };
+        let asked = ra.min(self.entry.timing.max_retry_after);
+        if asked <= d {
+            return d;
+        }
+        let spread = (asked / 5).min(Duration::from_secs(30));
+        let ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+        asked.saturating_add(Duration::from_millis(rand::rng().random_range(0..=ms)))
+    }
+
+    async fn fail(
+        &self,
+        reason: Failure,
+        message: String,
+        details: Vec<ErrorDetail>,
+    ) -> Result<(), StoreError> {
+        tracing::info!(job = %self.id, %message, "job failed");
+        self.engine
+            .update(&self.id, |j| {
+                end(j, JobState::Failed, message.clone());
+                j.error = Some(JobError {
+                    reason,
+                    message,
+                    details,
+                });
+                true
+            })
+            .await?;
+        Ok(())
+    }
+}

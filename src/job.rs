@@ -1,0 +1,288 @@
+//! The job record: the domain type that the engine changes, the store
+//! persists and the API converts. It sits below all three (it imports none
+//! of them). Versioned (`v`): [`JobRecord::decode`] migrates older records.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use custos_adapter_core::{ErrorDetail, ErrorKind, Intent, Operation, RemoteHandle};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The record format written by this release. v2: `JobError.reason`
+/// (backend-neutral) replaced v1's `JobError.code` (a gRPC code chosen by
+/// the engine); v1 records are migrated on read.
+pub const RECORD_VERSION: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobKind {
+    Backup,
+    Restore,
+    DeleteBackup,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "BACKUP",
+            JobKind::Restore => "RESTORE",
+            JobKind::DeleteBackup => "DELETE_BACKUP",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "PENDING",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// Where a job is in its conversation with the backend; what a restart
+/// resumes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Nothing sent that changes anything; safe to (re)start.
+    Queued,
+    /// The intent is stored and the submit may have been sent: after a
+    /// crash, reconcile, never resubmit blindly.
+    Submitting,
+    /// The remote handle is stored: poll it.
+    Polling,
+    /// Terminal.
+    Done,
+}
+
+/// Why a job failed, in the daemon's words; `src/api/error.rs` alone turns
+/// it into a gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// The backend refused the operation or reported it failed; the kind
+    /// says what kind of refusal.
+    Backend(ErrorKind),
+    /// The submit may or may not have reached the backend, and the backend
+    /// could not tell which: the job stopped rather than risk running twice.
+    OutcomeUnknown,
+    /// The operation timeout ran out while waiting.
+    Timeout,
+    /// The daemon lost state it needs (a damaged record or a bug).
+    Internal,
+    /// The store could not make the job durable.
+    Store,
+}
+
+/// A failed job's error, shaped like `google.rpc.Status` once converted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub reason: Failure,
+    pub message: String,
+    pub details: Vec<ErrorDetail>,
+}
+
+/// One job, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub v: u32,
+    pub id: Uuid,
+    pub kind: JobKind,
+    /// The full target name.
+    pub target: String,
+    pub backend: String,
+    pub op: Operation,
+    pub state: JobState,
+    pub phase: Phase,
+    pub create_time: DateTime<Utc>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    /// Backend calls tried for the current step, retries included.
+    pub attempts: u32,
+    pub message: String,
+    pub backup_id: Option<String>,
+    pub intent: Option<Intent>,
+    pub handle: Option<RemoteHandle>,
+    pub error: Option<JobError>,
+    pub schedule: Option<String>,
+    pub request_id: Option<String>,
+    /// A digest of the request, to tell a retried request from a different
+    /// one that reuses its `request_id`.
+    pub fingerprint: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub next_attempt_time: Option<DateTime<Utc>>,
+}
+
+impl JobRecord {
+    pub fn new(
+        kind: JobKind,
+        target: String,
+        backend: String,
+        op: Operation,
+        labels: BTreeMap<String, String>,
+    ) -> JobRecord {
+        JobRecord {
+            v: RECORD_VERSION,
+            id: Uuid::now_v7(),
+            kind,
+            target,
+            backend,
+            op,
+            state: JobState::Pending,
+            phase: Phase::Queued,
+            create_time: Utc::now(),
+            start_time: None,
+            end_time: None,
+            attempts: 0,
+            message: "queued".into(),
+            backup_id: None,
+            intent: None,
+            handle: None,
+            error: None,
+            schedule: None,
+            request_id: None,
+            fingerprint: None,
+            labels,
+            next_attempt_time: None,
+        }
+    }
+}
+
+/// A record that cannot be read back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DecodeError {
+    #[error("a stored job is unreadable: {0}")]
+    Corrupt(String),
+    #[error("job {0} was written by a newer release (record version {1})")]
+    TooNew(Uuid, u32),
+}
+
+impl JobRecord {
+    /// Encodes the record for the store.
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Decodes a stored record of this or an older version.
+    pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
+        match serde_json::from_slice::<JobRecord>(bytes) {
+            Ok(mut rec) if rec.v <= RECORD_VERSION => {
+                rec.v = RECORD_VERSION;
+                Ok(rec)
+            }
+            Ok(rec) => Err(DecodeError::TooNew(rec.id, rec.v)),
+            // Older shapes fail the direct parse; migrate through JSON.
+            Err(first) => {
+                let mut v: serde_json::Value = serde_json::from_slice(bytes)
+                    .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+                match v.get("v").and_then(|x| x.as_u64()) {
+                    Some(1) => migrate_v1(&mut v),
+                    _ => return Err(DecodeError::Corrupt(first.to_string())),
+                }
+                let mut rec: JobRecord =
+                    serde_json::from_value(v).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+                rec.v = RECORD_VERSION;
+                Ok(rec)
+            }
+        }
+    }
+}
+
+/// v1 stored `error.code`, a `google.rpc.Code` chosen by the engine; v2
+/// stores the reason and leaves the code to the API.
+fn migrate_v1(v: &mut serde_json::Value) {
+    let Some(err) = v.get_mut("error").and_then(|e| e.as_object_mut()) else {
+        return;
+    };
+    let code = err.remove("code").and_then(|c| c.as_i64()).unwrap_or(2);
+    let reason = match code {
+        2 => Failure::OutcomeUnknown,
+        4 => Failure::Timeout,
+        13 => Failure::Internal,
+        16 => Failure::Backend(ErrorKind::Unauthorized),
+        7 => Failure::Backend(ErrorKind::Forbidden),
+        5 => Failure::Backend(ErrorKind::NotFound),
+        3 => Failure::Backend(ErrorKind::Invalid),
+        10 => Failure::Backend(ErrorKind::Busy),
+        8 => Failure::Backend(ErrorKind::Throttled),
+        14 => Failure::Backend(ErrorKind::Transient),
+        12 => Failure::Backend(ErrorKind::Unsupported),
+        _ => Failure::Backend(ErrorKind::Permanent),
+    };
+    if let Ok(r) = serde_json::to_value(reason) {
+        err.insert("reason".into(), r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custos_adapter_core::{Resource, ResourceKind};
+
+    use super::*;
+
+    fn rec() -> JobRecord {
+        JobRecord::new(
+            JobKind::Backup,
+            "backends/cf/serviceInstances/x".into(),
+            "cf".into(),
+            Operation::CreateBackup {
+                resource: Resource {
+                    kind: ResourceKind::ServiceInstance,
+                    id: "x".into(),
+                },
+            },
+            BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn round_trip_and_v1_migration() {
+        let mut r = rec();
+        r.state = JobState::Failed;
+        r.error = Some(JobError {
+            reason: Failure::Backend(ErrorKind::NotFound),
+            message: "gone".into(),
+            details: vec![],
+        });
+        let back = JobRecord::decode(&r.encode().unwrap()).unwrap();
+        assert_eq!(back, r);
+
+        // A v1 record as the previous release wrote it.
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["v"] = 1.into();
+        v["error"] = serde_json::json!({"code": 2, "message": "outcome unknown: x", "details": []});
+        let old = JobRecord::decode(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(old.v, RECORD_VERSION);
+        assert_eq!(old.error.unwrap().reason, Failure::OutcomeUnknown);
+
+        let mut v1_ok = serde_json::to_value(rec()).unwrap();
+        v1_ok["v"] = 1.into();
+        assert!(JobRecord::decode(&serde_json::to_vec(&v1_ok).unwrap()).is_ok());
+
+        let mut newer = serde_json::to_value(rec()).unwrap();
+        newer["v"] = 99.into();
+        assert!(matches!(
+            JobRecord::decode(&serde_json::to_vec(&newer).unwrap()),
+            Err(DecodeError::TooNew(_, 99))
+        ));
+        assert!(JobRecord::decode(b"{not json").is_err());
+    }
+}
