@@ -14,3 +14,5 @@ pub mod job;
 pub mod names;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod test_support;

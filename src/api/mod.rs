@@ -10,6 +10,9 @@ mod error;
 mod filter;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
 use custos_adapter_core::{Capabilities, FieldViolation, Operation};

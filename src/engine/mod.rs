@@ -672,3 +672,5 @@ fn end(j: &mut JobRecord, state: JobState, message: String) {
     j.message = message;
 }
 
+#[cfg(test)]
+mod tests;

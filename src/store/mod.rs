@@ -51,6 +51,19 @@ pub struct Store {
     db: sled::Db,
     flush_tx: mpsc::UnboundedSender<Waiter>,
     stats: Arc<FlushStats>,
+    #[cfg(test)]
+    pub(crate) faults: Arc<TestFaults>,
+}
+
+/// Fault switches for the daemon's own tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TestFaults {
+    /// The next this-many `put_job` calls fail.
+    pub fail_puts: std::sync::atomic::AtomicU32,
+    /// Held for writing by a test, it stops the flusher before its next
+    /// flush.
+    pub flush_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// Counts flushes and the writes they covered, for benchmarks and logs.
@@ -116,11 +129,19 @@ impl Store {
             .map_err(|e| open_err(format!("{e} (is another custos using this data_dir?)")))?;
         let (flush_tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(FlushStats::default());
-        tokio::spawn(flusher(db.clone(), rx, stats.clone()));
+        #[cfg(test)]
+        let faults = Arc::new(TestFaults::default());
+        #[cfg(test)]
+        let gate = Some(faults.flush_gate.clone());
+        #[cfg(not(test))]
+        let gate = None;
+        tokio::spawn(flusher(db.clone(), rx, stats.clone(), gate));
         Ok(Store {
             db,
             flush_tx,
             stats,
+            #[cfg(test)]
+            faults,
         })
     }
 
@@ -131,6 +152,15 @@ impl Store {
     /// Writes a job and its index entries in one atomic batch (not yet
     /// durable: await [`Store::flush`]).
     pub fn put_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            let f = &self.faults.fail_puts;
+            if f.load(Ordering::SeqCst) > 0 {
+                f.fetch_sub(1, Ordering::SeqCst);
+                return Err(StoreError::Io("injected write failure".into()));
+            }
+        }
         let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
         let mut batch = sled::Batch::default();
         batch.insert(&key(b'j', &rec.id), bytes);
@@ -234,13 +264,22 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Group commit: take every waiter queued so far, run one `flush()` on a
 /// blocking thread, answer them all. Waiters that arrive during a flush are
 /// served by the next one, so each waiter's writes are covered.
-async fn flusher(db: sled::Db, mut rx: mpsc::UnboundedReceiver<Waiter>, stats: Arc<FlushStats>) {
+async fn flusher(
+    db: sled::Db,
+    mut rx: mpsc::UnboundedReceiver<Waiter>,
+    stats: Arc<FlushStats>,
+    gate: Option<Arc<tokio::sync::RwLock<()>>>,
+) {
     use std::sync::atomic::Ordering;
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
+        let _held = match &gate {
+            Some(g) => Some(g.read().await),
+            None => None,
+        };
         let db2 = db.clone();
         let r = match tokio::task::spawn_blocking(move || db2.flush()).await {
             Ok(Ok(_)) => Ok(()),

@@ -1,0 +1,63 @@
+//! In-process tests of the service's streams, with a scripted backend.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::Request;
+
+use super::{Service, pb, pb::backup_service_server::BackupService};
+use crate::{
+    api::auth::Caller,
+    config::Role,
+    test_support::{Scripted, backup, engine},
+};
+
+fn as_reader<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.extensions_mut().insert(Caller {
+        name: "t".into(),
+        role: Role::Reader,
+    });
+    r
+}
+
+/// Finding: a `WatchJobs` reader that fell behind silently lost changes.
+/// Now its stream ends with ABORTED, after what it had not yet read.
+#[tokio::test]
+async fn a_watch_jobs_reader_that_falls_behind_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), vec![("a", Scripted::new(), 64)], 64).await;
+    let svc = Service::new(e.clone(), tokio_util::sync::CancellationToken::new());
+    let mut stream = svc
+        .watch_jobs(as_reader(pb::WatchJobsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    // 400 jobs × (created, running, submitting, polling, ended) changes,
+    // none read meanwhile.
+    for i in 0..400 {
+        e.create(backup("a", &format!("i{i}"))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut n = 0;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => n += 1,
+                Err(s) => return (n, Some(s)),
+            }
+        }
+        (n, None)
+    })
+    .await
+    .expect("the stream neither ended nor said it fell behind");
+    let status = read.1.expect("ended without saying why");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("ListJobs"),
+        "{}",
+        status.message()
+    );
+    assert!(read.0 > 0);
+}

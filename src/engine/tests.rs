@@ -1,0 +1,290 @@
+//! In-process tests of the engine with a scripted backend. Retry and
+//! backoff timing runs on tokio's paused clock: no real sleeps.
+#![allow(clippy::unwrap_used)]
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use custos_adapter_core::{BackendError, ErrorKind, Reconciled};
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::test_support::{Scripted, backup, engine, handle};
+
+/// Waits (on events, so a paused clock runs ahead) until the job ends;
+/// returns every published version seen on the way, the last one last.
+async fn until_end(e: &Engine, id: Uuid) -> Vec<JobRecord> {
+    let mut rx = e.subscribe();
+    let mut seen = Vec::new();
+    if let Some(j) = e.get(&id).unwrap()
+        && j.state.is_terminal()
+    {
+        return vec![j];
+    }
+    loop {
+        let ev = rx.recv().await.unwrap();
+        if ev.job.id == id {
+            seen.push(ev.job.clone());
+            if ev.job.state.is_terminal() {
+                return seen;
+            }
+        }
+    }
+}
+
+async fn real_wait_end(e: &Engine, id: Uuid, limit: Duration) -> JobRecord {
+    tokio::time::timeout(limit, until_end(e, id))
+        .await
+        .unwrap_or_else(|_| panic!("job did not end: {:?}", e.get(&id).unwrap()))
+        .pop()
+        .unwrap()
+}
+
+/// Finding: each successful prepare reset the retry backoff, so submit
+/// retries never backed off; and a failed submit counted two attempts.
+#[tokio::test(start_paused = true)]
+async fn submit_retries_back_off_across_attempts_and_count_each_try_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    b.with(|s| {
+        for _ in 0..4 {
+            s.submit
+                .push_back(Err(BackendError::new(ErrorKind::Throttled, "slow down")));
+        }
+    });
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let j = e.create(backup("a", "i0")).await.unwrap();
+    let seen = until_end(&e, j.id).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, JobState::Succeeded, "{}", last.message);
+    let submits = b.calls("submit");
+    assert_eq!(submits.len(), 5);
+    let gaps: Vec<Duration> = submits.windows(2).map(|w| w[1] - w[0]).collect();
+    // Base 100 ms, doubling, jitter in [d/2, d]: the 4th wait is ≥ 400 ms.
+    assert!(gaps[3] >= Duration::from_millis(400), "{gaps:?}");
+    assert!(gaps[3] > gaps[0], "{gaps:?}");
+    let most = seen.iter().map(|j| j.attempts).max().unwrap();
+    assert_eq!(most, 4, "four failed tries, each counted once");
+    assert_eq!(last.attempts, 0);
+}
+
+/// Finding: a `Retry-After` of epoch milliseconds (read as years) parked
+/// the job, and a RUNNING job waiting to retry could not be cancelled.
+#[tokio::test]
+async fn retry_after_is_capped_and_a_job_waiting_to_retry_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let mut e429 = BackendError::new(ErrorKind::Throttled, "rate limited");
+    e429.retry_after = Some(Duration::from_secs(u64::MAX / 4));
+    b.with(|s| s.submit.push_back(Err(e429)));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let mut rx = e.subscribe();
+    let j = e.create(backup("a", "i0")).await.unwrap();
+    let waiting = loop {
+        let ev = rx.recv().await.unwrap();
+        if ev.job.next_attempt_time.is_some() {
+            break ev.job.clone();
+        }
+    };
+    let wait = waiting.next_attempt_time.unwrap() - Utc::now();
+    assert!(
+        wait <= chrono::Duration::seconds(300 + 31),
+        "capped at max_retry_after plus jitter: {wait}"
+    );
+    assert!(wait >= chrono::Duration::seconds(290), "{wait}");
+    assert_eq!(waiting.state, JobState::Running);
+    let c = e.cancel(&j.id).await.unwrap();
+    assert_eq!(c.state, JobState::Cancelled, "{}", c.message);
+    assert_eq!(b.calls("submit").len(), 1);
+}
+
+/// Finding: a reconcile that found no trace at once resubmitted; a backend
+/// that shows the operation late then ran it twice.
+#[tokio::test(start_paused = true)]
+async fn reconcile_gives_a_late_trace_time_to_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let mut gw = BackendError::transient("gateway timeout (504)");
+    gw.maybe_applied = true;
+    b.with(|s| {
+        s.submit.push_back(Err(gw));
+        s.reconcile.push_back(Reconciled::NotSubmitted);
+        s.reconcile.push_back(Reconciled::NotSubmitted);
+        s.reconcile.push_back(Reconciled::Submitted(handle()));
+    });
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let j = e.create(backup("a", "i0")).await.unwrap();
+    let last = until_end(&e, j.id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Succeeded, "{}", last.message);
+    assert_eq!(b.calls("submit").len(), 1, "never resubmitted");
+    let checks = b.calls("reconcile");
+    assert_eq!(checks.len(), 3);
+    assert!(
+        checks[2] - checks[0] >= Duration::from_secs(2),
+        "{checks:?}"
+    );
+}
+
+/// With no trace at all after the grace period, a backup is submitted
+/// again (a second backup is harmless) — once, not at the first answer.
+#[tokio::test(start_paused = true)]
+async fn not_submitted_is_believed_only_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let mut reset = BackendError::transient("connection reset");
+    reset.maybe_applied = true;
+    b.with(|s| s.submit.push_back(Err(reset)));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let j = e.create(backup("a", "i0")).await.unwrap();
+    let last = until_end(&e, j.id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Succeeded, "{}", last.message);
+    let checks = b.calls("reconcile");
+    assert!(checks.len() >= 3, "{checks:?}");
+    let submits = b.calls("submit");
+    assert_eq!(submits.len(), 2);
+    assert!(submits[1] - submits[0] >= Duration::from_secs(2));
+}
+
+/// Finding: a job queued for a backend at its limit held a global permit,
+/// so one slow backend stalled all the others.
+#[tokio::test]
+async fn a_backend_at_its_limit_does_not_stall_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Scripted::new();
+    *slow.submit_gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    let fast = Scripted::new();
+    let e = engine(
+        dir.path(),
+        vec![("slow", slow.clone(), 1), ("fast", fast.clone(), 4)],
+        2,
+    )
+    .await;
+    for i in 0..4 {
+        e.create(backup("slow", &format!("s{i}"))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let j = e.create(backup("fast", "f0")).await.unwrap();
+    let done = real_wait_end(&e, j.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
+}
+
+/// Finding: readers saw changes before they were durable.
+#[tokio::test]
+async fn readers_see_only_flushed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    *b.submit_gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    // The first job holds the target; the second waits, PENDING.
+    e.create(backup("a", "i0")).await.unwrap();
+    let second = e.create(backup("a", "i0")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let gate = e.store.faults.flush_gate.clone();
+    let held = gate.write().await;
+    let e2 = e.clone();
+    let cancel = tokio::spawn(async move { e2.cancel(&second.id).await });
+    let e3 = e.clone();
+    let create = tokio::spawn(async move { e3.create(backup("a", "i1")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Written, not flushed: nobody sees the cancellation or the new job.
+    assert_eq!(e.get(&second.id).unwrap().unwrap().state, JobState::Pending);
+    let (listed, _) = e.list(None, 100, |_| true).unwrap();
+    assert_eq!(listed.len(), 2, "the unflushed job is not listed");
+    assert!(listed.iter().all(|j| j.state != JobState::Cancelled));
+    drop(held);
+    let c = cancel.await.unwrap().unwrap();
+    assert_eq!(c.state, JobState::Cancelled);
+    assert_eq!(
+        e.get(&second.id).unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    create.await.unwrap().unwrap();
+    assert_eq!(e.list(None, 100, |_| true).unwrap().0.len(), 3);
+}
+
+/// Finding: a store error inside a job's task left the job undriven at the
+/// head of its target's queue, blocking the target until a restart.
+#[tokio::test]
+async fn a_store_error_in_a_job_restarts_its_driver_and_frees_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let gate = Arc::new(Semaphore::new(0));
+    *b.submit_gate.lock().unwrap() = Some(gate.clone());
+    b.with(|s| s.reconcile.push_back(Reconciled::Submitted(handle())));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let first = e.create(backup("a", "i0")).await.unwrap();
+    let second = e.create(backup("a", "i0")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.calls("submit").len(), 1, "the first job is in its submit");
+    // The write of the first job's handle fails.
+    e.store.faults.fail_puts.store(1, Ordering::SeqCst);
+    gate.add_permits(2);
+    let done = real_wait_end(&e, first.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
+    assert_eq!(
+        b.calls("reconcile").len(),
+        1,
+        "the restarted driver reconciled the unrecorded submit"
+    );
+    let done = real_wait_end(&e, second.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
+    assert_eq!(b.calls("submit").len(), 2, "one submit per job");
+}
+
+/// Finding: jobs of a backend removed from the config were neither listed
+/// as live nor cancellable.
+#[tokio::test]
+async fn jobs_of_a_removed_backend_say_why_and_can_be_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = Store::open(dir.path()).unwrap();
+        let n = backup("gone", "i0");
+        let rec = JobRecord::new(n.kind, n.target, n.backend, n.op, n.labels);
+        store.put_job(&rec).unwrap();
+        store.flush().await.unwrap();
+        rec.id
+    };
+    // sled needs the first handle closed before the second open.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = engine(dir.path(), vec![], 8).await;
+    let j = e.get(&id).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Pending);
+    assert!(j.message.contains("no longer configured"), "{}", j.message);
+    let c = e.cancel(&id).await.unwrap();
+    assert_eq!(c.state, JobState::Cancelled);
+}
+
+/// Finding: a cancelled job could be announced after its next change (a
+/// CANCELLED followed by a PENDING), and a job ended twice.
+#[tokio::test]
+async fn events_of_one_job_never_go_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    *b.submit_gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let mut rx = e.subscribe();
+    e.create(backup("a", "i0")).await.unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        waiting.push(e.create(backup("a", "i0")).await.unwrap().id);
+    }
+    for id in &waiting {
+        let _ = e.cancel(id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ended = std::collections::HashSet::new();
+    let mut last_seq: HashMap<Uuid, u64> = HashMap::new();
+    while let Ok(ev) = rx.try_recv() {
+        assert!(
+            !ended.contains(&ev.job.id),
+            "a change after the end: {:?}",
+            ev.job.state
+        );
+        let prev = last_seq.insert(ev.job.id, ev.seq).unwrap_or(0);
+        assert!(ev.seq > prev, "out of order");
+        if ev.job.state.is_terminal() {
+            ended.insert(ev.job.id);
+        }
+    }
+    assert_eq!(ended.len(), 20);
+}

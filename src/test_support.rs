@@ -1,0 +1,199 @@
+//! For the daemon's in-process tests: a scripted `Backend` whose answers a
+//! test queues, which records when each call came, and an engine built on
+//! a temporary store.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use custos_adapter_core::{
+    Backend, BackendError, BackendKind, BackupPage, Capabilities, FieldViolation, Intent,
+    Operation, Progress, Reconciled, RemoteHandle, Resource, ResourceKind,
+};
+use tokio::{sync::Semaphore, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::BackendTiming,
+    engine::{BackendEntry, Engine, EngineSettings, NewJob},
+    job::JobKind,
+    store::Store,
+};
+
+/// What the scripted backend answers; an empty queue answers success
+/// (reconcile: `NotSubmitted`).
+#[derive(Default)]
+pub struct Script {
+    pub prepare: VecDeque<Result<(), BackendError>>,
+    pub submit: VecDeque<Result<(), BackendError>>,
+    pub reconcile: VecDeque<Reconciled>,
+    pub poll: VecDeque<Progress>,
+    /// (call, when) for every call.
+    pub calls: Vec<(&'static str, Instant)>,
+}
+
+#[derive(Default)]
+pub struct Scripted {
+    pub script: Mutex<Script>,
+    /// When set, every submit waits for a permit of it (and keeps it).
+    pub submit_gate: Mutex<Option<Arc<Semaphore>>>,
+}
+
+impl Scripted {
+    pub fn new() -> Arc<Scripted> {
+        Arc::new(Scripted::default())
+    }
+
+    pub fn with(&self, f: impl FnOnce(&mut Script)) {
+        f(&mut self.script.lock().unwrap());
+    }
+
+    /// When each call named `what` came.
+    pub fn calls(&self, what: &str) -> Vec<Instant> {
+        let s = self.script.lock().unwrap();
+        s.calls
+            .iter()
+            .filter(|(c, _)| *c == what)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    fn record(&self, what: &'static str) {
+        self.script
+            .lock()
+            .unwrap()
+            .calls
+            .push((what, Instant::now()));
+    }
+}
+
+pub fn handle() -> RemoteHandle {
+    RemoteHandle {
+        display: "scripted-op".into(),
+        state: String::new(),
+    }
+}
+
+#[async_trait]
+impl Backend for Scripted {
+    fn kind(&self) -> BackendKind {
+        BackendKind::CfV3
+    }
+    fn endpoint(&self) -> &str {
+        "scripted://"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create_backup: true,
+            restore: true,
+            ..Default::default()
+        }
+    }
+    fn resource_kinds(&self) -> &'static [ResourceKind] {
+        &[ResourceKind::ServiceInstance]
+    }
+    fn check(&self, _op: &Operation) -> Vec<FieldViolation> {
+        Vec::new()
+    }
+    async fn list_backups(
+        &self,
+        _r: &Resource,
+        _n: Option<u32>,
+        _t: &str,
+    ) -> Result<BackupPage, BackendError> {
+        Ok(BackupPage::default())
+    }
+    async fn validate(&self, _op: &Operation) -> Result<String, BackendError> {
+        Ok("scripted".into())
+    }
+    async fn prepare(&self, _op: &Operation) -> Result<Intent, BackendError> {
+        self.record("prepare");
+        let next = self.script.lock().unwrap().prepare.pop_front();
+        next.unwrap_or(Ok(())).map(|()| Intent::default())
+    }
+    async fn submit(&self, _op: &Operation, _i: &Intent) -> Result<RemoteHandle, BackendError> {
+        self.record("submit");
+        let gate = self.submit_gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            g.acquire_owned().await.unwrap().forget();
+        }
+        let next = self.script.lock().unwrap().submit.pop_front();
+        next.unwrap_or(Ok(())).map(|()| handle())
+    }
+    async fn poll(
+        &self,
+        _op: &Operation,
+        _i: &Intent,
+        _h: &RemoteHandle,
+    ) -> Result<Progress, BackendError> {
+        self.record("poll");
+        let next = self.script.lock().unwrap().poll.pop_front();
+        Ok(next.unwrap_or(Progress::Succeeded {
+            message: "done".into(),
+            backup_id: Some("b-1".into()),
+        }))
+    }
+    async fn reconcile(&self, _op: &Operation, _i: &Intent) -> Result<Reconciled, BackendError> {
+        self.record("reconcile");
+        let next = self.script.lock().unwrap().reconcile.pop_front();
+        Ok(next.unwrap_or(Reconciled::NotSubmitted))
+    }
+}
+
+pub fn timing() -> BackendTiming {
+    BackendTiming {
+        timeout: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(100),
+        poll_max_interval: Duration::from_millis(400),
+        operation_timeout: Duration::from_secs(6 * 3600),
+        max_retries: 5,
+        max_retry_after: Duration::from_secs(300),
+    }
+}
+
+/// An engine over a store in `dir`, with `backends` (name, adapter,
+/// per-backend limit), after `resume`.
+pub async fn engine(
+    dir: &std::path::Path,
+    backends: Vec<(&str, Arc<Scripted>, usize)>,
+    max_running: usize,
+) -> Arc<Engine> {
+    let store = Store::open(dir).unwrap();
+    let entries = backends
+        .into_iter()
+        .map(|(n, b, limit)| BackendEntry::new(n.into(), b, timing(), limit))
+        .collect();
+    let e = Engine::new(
+        store,
+        entries,
+        EngineSettings {
+            max_running,
+            job_history: Duration::from_secs(86_400),
+        },
+        CancellationToken::new(),
+    );
+    e.resume().await.unwrap();
+    e
+}
+
+/// A backup job of `instance` on `backend`.
+pub fn backup(backend: &str, instance: &str) -> NewJob {
+    NewJob {
+        kind: JobKind::Backup,
+        target: format!("backends/{backend}/serviceInstances/{instance}"),
+        backend: backend.into(),
+        op: Operation::CreateBackup {
+            resource: Resource {
+                kind: ResourceKind::ServiceInstance,
+                id: instance.into(),
+            },
+        },
+        labels: BTreeMap::new(),
+        request_id: None,
+        schedule: None,
+    }
+}
