@@ -80,9 +80,21 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         backend: backend.to_string(),
         resource: Resource {
             kind,
-            id: id.to_string(),
+            id: normalise_id(id),
         },
     })
+}
+
+/// GUIDs (CF service instances, OpenStack servers and volumes) are case
+/// insensitive: a hyphenated UUID is lower-cased, so that two spellings of
+/// one target are one target (one job at a time). Other ids are kept as
+/// given.
+fn normalise_id(id: &str) -> String {
+    if id.len() == 36 && Uuid::try_parse(id).is_ok() {
+        id.to_ascii_lowercase()
+    } else {
+        id.to_string()
+    }
 }
 
 /// Parses `backends/{backend}`.
@@ -140,6 +152,20 @@ mod tests {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
         assert!(parse_target(&format!("backends/cf/volumes/{}", "x".repeat(600))).is_err());
+        // One target, however the GUID is spelled; other ids are kept.
+        let upper =
+            parse_target("backends/cf/serviceInstances/6B0E2A8C-3F4D-4E5A-9B1C-2D3E4F5A6B7C");
+        assert_eq!(
+            upper.unwrap().name(),
+            "backends/cf/serviceInstances/6b0e2a8c-3f4d-4e5a-9b1c-2d3e4f5a6b7c"
+        );
+        assert_eq!(
+            parse_target("backends/cf/volumes/Disk-A")
+                .unwrap()
+                .resource
+                .id,
+            "Disk-A"
+        );
     }
 
     #[test]

@@ -123,7 +123,11 @@ impl Daemon {
 
     pub fn start_with(config: &Path, sim: &Simulator, dir: &Path) -> Result<Daemon, String> {
         let log = dir.join(format!("daemon-{}.log", uuid::Uuid::new_v4().simple()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_custos"))
+        // CUSTOS_IT_BIN runs the suite against another build (e.g. an
+        // older release, to see a test fail there).
+        let bin = std::env::var("CUSTOS_IT_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_custos").to_string());
+        let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
             .env("CUSTOS_IT_OP", OP_TOKEN)

@@ -7,6 +7,7 @@ mod harness;
 mod auth_and_config;
 mod crash;
 mod dev_mode;
+mod engine;
 mod errors;
 mod faults;
 mod flows;
