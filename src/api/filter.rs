@@ -1,7 +1,11 @@
 //! The job filter of `ListJobs` and `WatchJobs`: `key=value` terms joined by
 //! `AND` (a subset of AIP-160). Keys: state, kind, target, schedule, backend.
 
-use crate::job::{JobKind, JobRecord, JobState};
+use crate::{
+    engine::JobIndex,
+    job::{JobKind, JobRecord, JobState},
+    names,
+};
 
 #[derive(Debug, Default, Clone)]
 pub struct JobFilter {
@@ -15,6 +19,22 @@ pub struct JobFilter {
 const MAX_FILTER: usize = 2048;
 
 impl JobFilter {
+    /// The narrowest index that holds every job this filter can match.
+    pub fn index(&self) -> JobIndex {
+        if let Some(t) = &self.target {
+            return JobIndex::Target(t.clone());
+        }
+        match self.state {
+            Some(s) if s.is_terminal() => return JobIndex::Ended(s),
+            Some(_) => return JobIndex::Live,
+            None => {}
+        }
+        match self.kind {
+            Some(k) => JobIndex::Kind(k),
+            None => JobIndex::All,
+        }
+    }
+
     pub fn parse(s: &str) -> Result<JobFilter, String> {
         let mut f = JobFilter::default();
         if s.len() > MAX_FILTER {
@@ -61,7 +81,8 @@ impl JobFilter {
                         }
                     })
                 }
-                "target" => f.target = Some(v),
+                // In the stored spelling (GUIDs lower case).
+                "target" => f.target = Some(names::parse_target(&v).map(|t| t.name()).unwrap_or(v)),
                 "schedule" => f.schedule = Some(v),
                 "backend" => {
                     f.backend = Some(v.strip_prefix("backends/").unwrap_or(&v).to_string())

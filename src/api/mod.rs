@@ -304,7 +304,7 @@ impl BackupService for Service {
             };
         let (jobs, more) = self
             .engine
-            .list(before, size, |j| filter.matches(j))
+            .list(&filter.index(), before, size, |j| filter.matches(j))
             .map_err(ApiError::from)?;
         let next_page_token = if more {
             jobs.last().map(|j| j.id.to_string()).unwrap_or_default()

@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
+pub use crate::store::JobIndex;
 use crate::{
     config::BackendTiming,
     job::{Failure, JobError, JobKind, JobRecord, JobState, Phase},
@@ -416,23 +417,21 @@ impl Engine {
         Ok(stored.map(|j| (u64::MAX, j)))
     }
 
-    /// Jobs newest first that pass `keep`, after `before`; returns the page
-    /// and whether more may follow.
+    /// Jobs of `index` newest first that pass `keep`, after `before`;
+    /// returns the page and whether more may follow. Only the index's jobs
+    /// are read, each as last made durable.
     pub fn list(
         &self,
+        index: &JobIndex,
         before: Option<Uuid>,
         page_size: usize,
         keep: impl Fn(&JobRecord) -> bool,
     ) -> Result<(Vec<JobRecord>, bool), StoreError> {
         let mut out = Vec::new();
-        for r in self.store.jobs_newest_first(before) {
-            let mut rec = r?;
-            if let Some(l) = lock(&self.live).get(&rec.id) {
-                match &l.published {
-                    Some(p) => rec = p.job.clone(),
-                    None => continue,
-                }
-            }
+        for id in self.store.job_ids(index, before) {
+            let Some(rec) = self.get(&id?)? else {
+                continue;
+            };
             if keep(&rec) {
                 if out.len() == page_size {
                     return Ok((out, true));

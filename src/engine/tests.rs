@@ -188,7 +188,7 @@ async fn readers_see_only_flushed_state() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Written, not flushed: nobody sees the cancellation or the new job.
     assert_eq!(e.get(&second.id).unwrap().unwrap().state, JobState::Pending);
-    let (listed, _) = e.list(None, 100, |_| true).unwrap();
+    let (listed, _) = e.list(&JobIndex::All, None, 100, |_| true).unwrap();
     assert_eq!(listed.len(), 2, "the unflushed job is not listed");
     assert!(listed.iter().all(|j| j.state != JobState::Cancelled));
     drop(held);
@@ -199,7 +199,10 @@ async fn readers_see_only_flushed_state() {
         JobState::Cancelled
     );
     create.await.unwrap().unwrap();
-    assert_eq!(e.list(None, 100, |_| true).unwrap().0.len(), 3);
+    assert_eq!(
+        e.list(&JobIndex::All, None, 100, |_| true).unwrap().0.len(),
+        3
+    );
 }
 
 /// Finding: a store error inside a job's task left the job undriven at the

@@ -7,6 +7,10 @@
 //! - `l{uuid}` → present while the job is not terminal (start-up reads only these)
 //! - `r{request_id}` → the job's uuid (idempotency keys)
 //! - `e{end millis, BE}{uuid}` → finished jobs by end time (pruning)
+//! - `s{state}{uuid}` → finished jobs by end state (`ListJobs` filters)
+//! - `k{kind}{uuid}` → jobs by kind
+//! - `t{target}\0{uuid}` → jobs by target
+//! - `m…` → metadata (which index layout the store has)
 //!
 //! Durability: `put_job` writes to sled's memory; `flush().await` returns
 //! once a `flush()` that started after the write has finished. One flusher
@@ -22,7 +26,69 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::job::{DecodeError, JobRecord};
+use crate::job::{DecodeError, JobKind, JobRecord, JobState};
+
+/// A way to walk jobs newest first without decoding the whole history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobIndex {
+    All,
+    /// Jobs not yet ended.
+    Live,
+    /// Jobs that ended in this (terminal) state.
+    Ended(JobState),
+    Kind(JobKind),
+    /// The full target name.
+    Target(String),
+}
+
+/// Marks a store whose `s`/`k`/`t` indexes are complete.
+const INDEX_MARK: &[u8] = b"mindex1";
+
+fn state_byte(s: JobState) -> u8 {
+    match s {
+        JobState::Pending => 0,
+        JobState::Running => 1,
+        JobState::Succeeded => 2,
+        JobState::Failed => 3,
+        JobState::Cancelled => 4,
+    }
+}
+
+fn kind_byte(k: JobKind) -> u8 {
+    match k {
+        JobKind::Backup => 0,
+        JobKind::Restore => 1,
+        JobKind::DeleteBackup => 2,
+    }
+}
+
+/// `{prefix}{uuid}` keys of an index whose prefix is `pre`.
+fn index_key(pre: &[u8], id: &Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(pre.len() + 16);
+    k.extend_from_slice(pre);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn target_prefix(target: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(target.len() + 2);
+    k.push(b't');
+    k.extend_from_slice(target.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The index entries a record has (besides `l` and `e`).
+fn index_keys(rec: &JobRecord) -> Vec<Vec<u8>> {
+    let mut v = vec![
+        index_key(&[b'k', kind_byte(rec.kind)], &rec.id),
+        index_key(&target_prefix(&rec.target), &rec.id),
+    ];
+    if rec.state.is_terminal() {
+        v.push(index_key(&[b's', state_byte(rec.state)], &rec.id));
+    }
+    v
+}
 
 /// A store failure. The daemon answers `UNAVAILABLE` with it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -136,13 +202,17 @@ impl Store {
         #[cfg(not(test))]
         let gate = None;
         tokio::spawn(flusher(db.clone(), rx, stats.clone(), gate));
-        Ok(Store {
+        let store = Store {
             db,
             flush_tx,
             stats,
             #[cfg(test)]
             faults,
-        })
+        };
+        store
+            .build_indexes()
+            .map_err(|e| open_err(format!("indexing the stored jobs failed: {e}")))?;
+        Ok(store)
     }
 
     pub fn flush_stats(&self) -> &FlushStats {
@@ -164,6 +234,13 @@ impl Store {
         let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
         let mut batch = sled::Batch::default();
         batch.insert(&key(b'j', &rec.id), bytes);
+        // Kind and target never change: indexed before the job starts
+        // (its first writes); the end state once it has ended.
+        if rec.start_time.is_none() || rec.state.is_terminal() {
+            for k in index_keys(rec) {
+                batch.insert(k, &[]);
+            }
+        }
         if rec.state.is_terminal() {
             batch.remove(&key(b'l', &rec.id));
             if let Some(end) = rec.end_time {
@@ -211,6 +288,34 @@ impl Store {
         Ok(out)
     }
 
+    /// Job ids of `index`, newest first, after `before` (exclusive).
+    pub fn job_ids(
+        &self,
+        index: &JobIndex,
+        before: Option<Uuid>,
+    ) -> impl Iterator<Item = Result<Uuid, StoreError>> + '_ {
+        let prefix: Vec<u8> = match index {
+            JobIndex::All => vec![b'j'],
+            JobIndex::Live => vec![b'l'],
+            JobIndex::Ended(st) => vec![b's', state_byte(*st)],
+            JobIndex::Kind(k) => vec![b'k', kind_byte(*k)],
+            JobIndex::Target(t) => target_prefix(t),
+        };
+        let end = match before {
+            Some(id) => index_key(&prefix, &id),
+            None => {
+                let mut e = prefix.clone();
+                e.extend_from_slice(&[0xff; 17]);
+                e
+            }
+        };
+        let n = prefix.len();
+        self.db.range(prefix..end).rev().map(move |kv| {
+            let (k, _) = kv?;
+            Uuid::from_slice(&k[n..]).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+    }
+
     /// Jobs newest first, starting after `before` (exclusive) when given.
     pub fn jobs_newest_first(
         &self,
@@ -226,6 +331,30 @@ impl Store {
             .map(|kv| kv.map_err(StoreError::from).and_then(|(_, v)| decode(&v)))
     }
 
+    /// Writes the `s`/`k`/`t` indexes of every job once, for a store made
+    /// by a release that had none.
+    fn build_indexes(&self) -> Result<(), StoreError> {
+        if self.db.contains_key(INDEX_MARK)? {
+            return Ok(());
+        }
+        let mut n = 0u64;
+        for r in self.jobs_newest_first(None) {
+            let rec = r?;
+            let mut batch = sled::Batch::default();
+            for k in index_keys(&rec) {
+                batch.insert(k, &[]);
+            }
+            self.db.apply_batch(batch)?;
+            n += 1;
+        }
+        self.db.insert(INDEX_MARK, &[])?;
+        self.db.flush()?;
+        if n > 0 {
+            tracing::info!(jobs = n, "indexed the stored jobs for ListJobs filters");
+        }
+        Ok(())
+    }
+
     /// Deletes finished jobs that ended before `cutoff`, with their
     /// idempotency keys. Returns how many went.
     pub fn prune_finished_before(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
@@ -236,10 +365,13 @@ impl Store {
             let (k, _) = kv?;
             let id = Uuid::from_slice(&k[9..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let mut batch = sled::Batch::default();
-            if let Some(rec) = self.get_job(&id)?
-                && let Some(r) = &rec.request_id
-            {
-                batch.remove(request_key(r));
+            if let Some(rec) = self.get_job(&id)? {
+                if let Some(r) = &rec.request_id {
+                    batch.remove(request_key(r));
+                }
+                for k in index_keys(&rec) {
+                    batch.remove(k);
+                }
             }
             batch.remove(&key(b'j', &id));
             batch.remove(k);
@@ -360,6 +492,72 @@ mod tests {
         assert!(store.get_job(&a.id).unwrap().is_none());
         assert!(store.job_for_request("req-1").unwrap().is_none());
         assert!(store.get_job(&b.id).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn indexes_serve_filters_and_are_built_for_old_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut a = rec(None);
+        let mut b = rec(None);
+        b.target = "backends/cf/serviceInstances/y".into();
+        b.kind = JobKind::Restore;
+        let c = rec(None);
+        for r in [&a, &b, &c] {
+            store.put_job(r).unwrap();
+        }
+        a.start_time = Some(Utc::now());
+        a.state = JobState::Succeeded;
+        a.end_time = Some(Utc::now());
+        store.put_job(&a).unwrap();
+        let ids =
+            |i: JobIndex| -> Vec<Uuid> { store.job_ids(&i, None).map(|r| r.unwrap()).collect() };
+        let all = || {
+            (
+                ids(JobIndex::All),
+                ids(JobIndex::Live),
+                ids(JobIndex::Ended(JobState::Succeeded)),
+                ids(JobIndex::Kind(JobKind::Restore)),
+                ids(JobIndex::Target("backends/cf/serviceInstances/x".into())),
+            )
+        };
+        let want = (
+            vec![c.id, b.id, a.id],
+            vec![c.id, b.id],
+            vec![a.id],
+            vec![b.id],
+            vec![c.id, a.id],
+        );
+        assert_eq!(all(), want);
+        let after_c: Vec<Uuid> = store
+            .job_ids(
+                &JobIndex::Target("backends/cf/serviceInstances/x".into()),
+                Some(c.id),
+            )
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(after_c, vec![a.id]);
+
+        // A store written before the indexes existed gets them at open.
+        for k in store.db.iter().keys() {
+            let k = k.unwrap();
+            if [b's', b'k', b't', b'm'].contains(&k[0]) {
+                store.db.remove(k).unwrap();
+            }
+        }
+        assert!(ids(JobIndex::Kind(JobKind::Restore)).is_empty());
+        store.build_indexes().unwrap();
+        assert_eq!(all(), want);
+
+        // Pruning takes the index entries with the job.
+        store
+            .prune_finished_before(Utc::now() + chrono::Duration::days(1))
+            .unwrap();
+        assert!(ids(JobIndex::Ended(JobState::Succeeded)).is_empty());
+        assert_eq!(
+            ids(JobIndex::Target("backends/cf/serviceInstances/x".into())),
+            vec![c.id]
+        );
     }
 
     #[tokio::test]
