@@ -131,9 +131,11 @@ pub struct Engine {
     store: Store,
     backends: HashMap<String, BackendEntry>,
     global: Arc<Semaphore>,
-    /// Live jobs; a std mutex because it is never held across an await
-    /// (the store write under it only reaches sled's memory).
-    live: Mutex<HashMap<Uuid, Live>>,
+    /// Live jobs. The map's lock only finds an entry; each job has its own
+    /// lock, under which its changes are encoded and written (so that store
+    /// order = change order without serialising all jobs). Std mutexes:
+    /// never held across an await. Lock order: a job's, then the map's.
+    live: Mutex<HashMap<Uuid, Arc<Mutex<Live>>>>,
     /// Serialises the idempotency check with the insert.
     create_lock: Mutex<()>,
     targets: TargetQueues,
@@ -258,12 +260,12 @@ impl Engine {
             });
             lock(&self.live).insert(
                 id,
-                Live {
+                Arc::new(Mutex::new(Live {
                     rec: j,
                     seq: 1,
                     published: Some(published),
                     published_seq: 1,
-                },
+                })),
             );
             if configured {
                 self.supervise(id);
@@ -324,12 +326,12 @@ impl Engine {
                     // it only once published).
                     lock(&self.live).insert(
                         rec.id,
-                        Live {
+                        Arc::new(Mutex::new(Live {
                             rec: rec.clone(),
                             seq: 1,
                             published: None,
                             published_seq: 0,
-                        },
+                        })),
                     );
                     if let Err(e) = self.store.put_job(&rec) {
                         lock(&self.live).remove(&rec.id);
@@ -405,14 +407,17 @@ impl Engine {
     /// The job as last made durable, with the `seq` of that version
     /// (`u64::MAX` for a job that has ended: no event follows it).
     pub fn snapshot(&self, id: &Uuid) -> Result<Option<(u64, JobRecord)>, StoreError> {
-        let published = |l: &Live| l.published.as_ref().map(|p| (p.seq, p.job.clone()));
-        if let Some(l) = lock(&self.live).get(id) {
-            return Ok(published(l));
+        let published = |e: &Mutex<Live>| {
+            let l = lock(e);
+            l.published.as_ref().map(|p| (p.seq, p.job.clone()))
+        };
+        if let Some(e) = self.entry(id) {
+            return Ok(published(&e));
         }
         let stored = self.store.get_job(id)?;
         // Created between the two looks: only its published state counts.
-        if let Some(l) = lock(&self.live).get(id) {
-            return Ok(published(l));
+        if let Some(e) = self.entry(id) {
+            return Ok(published(&e));
         }
         Ok(stored.map(|j| (u64::MAX, j)))
     }
@@ -513,11 +518,11 @@ impl Engine {
         id: &Uuid,
         change: impl FnOnce(&mut JobRecord) -> bool,
     ) -> Result<Option<JobRecord>, StoreError> {
+        let Some(entry) = self.entry(id) else {
+            return Ok(None);
+        };
         let (rec, seq) = {
-            let mut live = lock(&self.live);
-            let Some(l) = live.get_mut(id) else {
-                return Ok(None);
-            };
+            let mut l = lock(&entry);
             if l.rec.state.is_terminal() {
                 return Ok(None);
             }
@@ -542,10 +547,10 @@ impl Engine {
     /// announces it in the same order. A published terminal job leaves
     /// `live`.
     fn publish(&self, rec: &JobRecord, seq: u64) {
-        let mut live = lock(&self.live);
-        let Some(l) = live.get_mut(&rec.id) else {
+        let Some(entry) = self.entry(&rec.id) else {
             return;
         };
+        let mut l = lock(&entry);
         if seq <= l.published_seq {
             return;
         }
@@ -556,22 +561,26 @@ impl Engine {
         });
         l.published = Some(p.clone());
         if rec.state.is_terminal() && seq == l.seq {
-            live.remove(&rec.id);
+            lock(&self.live).remove(&rec.id);
         }
-        // Under the lock, so events leave in publication order.
+        // Under the job's lock, so its events leave in publication order.
         let _ = self.events.send(p);
+    }
+
+    /// A live job's entry; the map's lock is released on return.
+    fn entry(&self, id: &Uuid) -> Option<Arc<Mutex<Live>>> {
+        lock(&self.live).get(id).cloned()
     }
 
     /// Whether the job still has to be driven.
     fn is_live(&self, id: &Uuid) -> bool {
-        lock(&self.live)
-            .get(id)
-            .is_some_and(|l| !l.rec.state.is_terminal())
+        self.entry(id)
+            .is_some_and(|e| !lock(&e).rec.state.is_terminal())
     }
 
     /// A copy of the authoritative record of a live job.
     fn current(&self, id: &Uuid) -> Option<JobRecord> {
-        lock(&self.live).get(id).map(|l| l.rec.clone())
+        self.entry(id).map(|e| lock(&e).rec.clone())
     }
 
     // ---- supervision ----------------------------------------------------------
