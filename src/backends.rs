@@ -54,7 +54,7 @@ pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, 
                                 username: username.clone().ok_or_else(|| {
                                     ctx("the password grant needs username".into())
                                 })?,
-                                password,
+                                password: password.expose().to_string(),
                             }
                         }
                         other => {
@@ -64,7 +64,7 @@ pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, 
                         }
                     };
                     let (client_id, secret) = match (&grant, client_id, secret) {
-                        (_, Some(id), Some(s)) => (id.clone(), s),
+                        (_, Some(id), Some(s)) => (id.clone(), s.expose().to_string()),
                         // The cf CLI's public client for the password grant.
                         (Grant::Password { .. }, None, None) => ("cf".into(), String::new()),
                         (_, None, _) => return Err(ctx("auth.client_id is required".into())),
@@ -88,7 +88,9 @@ pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, 
                 } => CfAuth::Token(
                     resolve_secret("token", token, token_env, token_file, allow_inline)
                         .map_err(|e| ctx(e.to_string()))?
-                        .ok_or_else(|| ctx("auth.token_env or token_file is required".into()))?,
+                        .ok_or_else(|| ctx("auth.token_env or token_file is required".into()))?
+                        .expose()
+                        .to_string(),
                 ),
                 AuthConfig::Keystone { .. } => {
                     return Err(ctx(

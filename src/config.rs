@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use custos_adapter_core::Secret;
 use serde::Deserialize;
 
 /// A configuration problem, said so that an operator can fix it.
@@ -140,7 +141,7 @@ pub struct TokenConfig {
     pub name: String,
     pub role: Role,
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     #[serde(default)]
     pub token_env: Option<String>,
     #[serde(default)]
@@ -190,7 +191,7 @@ pub enum AuthConfig {
         #[serde(default)]
         client_id: Option<String>,
         #[serde(default)]
-        client_secret: Option<String>,
+        client_secret: Option<Secret>,
         #[serde(default)]
         client_secret_env: Option<String>,
         #[serde(default)]
@@ -201,7 +202,7 @@ pub enum AuthConfig {
         #[serde(default)]
         username: Option<String>,
         #[serde(default)]
-        password: Option<String>,
+        password: Option<Secret>,
         #[serde(default)]
         password_env: Option<String>,
         #[serde(default)]
@@ -209,7 +210,7 @@ pub enum AuthConfig {
     },
     Token {
         #[serde(default)]
-        token: Option<String>,
+        token: Option<Secret>,
         #[serde(default)]
         token_env: Option<String>,
         #[serde(default)]
@@ -222,7 +223,7 @@ pub enum AuthConfig {
         #[serde(default)]
         user_domain_name: Option<String>,
         #[serde(default)]
-        password: Option<String>,
+        password: Option<Secret>,
         #[serde(default)]
         password_env: Option<String>,
         #[serde(default)]
@@ -230,7 +231,7 @@ pub enum AuthConfig {
         #[serde(default)]
         application_credential_id: Option<String>,
         #[serde(default)]
-        application_credential_secret: Option<String>,
+        application_credential_secret: Option<Secret>,
         #[serde(default)]
         application_credential_secret_env: Option<String>,
         #[serde(default)]
@@ -368,11 +369,11 @@ impl BackendConfig {
 /// be readable by group or others.
 pub fn resolve_secret(
     key: &str,
-    literal: &Option<String>,
+    literal: &Option<Secret>,
     env: &Option<String>,
     file: &Option<PathBuf>,
     allow_inline: bool,
-) -> Result<Option<String>, ConfigError> {
+) -> Result<Option<Secret>, ConfigError> {
     let given = [literal.is_some(), env.is_some(), file.is_some()]
         .iter()
         .filter(|x| **x)
@@ -391,16 +392,18 @@ pub fn resolve_secret(
         return Ok(Some(v.clone()));
     }
     if let Some(var) = env {
-        return std::env::var(var).map(Some).map_err(|_| {
-            ConfigError::Invalid(format!("{key}_env: environment variable {var} is not set"))
-        });
+        return std::env::var(var)
+            .map(|v| Some(Secret::new(v)))
+            .map_err(|_| {
+                ConfigError::Invalid(format!("{key}_env: environment variable {var} is not set"))
+            });
     }
     if let Some(path) = file {
         check_secret_file(key, path)?;
         let s = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::Invalid(format!("{key}_file: cannot read {}: {e}", path.display()))
         })?;
-        return Ok(Some(s.trim_end_matches(['\n', '\r']).to_string()));
+        return Ok(Some(Secret::new(s.trim_end_matches(['\n', '\r']))));
     }
     Ok(None)
 }
@@ -476,13 +479,45 @@ client_secret_envv = "B"
 
     #[test]
     fn inline_secrets_refused_unless_allowed() {
-        let lit = Some("s3cret".to_string());
+        let lit = Some(Secret::new("s3cret"));
         let e = resolve_secret("client_secret", &lit, &None, &None, false).unwrap_err();
         assert!(e.to_string().contains("client_secret_env"));
         assert_eq!(
             resolve_secret("client_secret", &lit, &None, &None, true).unwrap(),
             lit
         );
+    }
+
+    #[test]
+    fn debug_of_a_config_shows_no_secret() {
+        let text = r#"
+allow_inline_secrets = true
+[[tokens]]
+name = "ops"
+role = "operator"
+token = "client-token-3f9a1c77e2"
+[[backends]]
+name = "cf"
+kind = "cf_v3"
+endpoint = "http://x"
+[backends.auth]
+type = "uaa"
+client_id = "a"
+client_secret = "uaa-secret-88d1b0"
+grant = "password"
+username = "u"
+password = "user-password-71c2"
+"#;
+        let c = Config::parse(text, Path::new("c.toml")).unwrap();
+        let shown = format!("{c:?}");
+        for s in [
+            "client-token-3f9a1c77e2",
+            "uaa-secret-88d1b0",
+            "user-password-71c2",
+        ] {
+            assert!(!shown.contains(s), "{s} in {shown}");
+        }
+        assert!(shown.contains("***"));
     }
 
     #[test]
@@ -497,8 +532,9 @@ client_secret_envv = "B"
         assert_eq!(
             resolve_secret("token", &None, &None, &Some(p), false)
                 .unwrap()
-                .as_deref(),
-            Some("tok")
+                .unwrap()
+                .expose(),
+            "tok"
         );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use custos_adapter_core::Secret;
 use custos_cf_v3::sim::{SimConfig, Simulator};
 
 use crate::config::{AuthConfig, BackendConfig, Config, Dur, Role, TokenConfig};
@@ -35,7 +36,7 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
     config.tokens.push(TokenConfig {
         name: "dev".into(),
         role: Role::Operator,
-        token: Some(token.clone()),
+        token: Some(Secret::new(token.clone())),
         token_env: None,
         token_file: None,
     });
@@ -48,7 +49,7 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
         auth: AuthConfig::Uaa {
             token_url: None,
             client_id: Some(client_id),
-            client_secret: Some(client_secret),
+            client_secret: Some(Secret::new(client_secret)),
             client_secret_env: None,
             client_secret_file: None,
             grant: None,

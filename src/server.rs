@@ -54,14 +54,14 @@ pub async fn run(
         )
         .map_err(|e| anyhow::anyhow!("token {:?}: {e}", t.name))?
         .ok_or_else(|| anyhow::anyhow!("token {:?}: set token_env or token_file", t.name))?;
-        if value.len() < 16 {
+        if value.expose().len() < 16 {
             anyhow::bail!(
                 "token {:?}: a client token must be at least 16 characters",
                 t.name
             );
         }
         tokens.insert(
-            value,
+            value.expose().to_string(),
             Caller {
                 name: t.name.clone(),
                 role: t.role,

@@ -12,8 +12,10 @@
 pub mod backoff;
 pub mod error;
 pub mod http;
+mod secret;
 pub mod token;
 mod types;
 
 pub use error::{BackendError, ErrorDetail, ErrorKind};
+pub use secret::Secret;
 pub use types::*;
