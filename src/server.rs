@@ -10,7 +10,6 @@ use crate::{
     api::{
         self, Service,
         auth::{Auth, Caller},
-        pb::backup_service_server::BackupServiceServer,
     },
     backends,
     config::{Config, resolve_secret},
@@ -98,19 +97,12 @@ pub async fn run(
     spawn_pruner(engine.clone(), shutdown.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<BackupServiceServer<Service>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(api::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(api::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let svc = BackupServiceServer::with_interceptor(
+    api::set_serving(&health, true).await;
+    let router = api::router(
         Service::new(engine.clone(), shutdown.clone()),
-        move |req| auth.check(req),
-    );
+        auth,
+        health_service,
+    )?;
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backends = config.backends.len(), "custos serving");
@@ -119,16 +111,9 @@ pub async fn run(
     let signal = async move {
         stop.cancelled().await;
         // Tell load balancers first, then stop accepting.
-        health2
-            .set_not_serving::<BackupServiceServer<Service>>()
-            .await;
+        api::set_serving(&health2, false).await;
     };
-    let serve = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     // Graceful shutdown waits for clients to close their connections; a
     // client that keeps one open (an idle channel, a watch) must not keep
     // the daemon up past the deadline.

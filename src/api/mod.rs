@@ -42,7 +42,48 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("custos_descriptor");
 }
 
-use pb::backup_service_server::BackupService;
+use pb::backup_service_server::{BackupService, BackupServiceServer};
+
+/// Sets the health of `custos.v1.BackupService` and of the server as a
+/// whole (`""`, what a Kubernetes gRPC probe asks by default).
+pub async fn set_serving(h: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    h.set_service_status("", status).await;
+    if serving {
+        h.set_serving::<BackupServiceServer<Service>>().await;
+    } else {
+        h.set_not_serving::<BackupServiceServer<Service>>().await;
+    }
+}
+
+/// Every gRPC service the daemon serves: the API behind the token
+/// interceptor, health, and reflection (v1 and v1alpha).
+pub fn router(
+    svc: Service,
+    auth: auth::Auth,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection().build_v1()?;
+    let v1alpha = reflection().build_v1alpha()?;
+    let svc = BackupServiceServer::with_interceptor(svc, move |req| auth.check(req));
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(svc))
+}
 
 pub struct Service {
     engine: Arc<Engine>,

@@ -76,17 +76,21 @@ async fn tokens_and_roles_are_enforced() {
         .await
         .unwrap();
     let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    let r = h
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "custos.v1.BackupService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        r.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    // The service, and the server as a whole ("", a Kubernetes probe's default).
+    for service in ["custos.v1.BackupService", ""] {
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
 }
 
 #[tokio::test]
