@@ -151,3 +151,26 @@ impl From<ApiError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn field_violations_are_capped() {
+        let v = (0..30)
+            .map(|i| FieldViolation::new(format!("labels[k{i}]"), "bad"))
+            .collect();
+        let status = Status::from(ApiError::Invalid(v));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let br = status.get_details_bad_request().unwrap();
+        assert_eq!(br.field_violations.len(), MAX_VIOLATIONS + 1);
+        assert!(
+            status.message().ends_with("… and 10 more"),
+            "{}",
+            status.message()
+        );
+    }
+}
