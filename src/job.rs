@@ -234,23 +234,10 @@ fn migrate_v1(v: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
-    use custos_adapter_core::{Resource, ResourceKind};
-
     use super::*;
 
     fn rec() -> JobRecord {
-        JobRecord::new(
-            JobKind::Backup,
-            "backends/cf/serviceInstances/x".into(),
-            "cf".into(),
-            Operation::CreateBackup {
-                resource: Resource {
-                    kind: ResourceKind::ServiceInstance,
-                    id: "x".into(),
-                },
-            },
-            BTreeMap::new(),
-        )
+        crate::test_support::record()
     }
 
     #[test]

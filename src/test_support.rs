@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::BackendTiming,
     engine::{BackendEntry, Engine, EngineSettings, NewJob},
-    job::JobKind,
+    job::{JobKind, JobRecord},
     store::Store,
 };
 
@@ -196,4 +196,10 @@ pub fn backup(backend: &str, instance: &str) -> NewJob {
         request_id: None,
         schedule: None,
     }
+}
+
+/// A new backup record of `backends/cf/serviceInstances/x`.
+pub fn record() -> JobRecord {
+    let n = backup("cf", "x");
+    JobRecord::new(n.kind, n.target, n.backend, n.op, n.labels)
 }

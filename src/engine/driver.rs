@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use custos_adapter_core::{
-    BackendError, ErrorDetail, ErrorKind, Progress, Reconciled, backoff::Backoff,
+    BackendError, ErrorDetail, ErrorKind, Progress, Reconciled, RemoteHandle, backoff::Backoff,
 };
 use rand::Rng;
 use tokio::time::Instant;
@@ -297,18 +297,8 @@ impl Driver<'_> {
         self.fresh_intent = false;
         match result {
             Ok(handle) => {
-                self.engine
-                    .update(&self.id, |j| {
-                        j.message = format!("submitted; waiting for {}", handle.display);
-                        j.handle = Some(handle);
-                        j.phase = Phase::Polling;
-                        j.attempts = 0;
-                        j.next_attempt_time = None;
-                        true
-                    })
-                    .await?;
-                self.retry.reset();
-                Ok(Flow::Continue)
+                let msg = format!("submitted; waiting for {}", handle.display);
+                self.follow(handle, msg).await
             }
             Err(e) if e.maybe_applied => {
                 // The request may have reached the backend: find out
@@ -340,6 +330,22 @@ impl Driver<'_> {
                 Err(StepError::Backend(e, Doing::Submitting))
             }
         }
+    }
+
+    /// Stores the remote handle: from now on the job polls it.
+    async fn follow(&mut self, handle: RemoteHandle, message: String) -> Result<Flow, StepError> {
+        self.engine
+            .update(&self.id, |j| {
+                j.message = message;
+                j.handle = Some(handle);
+                j.phase = Phase::Polling;
+                j.attempts = 0;
+                j.next_attempt_time = None;
+                true
+            })
+            .await?;
+        self.retry.reset();
+        Ok(Flow::Continue)
     }
 
     async fn reconcile(&mut self, job: &JobRecord) -> Result<Flow, StepError> {
@@ -391,21 +397,11 @@ impl Driver<'_> {
             Reconciled::Submitted(handle) => {
                 self.grace = None;
                 tracing::info!(job = %self.id, handle = %handle.display, "reconciled: the submit had reached the backend");
-                self.engine
-                    .update(&self.id, |j| {
-                        j.message = format!(
-                            "the earlier submit had reached the backend; waiting for {}",
-                            handle.display
-                        );
-                        j.handle = Some(handle);
-                        j.phase = Phase::Polling;
-                        j.attempts = 0;
-                        j.next_attempt_time = None;
-                        true
-                    })
-                    .await?;
-                self.retry.reset();
-                Ok(Flow::Continue)
+                let msg = format!(
+                    "the earlier submit had reached the backend; waiting for {}",
+                    handle.display
+                );
+                self.follow(handle, msg).await
             }
             Reconciled::Unknown(why) => {
                 self.fail(

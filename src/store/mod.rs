@@ -430,26 +430,11 @@ async fn flusher(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use custos_adapter_core::{Operation, Resource, ResourceKind};
-
     use super::*;
     use crate::job::{JobKind, JobState};
 
     fn rec(request_id: Option<&str>) -> JobRecord {
-        let mut r = JobRecord::new(
-            JobKind::Backup,
-            "backends/cf/serviceInstances/x".into(),
-            "cf".into(),
-            Operation::CreateBackup {
-                resource: Resource {
-                    kind: ResourceKind::ServiceInstance,
-                    id: "x".into(),
-                },
-            },
-            BTreeMap::new(),
-        );
+        let mut r = crate::test_support::record();
         r.request_id = request_id.map(str::to_string);
         r
     }
