@@ -10,6 +10,7 @@ use super::{Service, pb, pb::backup_service_server::BackupService};
 use crate::{
     api::auth::Caller,
     config::Role,
+    names::job_name,
     test_support::{Scripted, backup, engine},
 };
 
@@ -60,4 +61,37 @@ async fn a_watch_jobs_reader_that_falls_behind_is_told() {
         status.message()
     );
     assert!(read.0 > 0);
+}
+
+/// Finding: a watcher that went away kept its task (and its subscription)
+/// until the job's next change.
+#[tokio::test]
+async fn a_watch_whose_client_left_ends_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    *b.submit_gate.lock().unwrap() = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
+    let e = engine(dir.path(), vec![("a", b, 4)], 8).await;
+    let svc = Service::new(e.clone(), tokio_util::sync::CancellationToken::new());
+    let j = e.create(backup("a", "i0")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for watch_all in [false, true] {
+        let stream: super::JobStream = if watch_all {
+            svc.watch_jobs(as_reader(pb::WatchJobsRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+        } else {
+            svc.watch_job(as_reader(pb::WatchJobRequest {
+                name: job_name(j.id),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+        };
+        assert_eq!(e.watchers(), 1);
+        drop(stream);
+        // The job is stuck in its submit: no change will come to wake it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(e.watchers(), 0, "watch_all={watch_all}");
+    }
 }

@@ -185,6 +185,11 @@ impl Engine {
         self.backends.get(name)
     }
 
+    /// How many watchers are subscribed (each watch stream holds one).
+    pub fn watchers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
     /// Every durable change of any job, in the order the changes were made.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
         self.events.subscribe()
