@@ -61,6 +61,9 @@ pub struct CfV3 {
     tokens: TokenCache,
     /// The token endpoint, once discovered.
     token_url: OnceLock<String>,
+    /// How far the CC's clock may be behind ours when `reconcile` decides
+    /// whether a `last_operation` started after the intent.
+    clock_skew: Duration,
 }
 
 /// What `prepare` records before a submit (stored with the job).
@@ -84,6 +87,19 @@ enum HandleState {
     Job { url: String },
     LastOperation { instance: String },
 }
+
+/// What a successful POST gave to follow.
+enum Accepted {
+    /// The job URL, on the configured endpoint.
+    Job(Url),
+    /// No usable job URL (none, unparsable, or on another origin, where the
+    /// token must not go): follow the instance's `last_operation`; the text
+    /// says why.
+    LastOperation(String),
+}
+
+/// The default of [`CfV3::with_clock_skew`].
+const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 const MAX_LIST_RETRIES: u32 = 4;
 const MAX_LIST_WAIT: Duration = Duration::from_secs(3);
@@ -114,7 +130,16 @@ impl CfV3 {
             http: http::client(cfg.timeout)?,
             tokens: TokenCache::new(),
             token_url,
+            clock_skew: DEFAULT_CLOCK_SKEW,
         })
+    }
+
+    /// How far the CC's clock may be behind the daemon's (default 5 s):
+    /// `reconcile` takes a `last_operation` for the submit's only if it
+    /// started after the intent was recorded less this.
+    pub fn with_clock_skew(mut self, skew: Duration) -> Self {
+        self.clock_skew = skew;
+        self
     }
 
     fn url(&self, path: &str) -> Result<Url, BackendError> {
@@ -238,9 +263,11 @@ impl CfV3 {
 
     // ---- one authenticated call -----------------------------------------
 
-    /// One call with the bearer token; after a 401 `CF-InvalidAuthToken` the
-    /// token is dropped and the call made once more (a 401 was not applied,
-    /// so this is safe for POSTs too).
+    /// One call with the bearer token; after a 401 `CF-InvalidAuthToken` or
+    /// `CF-NotAuthenticated` the token is dropped and the call made once
+    /// more (CF's own 401 proves nothing was applied, so this is safe for
+    /// POSTs too). A failed non-GET follows the submit rule
+    /// ([`http::classify_submit_failure`]).
     async fn call(
         &self,
         method: Method,
@@ -271,7 +298,16 @@ impl CfV3 {
                 continue;
             }
             if !reply.status.is_success() {
-                return Err(cf_error(reply.status, &reply.headers, &reply.body, what));
+                let e = cf_error(reply.status, &reply.headers, &reply.body, what);
+                if idempotent {
+                    return Err(e);
+                }
+                let refusal = is_cf_envelope(&reply.body);
+                return Err(http::classify_submit_failure(
+                    e,
+                    reply.status.as_u16(),
+                    refusal,
+                ));
             }
             return Ok(reply);
         }
@@ -315,38 +351,55 @@ impl CfV3 {
         self.get_json(&path, "listing backups").await
     }
 
+    /// POSTs a submit. A 2xx is an accepted operation, whatever its
+    /// `Location`: one that cannot be followed (missing, unparsable, on
+    /// another origin) is followed through `last_operation` instead.
     async fn post(
         &self,
         path: &str,
         body: Option<&Value>,
         what: &str,
-    ) -> Result<Url, BackendError> {
+    ) -> Result<Accepted, BackendError> {
         let url = self.url(path)?;
         let reply = self.call(Method::POST, url.clone(), body, what).await?;
-        let status = reply.status;
-        let location = reply
-            .headers
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let Some(location) = location else {
-            let mut e = BackendError::permanent(format!(
-                "{what}: CF answered {} without a Location header, so the job cannot be followed",
-                status.as_u16()
-            ));
-            e.maybe_applied = true;
-            return Err(e);
+        let status = reply.status.as_u16();
+        let Some(raw) = reply.headers.get(reqwest::header::LOCATION) else {
+            return Ok(Accepted::LastOperation(format!(
+                "CF answered {status} without a Location"
+            )));
+        };
+        let Ok(location) = raw.to_str() else {
+            return Ok(Accepted::LastOperation(format!(
+                "CF answered {status} with a Location that is not text"
+            )));
         };
         // Location may be absolute or relative to the request.
-        let job = url.join(&location).map_err(|e| {
-            let mut e = BackendError::permanent(format!(
-                "{what}: the Location {location:?} is not a URL: {e}"
-            ));
-            e.maybe_applied = true;
-            e
-        })?;
-        self.same_origin(&job)?;
-        Ok(job)
+        match url.join(location) {
+            Err(e) => Ok(Accepted::LastOperation(format!(
+                "CF answered {status} with the Location {location:?}, which is not a URL: {e}"
+            ))),
+            Ok(job) if self.same_origin(&job).is_err() => Ok(Accepted::LastOperation(format!(
+                "CF answered {status} with the job URL {job}, which is not on the configured endpoint, so the token is not sent there"
+            ))),
+            Ok(job) => Ok(Accepted::Job(job)),
+        }
+    }
+
+    /// A handle that follows the instance's `last_operation`.
+    fn last_operation_handle(
+        &self,
+        instance: &str,
+        why: &str,
+    ) -> Result<RemoteHandle, BackendError> {
+        Ok(RemoteHandle {
+            display: format!(
+                "{}v3/service_instances/{instance} (last_operation; {why})",
+                self.base
+            ),
+            state: to_json(&HandleState::LastOperation {
+                instance: instance.to_string(),
+            })?,
+        })
     }
 
     /// The bearer token goes only to the configured API host.
@@ -432,16 +485,78 @@ impl CfV3 {
     }
 }
 
-/// Whether a 401 body is CF's expired/invalid token error (the only case in
-/// which a refresh helps, as cloudfoundry-client does).
+/// Whether a 401 body is CF's expired/invalid token error or its
+/// not-authenticated error (the cases in which a refresh helps).
 fn is_invalid_token(body: &[u8]) -> bool {
     serde_json::from_slice::<ErrorEnvelope>(body)
         .map(|env| {
-            env.errors
-                .iter()
-                .any(|e| e.code == 1000 || e.title == "CF-InvalidAuthToken")
+            env.errors.iter().any(|e| {
+                matches!(e.code, 1000 | 10002)
+                    || matches!(
+                        e.title.as_str(),
+                        "CF-InvalidAuthToken" | "CF-NotAuthenticated"
+                    )
+            })
         })
         .unwrap_or(false)
+}
+
+/// Whether a body is CF's own error envelope (`{"errors":[{"code",
+/// "title":"CF-…"}]}`), not a proxy's page or some other JSON.
+fn is_cf_envelope(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorEnvelope>(body).is_ok_and(|env| {
+        !env.errors.is_empty() && env.errors.iter().all(|e| e.title.starts_with("CF-"))
+    })
+}
+
+/// What kind of work a `last_operation` describes [INF: CC's docs do not
+/// say what the OSMAPI backup extension reports; the simulator, like the
+/// brokers seen, names the work in `description` (`restore in progress`,
+/// `backup succeeded`), or in `type`]. "restore" is checked first: a
+/// restore's description often names its backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TraceWork {
+    Backup,
+    Restore,
+}
+
+fn trace_work(lo: &Value) -> Option<TraceWork> {
+    let text = format!(
+        "{} {}",
+        lo["type"].as_str().unwrap_or(""),
+        lo["description"].as_str().unwrap_or("")
+    )
+    .to_ascii_lowercase();
+    if text.contains("restore") {
+        Some(TraceWork::Restore)
+    } else if text.contains("backup") {
+        Some(TraceWork::Backup)
+    } else {
+        None
+    }
+}
+
+/// When a `last_operation` started: `created_at`, else `updated_at`.
+fn trace_start(lo: &Value) -> Option<DateTime<Utc>> {
+    ["created_at", "updated_at"].iter().find_map(|k| {
+        lo[k]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    })
+}
+
+/// A `last_operation` in words, for messages.
+fn describe_trace(lo: &Value) -> String {
+    let f = |k: &str| lo[k].as_str().unwrap_or("?").to_string();
+    format!(
+        "{:?} (type {}, state {}, started {}, updated {})",
+        f("description"),
+        f("type"),
+        f("state"),
+        f("created_at"),
+        f("updated_at")
+    )
 }
 
 /// Maps a CF error response to the core error, keeping code/title/detail.
@@ -678,13 +793,21 @@ impl Backend for CfV3 {
 
     async fn submit(&self, op: &Operation, _intent: &Intent) -> Result<RemoteHandle, BackendError> {
         let (path, body, what) = Self::submit_request(op)?;
-        let job = self.post(&path, body.as_ref(), what).await?;
-        Ok(RemoteHandle {
-            display: job.to_string(),
-            state: to_json(&HandleState::Job {
-                url: job.to_string(),
-            })?,
-        })
+        match self.post(&path, body.as_ref(), what).await? {
+            Accepted::Job(job) => Ok(RemoteHandle {
+                display: job.to_string(),
+                state: to_json(&HandleState::Job {
+                    url: job.to_string(),
+                })?,
+            }),
+            Accepted::LastOperation(why) => {
+                tracing::warn!(
+                    instance = %op.resource().id,
+                    "{what}: {why}; following the instance's last_operation"
+                );
+                self.last_operation_handle(&op.resource().id, &why)
+            }
+        }
     }
 
     async fn poll(
@@ -736,7 +859,21 @@ impl Backend for CfV3 {
                 }
             }
             HandleState::LastOperation { instance } => {
-                let (inst, _) = self.instance(&instance).await?;
+                let (inst, has_last_operation) = self.instance(&instance).await?;
+                if !has_last_operation {
+                    return Ok(Progress::Failed(BackendError::permanent(format!(
+                        "CF accepted the operation, but gave no job URL that can be followed, and service instance {instance} reports no last_operation: check the instance to see how the operation ended"
+                    ))));
+                }
+                if instance == op.resource().id && inst.last_operation == intent.last_operation {
+                    // Accepted, but the CC does not show it yet.
+                    return Ok(Progress::Running {
+                        message: format!(
+                            "service instance {instance}: waiting for the operation to show in last_operation"
+                        ),
+                        handle: None,
+                    });
+                }
                 let lo = inst.last_operation.unwrap_or(Value::Null);
                 match lo["state"].as_str().unwrap_or("") {
                     "succeeded" => self.finish(op, &intent).await,
@@ -772,23 +909,53 @@ impl Backend for CfV3 {
             return Ok(match op {
                 Operation::CreateBackup { .. } => Reconciled::NotSubmitted,
                 _ => Reconciled::Unknown(format!(
-                    "the daemon stopped while submitting the restore, and service instance {} reports no last_operation, so whether the restore started cannot be known; check the instance before restoring again",
+                    "the restore's submit may or may not have reached CF (the daemon stopped, or the answer was lost), and service instance {} reports no last_operation, so whether the restore started cannot be known; check the instance before restoring again",
                     r.id
                 )),
             });
         }
         if inst.last_operation == st.last_operation {
+            // No trace (yet): the daemon re-asks over its grace period.
             return Ok(Reconciled::NotSubmitted);
         }
-        Ok(Reconciled::Submitted(RemoteHandle {
-            display: format!(
-                "{}v3/service_instances/{} (last_operation; the job URL was lost)",
-                self.base, r.id
-            ),
-            state: to_json(&HandleState::LastOperation {
-                instance: r.id.clone(),
-            })?,
-        }))
+        let lo = inst.last_operation.unwrap_or(Value::Null);
+        let want = match op {
+            Operation::Restore { .. } => TraceWork::Restore,
+            _ => TraceWork::Backup,
+        };
+        let kind_matches = trace_work(&lo) == Some(want);
+        let after_intent = match intent.recorded_at {
+            // An intent stored before `recorded_at` existed: the change
+            // since `prepare` is all there is to go by.
+            None => true,
+            Some(at) => {
+                let skew = chrono::Duration::from_std(self.clock_skew).unwrap_or_default();
+                let from = at.checked_sub_signed(skew).unwrap_or(at);
+                trace_start(&lo).is_some_and(|t| t >= from)
+            }
+        };
+        if kind_matches && after_intent {
+            return Ok(Reconciled::Submitted(
+                self.last_operation_handle(&r.id, "the job URL was lost")?,
+            ));
+        }
+        // The instance changed, but not with this operation: someone else's.
+        Ok(match op {
+            Operation::Restore { .. } => Reconciled::Unknown(format!(
+                "the restore's submit may or may not have reached CF, and service instance {id} now shows another operation in its last_operation: {trace}{when}. That operation may have replaced the restore's trace, so whether the restore started cannot be known; check the instance (cf curl /v3/service_instances/{id}, and its events) before restoring again",
+                id = r.id,
+                trace = describe_trace(&lo),
+                when = intent
+                    .recorded_at
+                    .map(|t| format!(
+                        ", while this restore was submitted at {}",
+                        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+                    ))
+                    .unwrap_or_default(),
+            )),
+            // A second backup is harmless.
+            _ => Reconciled::NotSubmitted,
+        })
     }
 }
 
@@ -818,6 +985,40 @@ mod tests {
         let e = cf_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"<html>", "x");
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(e.details[0].detail.as_deref(), Some("<html>"));
+    }
+
+    #[test]
+    fn refresh_on_both_cf_auth_errors_and_envelope_recognition() {
+        let e1000 = br#"{"errors":[{"code":1000,"title":"CF-InvalidAuthToken","detail":"Invalid Auth Token"}]}"#;
+        let e10002 = br#"{"errors":[{"code":10002,"title":"CF-NotAuthenticated","detail":"Authentication error"}]}"#;
+        assert!(is_invalid_token(e1000));
+        assert!(is_invalid_token(e10002));
+        assert!(!is_invalid_token(b"<html>401</html>"));
+        assert!(is_cf_envelope(e10002));
+        assert!(!is_cf_envelope(b"<html>504 Gateway Time-out</html>"));
+        assert!(!is_cf_envelope(b"{}"));
+        assert!(!is_cf_envelope(br#"{"errors":[]}"#));
+        assert!(!is_cf_envelope(br#"{"message":"upstream timed out"}"#));
+    }
+
+    #[test]
+    fn trace_work_and_start() {
+        let lo = serde_json::json!({"type":"update","state":"in progress",
+            "description":"restore from backup b-1 in progress",
+            "created_at":"2026-01-02T03:04:05.678Z","updated_at":"2026-01-02T03:04:06Z"});
+        assert_eq!(trace_work(&lo), Some(TraceWork::Restore));
+        assert_eq!(
+            trace_start(&lo),
+            DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z")
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        );
+        let lo = serde_json::json!({"type":"update","description":"backup succeeded"});
+        assert_eq!(trace_work(&lo), Some(TraceWork::Backup));
+        assert_eq!(trace_start(&lo), None);
+        let lo = serde_json::json!({"type":"update","description":"Updating plan"});
+        assert_eq!(trace_work(&lo), None);
+        assert_eq!(trace_work(&Value::Null), None);
     }
 
     #[test]

@@ -4,9 +4,20 @@
 //! progress (`PROCESSING` → `POLLING` → `COMPLETE`/`FAILED`).
 //!
 //! Switches ([`SimConfig`]) add latency, job duration, faults (5xx, 429 with
-//! an epoch `Retry-After`, connection resets before or after the request is
-//! applied, slow answers that time out) and short token lifetimes. Counters
-//! ([`Counters`]) let tests prove nothing was submitted twice.
+//! an epoch `Retry-After` in seconds or milliseconds, connection resets
+//! before or after the request is applied, slow answers that time out),
+//! short token lifetimes, a `last_operation` that shows late, and odd
+//! `Location`s (another origin, none, garbage). [`Simulator::arm_post`]
+//! makes the next POSTs fail *after* they were applied (504 HTML from a
+//! load balancer, 5xx/408 envelopes, resets, timeouts, huge bodies);
+//! [`Simulator::foreign_last_operation`] shows someone else's operation.
+//! Counters ([`Counters`]) let tests prove nothing was submitted twice.
+//!
+//! `last_operation` as this simulator models it [INF: CC's docs do not say
+//! what the OSMAPI backup extension puts there]: `type` is `update`, the
+//! `description` names the work (`backup in progress`, `restore
+//! succeeded`, `restore failed: <detail>`), `created_at` is when the
+//! operation started and `updated_at` when it last changed.
 
 use std::{
     collections::HashMap,
@@ -78,6 +89,19 @@ pub struct SimConfig {
     /// Leave `last_operation` out of service instances (a CC that does not
     /// track backup operations there), so reconciliation cannot tell.
     pub omit_last_operation: bool,
+    /// 429s carry `Retry-After` as epoch *milliseconds* (a backend seen in
+    /// the wild) instead of CF's epoch seconds.
+    pub retry_after_millis: bool,
+    /// Send `Location` on this origin (e.g. `http://127.0.0.2:PORT`)
+    /// instead of the simulator's own.
+    pub location_base: Option<String>,
+    /// Answer an accepted POST 202 without a `Location`.
+    pub omit_location: bool,
+    /// Send this verbatim as the `Location` of an accepted POST.
+    pub raw_location: Option<String>,
+    /// The instance's `last_operation` shows an accepted operation only
+    /// this long after it was applied (a slow CC); the job URL is at once.
+    pub last_operation_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -100,6 +124,11 @@ impl Default for SimConfig {
             relative_location: false,
             slow_only_posts: false,
             omit_last_operation: false,
+            retry_after_millis: false,
+            location_base: None,
+            omit_location: false,
+            raw_location: None,
+            last_operation_delay: Duration::ZERO,
         }
     }
 }
@@ -154,6 +183,31 @@ pub fn cf_error(code: i64, title: &str, detail: &str) -> CfError {
     }
 }
 
+/// What [`Simulator::arm_post`] does to a POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostFault {
+    /// Drop the connection before the request is read: nothing applied.
+    ResetBeforeApply,
+    /// Apply, then answer this status with an HTML page (a load balancer
+    /// that gave up waiting: 502, 504).
+    ApplyThenHtml(u16),
+    /// Apply, then answer this status with a CF error envelope (5xx, 408).
+    ApplyThenEnvelope(u16),
+    /// Apply, then drop the connection.
+    ApplyThenReset,
+    /// Apply, then answer only after this long.
+    ApplyThenDelay(Duration),
+    /// Apply, then answer 202 (with the `Location`) and a body this long.
+    ApplyThenHugeBody(usize),
+}
+
+#[derive(Debug, Clone)]
+struct ArmedPost {
+    path_contains: String,
+    fault: PostFault,
+    times: u32,
+}
+
 /// What a restore request carried, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedRestore {
@@ -164,6 +218,8 @@ pub struct ReceivedRestore {
 #[derive(Debug, Clone)]
 struct LastOp {
     kind: &'static str,
+    /// The work, named in `description`: `backup`, `restore`, ...
+    work: String,
     state: &'static str,
     description: String,
     created_at: String,
@@ -182,6 +238,8 @@ struct Instance {
     name: String,
     backups: Vec<BackupEntry>,
     last_operation: Option<LastOp>,
+    /// An operation applied but not yet shown (`last_operation_delay`).
+    pending_last_operation: Option<(Instant, LastOp)>,
     /// The job running on the instance, if any.
     busy_job: Option<String>,
 }
@@ -214,6 +272,7 @@ struct World {
     injections: Vec<Injection>,
     fail_next_jobs: HashMap<String, CfError>,
     restores: Vec<ReceivedRestore>,
+    armed_posts: Vec<ArmedPost>,
 }
 
 struct Inner {
@@ -309,6 +368,7 @@ impl Simulator {
                 name: name.to_string(),
                 backups: Vec::new(),
                 last_operation: None,
+                pending_last_operation: None,
                 busy_job: None,
             },
         );
@@ -336,6 +396,60 @@ impl Simulator {
     /// Forces the next matching requests to fail.
     pub fn inject(&self, inj: Injection) {
         lock(&self.inner.world).injections.push(inj);
+    }
+
+    /// The next `times` POSTs whose path contains `path_contains` meet
+    /// `fault`. An `ApplyThen…` fault is used up only by a POST that was
+    /// applied (202); one refused (404, 409, ...) is answered as usual.
+    pub fn arm_post(&self, path_contains: &str, fault: PostFault, times: u32) {
+        lock(&self.inner.world).armed_posts.push(ArmedPost {
+            path_contains: path_contains.to_string(),
+            fault,
+            times,
+        });
+    }
+
+    /// Forgets every injection and armed POST fault not yet used.
+    pub fn clear_faults(&self) {
+        let mut w = lock(&self.inner.world);
+        w.injections.clear();
+        w.armed_posts.clear();
+    }
+
+    /// Whether a job is running on `guid`.
+    pub fn busy(&self, guid: &str) -> bool {
+        let mut w = lock(&self.inner.world);
+        advance(&mut w);
+        w.instances.get(guid).is_some_and(|i| i.busy_job.is_some())
+    }
+
+    /// Someone else's operation on `guid`, started `age` ago: the instance's
+    /// `last_operation` becomes `{type: update, description: "<work>
+    /// <state>", state}` (`state`: `in progress`, `succeeded` or `failed`).
+    /// It does not keep the instance busy.
+    pub fn foreign_last_operation(
+        &self,
+        guid: &str,
+        work: &str,
+        state: &'static str,
+        age: Duration,
+    ) {
+        let now = Utc::now();
+        let started = chrono::Duration::from_std(age)
+            .ok()
+            .and_then(|a| now.checked_sub_signed(a))
+            .unwrap_or(now);
+        let ts = started.to_rfc3339_opts(SecondsFormat::Millis, true);
+        if let Some(i) = lock(&self.inner.world).instances.get_mut(guid) {
+            i.last_operation = Some(LastOp {
+                kind: "update",
+                work: work.to_string(),
+                state,
+                description: format!("{work} {state}"),
+                created_at: ts.clone(),
+                updated_at: ts,
+            });
+        }
     }
 
     /// The next job started on `guid` ends `FAILED` with `error`.
@@ -490,7 +604,57 @@ async fn faults(
     };
     if let Some((status, e)) = injected {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return cf_error_response(status, e.code, &e.title, &e.detail);
+        let mut resp = cf_error_response(status, e.code, &e.title, &e.detail);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // CF's 429 always says when to come back.
+            throttle_headers(resp.headers_mut(), &cfg, reset_epoch);
+        }
+        return resp;
+    }
+
+    let api_post = method == Method::POST && path.starts_with("/v3/");
+    // An armed fault: `ResetBeforeApply` is used up at once, the others
+    // only by a POST that was applied.
+    let armed = if api_post {
+        let mut w = lock(&inner.world);
+        let pos = w
+            .armed_posts
+            .iter()
+            .position(|a| a.times > 0 && path.contains(&a.path_contains));
+        pos.map(|p| {
+            let fault = w.armed_posts[p].fault.clone();
+            if fault == PostFault::ResetBeforeApply {
+                use_armed(&mut w.armed_posts, p);
+            }
+            fault
+        })
+    } else {
+        None
+    };
+    if armed == Some(PostFault::ResetBeforeApply)
+        && let Some(k) = &kill
+    {
+        inner.counters.faults.fetch_add(1, Ordering::SeqCst);
+        k.0.notify_one();
+        return std::future::pending().await;
+    }
+    if let Some(fault) = armed {
+        let resp = next.run(req).await;
+        if resp.status() != StatusCode::ACCEPTED {
+            return resp;
+        }
+        {
+            let mut w = lock(&inner.world);
+            if let Some(p) = w
+                .armed_posts
+                .iter()
+                .position(|a| a.times > 0 && a.fault == fault && path.contains(&a.path_contains))
+            {
+                use_armed(&mut w.armed_posts, p);
+            }
+        }
+        inner.counters.faults.fetch_add(1, Ordering::SeqCst);
+        return after_apply(fault, resp, kill.as_ref()).await;
     }
 
     let (reset, throttle, error, slow, reset_after, malformed) = {
@@ -524,10 +688,7 @@ async fn faults(
         let mut resp = (StatusCode::TOO_MANY_REQUESTS, body).into_response();
         let h = resp.headers_mut();
         h.insert("content-type", HeaderValue::from_static("text/plain"));
-        rate_limit_headers(h, reset_epoch, 0);
-        if let Ok(v) = HeaderValue::from_str(&reset_epoch.to_string()) {
-            h.insert("retry-after", v);
-        }
+        throttle_headers(h, &cfg, reset_epoch);
         return resp;
     }
     if error {
@@ -572,12 +733,82 @@ async fn faults(
         k.0.notify_one();
         return std::future::pending().await;
     }
-    let api_post = method == Method::POST && path.starts_with("/v3/");
     if slow && (api_post || !cfg.slow_only_posts) {
         inner.counters.faults.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(cfg.slow_delay).await;
     }
     resp
+}
+
+/// Rate-limit headers and `Retry-After` of a 429: the reset epoch, in
+/// seconds as CF sends it, or in milliseconds with `retry_after_millis`.
+fn throttle_headers(h: &mut HeaderMap, cfg: &SimConfig, reset_epoch: i64) {
+    rate_limit_headers(h, reset_epoch, 0);
+    let value = if cfg.retry_after_millis {
+        reset_epoch.saturating_mul(1000).to_string()
+    } else {
+        reset_epoch.to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert("retry-after", v);
+    }
+}
+
+fn use_armed(armed: &mut Vec<ArmedPost>, p: usize) {
+    if let Some(a) = armed.get_mut(p) {
+        a.times = a.times.saturating_sub(1);
+        if a.times == 0 {
+            armed.remove(p);
+        }
+    }
+}
+
+/// What an armed fault makes of the answer to an applied POST.
+async fn after_apply(fault: PostFault, resp: Response, kill: Option<&Kill>) -> Response {
+    let status = |s: u16| StatusCode::from_u16(s).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
+    match fault {
+        PostFault::ResetBeforeApply => resp,
+        PostFault::ApplyThenHtml(s) => {
+            let st = status(s);
+            let body = format!(
+                "<html><head><title>{code} {reason}</title></head><body><center><h1>{code} {reason}</h1></center><hr><center>nginx</center></body></html>",
+                code = st.as_u16(),
+                reason = st.canonical_reason().unwrap_or("Error")
+            );
+            let mut r = (st, body).into_response();
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/html"));
+            r
+        }
+        PostFault::ApplyThenEnvelope(s) => {
+            let st = status(s);
+            match st.as_u16() {
+                502 | 503 => cf_error_response(
+                    st,
+                    10015,
+                    "CF-ServiceUnavailable",
+                    "Service broker is unavailable.",
+                ),
+                408 => cf_error_response(st, 10001, "CF-ServerError", "Request timed out."),
+                _ => cf_error_response(st, 10001, "CF-ServerError", "An unknown error occurred."),
+            }
+        }
+        PostFault::ApplyThenReset => match kill {
+            Some(k) => {
+                k.0.notify_one();
+                std::future::pending().await
+            }
+            None => resp,
+        },
+        PostFault::ApplyThenDelay(d) => {
+            tokio::time::sleep(d).await;
+            resp
+        }
+        PostFault::ApplyThenHugeBody(n) => {
+            let (parts, _) = resp.into_parts();
+            Response::from_parts(parts, axum::body::Body::from(vec![b' '; n]))
+        }
+    }
 }
 
 /// Counts a request as in flight until dropped (also when its connection
@@ -602,6 +833,15 @@ impl Drop for InFlight<'_> {
 fn advance(w: &mut World) {
     let now = Instant::now();
     let ts = now_rfc3339();
+    for inst in w.instances.values_mut() {
+        if inst
+            .pending_last_operation
+            .as_ref()
+            .is_some_and(|(at, _)| now >= *at)
+        {
+            inst.last_operation = inst.pending_last_operation.take().map(|(_, lo)| lo);
+        }
+    }
     let due: Vec<String> = w
         .jobs
         .iter()
@@ -621,15 +861,20 @@ fn advance(w: &mut World) {
         let (instance, work) = (job.instance.clone(), job.work.clone());
         if let Some(inst) = w.instances.get_mut(&instance) {
             inst.busy_job = None;
-            if let Some(lo) = inst.last_operation.as_mut() {
+            let lo = match inst.pending_last_operation.as_mut() {
+                Some((_, lo)) => Some(lo),
+                None => inst.last_operation.as_mut(),
+            };
+            if let Some(lo) = lo {
                 lo.updated_at = ts.clone();
                 match &outcome {
                     Ok(()) => {
                         lo.state = "succeeded";
+                        lo.description = format!("{} succeeded", lo.work);
                     }
                     Err(e) => {
                         lo.state = "failed";
-                        lo.description = e.detail.clone();
+                        lo.description = format!("{} failed: {}", lo.work, e.detail);
                     }
                 }
             }
@@ -851,10 +1096,8 @@ async fn list_backups(
 
 /// Starts a job on an instance, or answers 404/409.
 fn start_job(inner: &Inner, guid: &str, work: JobWork, kind: &'static str) -> Response {
-    let (duration, relative) = {
-        let c = lock(&inner.cfg);
-        (c.job_duration, c.relative_location)
-    };
+    let c = lock(&inner.cfg).clone();
+    let (duration, relative) = (c.job_duration, c.relative_location);
     let mut w = lock(&inner.world);
     advance(&mut w);
     let fail_with = w.fail_next_jobs.remove(guid);
@@ -875,13 +1118,20 @@ fn start_job(inner: &Inner, guid: &str, work: JobWork, kind: &'static str) -> Re
     let job_guid = uuid::Uuid::new_v4().to_string();
     let ts = now_rfc3339();
     inst.busy_job = Some(job_guid.clone());
-    inst.last_operation = Some(LastOp {
+    let lo = LastOp {
         kind: "update",
+        work: kind.to_string(),
         state: "in progress",
         description: format!("{kind} in progress"),
         created_at: ts.clone(),
         updated_at: ts.clone(),
-    });
+    };
+    if c.last_operation_delay.is_zero() {
+        inst.last_operation = Some(lo);
+        inst.pending_last_operation = None;
+    } else {
+        inst.pending_last_operation = Some((Instant::now() + c.last_operation_delay, lo));
+    }
     w.jobs.insert(
         job_guid.clone(),
         SimJob {
@@ -896,12 +1146,18 @@ fn start_job(inner: &Inner, guid: &str, work: JobWork, kind: &'static str) -> Re
         },
     );
     let mut resp = StatusCode::ACCEPTED.into_response();
-    let base = if relative {
-        ""
-    } else {
-        inner.base_url.as_str()
+    let base = match (&c.location_base, relative) {
+        (Some(b), _) => b.trim_end_matches('/'),
+        (None, true) => "",
+        (None, false) => inner.base_url.as_str(),
     };
-    if let Ok(v) = HeaderValue::from_str(&format!("{base}/v3/jobs/{job_guid}")) {
+    let location = match &c.raw_location {
+        Some(raw) => raw.clone(),
+        None => format!("{base}/v3/jobs/{job_guid}"),
+    };
+    if !c.omit_location
+        && let Ok(v) = HeaderValue::from_str(&location)
+    {
         resp.headers_mut().insert("location", v);
     }
     resp

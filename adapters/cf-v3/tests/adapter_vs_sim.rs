@@ -205,3 +205,122 @@ async fn relative_location_and_fixed_token() {
     };
     assert_eq!(sim.counters().token_grants, 0, "no UAA with a fixed token");
 }
+
+/// A 202 whose Location cannot be followed is still a submitted operation:
+/// followed through last_operation, and the token never goes elsewhere.
+#[tokio::test]
+async fn unusable_locations_are_followed_through_last_operation() {
+    let other = Simulator::start("127.0.0.1:0".parse().unwrap(), SimConfig::default())
+        .await
+        .unwrap();
+    type Set = Box<dyn Fn(&mut SimConfig)>;
+    let other_url = other.url();
+    let cases: [(&str, Set); 3] = [
+        (
+            "another origin",
+            Box::new(move |c: &mut SimConfig| c.location_base = Some(other_url.clone())),
+        ),
+        ("none", Box::new(|c: &mut SimConfig| c.omit_location = true)),
+        (
+            "garbage",
+            Box::new(|c: &mut SimConfig| c.raw_location = Some("http://[::1".into())),
+        ),
+    ];
+    for (name, set) in cases {
+        let (sim, cf) = setup(
+            SimConfig {
+                job_duration: Duration::from_millis(100),
+                // The CC shows the operation late: until then the old
+                // last_operation must not be taken for the end.
+                last_operation_delay: Duration::from_millis(300),
+                ..Default::default()
+            },
+            Grant::ClientCredentials,
+        )
+        .await;
+        // An earlier operation that succeeded.
+        let op = Operation::CreateBackup {
+            resource: instance(),
+        };
+        drive(&cf, &op).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sim.configure(|c| set(c));
+        let intent = cf.prepare(&op).await.unwrap();
+        let h = cf.submit(&op, &intent).await.unwrap();
+        assert!(
+            h.display.contains("last_operation"),
+            "{name}: {}",
+            h.display
+        );
+        let mut saw_waiting = false;
+        let id = loop {
+            match cf.poll(&op, &intent, &h).await.unwrap() {
+                Progress::Running { message, .. } => {
+                    saw_waiting |= message.contains("waiting for the operation to show");
+                    tokio::time::sleep(Duration::from_millis(30)).await
+                }
+                Progress::Succeeded { backup_id, .. } => break backup_id,
+                Progress::Failed(e) => panic!("{name}: {e}"),
+            }
+        };
+        assert!(
+            saw_waiting,
+            "{name}: the late last_operation was waited for"
+        );
+        assert!(id.is_some(), "{name}: the new backup was found");
+        assert_eq!(sim.counters().backup_submits, 2, "{name}");
+    }
+    assert_eq!(
+        other.counters().requests,
+        0,
+        "nothing (no token) was sent to the other origin"
+    );
+}
+
+#[tokio::test]
+async fn not_authenticated_refreshes_the_token_once() {
+    let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
+    cf.list_backups(&instance(), None, "").await.unwrap();
+    sim.inject(Injection {
+        method: reqwest::Method::POST,
+        path_contains: "/backups".into(),
+        status: 401,
+        error: custos_cf_v3::sim::cf_error(10002, "CF-NotAuthenticated", "Authentication error"),
+        times: 1,
+    });
+    let op = Operation::CreateBackup {
+        resource: instance(),
+    };
+    let intent = cf.prepare(&op).await.unwrap();
+    cf.submit(&op, &intent).await.unwrap();
+    assert_eq!(sim.counters().token_grants, 2, "refreshed once");
+    assert_eq!(sim.counters().backup_submits, 1);
+}
+
+#[tokio::test]
+async fn retry_after_in_epoch_milliseconds_is_a_short_delay() {
+    let (sim, cf) = setup(
+        SimConfig {
+            retry_after_millis: true,
+            ..Default::default()
+        },
+        Grant::ClientCredentials,
+    )
+    .await;
+    sim.inject(Injection {
+        method: reqwest::Method::POST,
+        path_contains: "/backups".into(),
+        status: 429,
+        error: custos_cf_v3::sim::cf_error(10013, "CF-RateLimitExceeded", "Rate Limit Exceeded"),
+        times: 1,
+    });
+    let op = Operation::CreateBackup {
+        resource: instance(),
+    };
+    let intent = cf.prepare(&op).await.unwrap();
+    let e = cf.submit(&op, &intent).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Throttled);
+    assert!(!e.maybe_applied, "CF's 429 is before processing");
+    let ra = e.retry_after.expect("Retry-After parsed");
+    assert!(ra <= Duration::from_secs(2), "{ra:?}");
+}

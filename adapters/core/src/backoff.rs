@@ -34,7 +34,9 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.current_ceiling();
         self.step = self.step.saturating_add(1);
-        let ms = ceiling.as_millis().max(1) as u64;
+        let ms = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let low = ms / 2;
         Duration::from_millis(rand::rng().random_range(low..=ms))
     }
@@ -46,6 +48,28 @@ impl Backoff {
             Some(ra) => d.max(ra),
             None => d,
         }
+    }
+
+    /// The next delay when the backend asked for `retry_after`: what it
+    /// asked, but at most `cap`, plus a random spread of up to a tenth of
+    /// that (at least 1 s), so that many jobs throttled by the same answer
+    /// do not all wake in the same second; never shorter than the schedule's
+    /// own next delay. Without `retry_after` it is [`Backoff::next_delay`]
+    /// (capped too). Advances the schedule. Saturating: no input panics.
+    pub fn next_delay_honouring_capped(
+        &mut self,
+        retry_after: Option<Duration>,
+        cap: Duration,
+    ) -> Duration {
+        let own = self.next_delay();
+        let Some(asked) = retry_after else {
+            return own.min(cap);
+        };
+        let asked = asked.min(cap);
+        let spread = (asked / 10).max(Duration::from_secs(1));
+        let spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_millis(rand::rng().random_range(0..=spread_ms));
+        asked.saturating_add(jitter).max(own.min(cap))
     }
 
     pub fn reset(&mut self) {
@@ -67,6 +91,36 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn capped_retry_after_is_spread_and_never_panics() {
+        let cap = Duration::from_secs(60);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+            // 56836 years asked for: capped at 60 s, plus at most 6 s.
+            let d =
+                b.next_delay_honouring_capped(Some(Duration::from_secs(1_792_000_000_000)), cap);
+            assert!(d >= cap && d <= cap + Duration::from_secs(6), "{d:?}");
+            seen.insert(d.as_millis() / 100);
+            // A short Retry-After: what was asked, spread over up to 1 s.
+            let d = b.next_delay_honouring_capped(Some(Duration::from_secs(2)), cap);
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_secs(3),
+                "{d:?}"
+            );
+        }
+        assert!(seen.len() > 10, "jittered: {} distinct delays", seen.len());
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::MAX);
+        for _ in 0..100 {
+            b.next_delay_honouring_capped(Some(Duration::MAX), Duration::MAX);
+            b.next_delay_honouring(Some(Duration::MAX));
+        }
+        let mut b = Backoff::new(Duration::from_secs(10), Duration::from_secs(20));
+        assert!(
+            b.next_delay_honouring_capped(None, Duration::from_secs(1)) <= Duration::from_secs(1)
+        );
     }
 
     #[test]

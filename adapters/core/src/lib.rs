@@ -7,9 +7,15 @@
 //! classifies transport failures ([`http`]), a token cache ([`token`]) and
 //! the backoff schedule ([`backoff`]).
 //!
+//! With the `conformance` feature, the `conformance` module holds the
+//! contract's rules as async tests that every adapter runs against its
+//! simulator.
+//!
 //! Nothing here depends on tonic, sled or the daemon.
 
 pub mod backoff;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod http;
 mod secret;

@@ -28,8 +28,8 @@ pub struct TokenCache {
     inner: Mutex<Option<Cached>>,
 }
 
-/// Fraction of a token's lifetime after which it is refreshed.
-const REFRESH_FRACTION: f64 = 0.8;
+/// A token is refreshed after its lifetime less a fifth of it (80 %).
+const REFRESH_DIVISOR: u32 = 5;
 
 impl TokenCache {
     pub fn new() -> Self {
@@ -49,9 +49,11 @@ impl TokenCache {
             return Ok(c.value.clone());
         }
         let token = fetch().await?;
+        // 80 % of the lifetime, in integer arithmetic; a lifetime so long
+        // that the instant overflows is one that never needs a refresh.
         let refresh_at = token
             .lifetime
-            .map(|l| Instant::now() + l.mul_f64(REFRESH_FRACTION));
+            .and_then(|l| Instant::now().checked_add(l.saturating_sub(l / REFRESH_DIVISOR)));
         *guard = Some(Cached {
             value: token.value.clone(),
             refresh_at,
@@ -95,5 +97,30 @@ mod tests {
         assert_eq!(cache.get(fetch).await.unwrap(), "t1");
         cache.invalidate("t1").await;
         assert_eq!(cache.get(fetch).await.unwrap(), "t2");
+    }
+
+    #[tokio::test]
+    async fn huge_lifetimes_do_not_panic() {
+        let cache = TokenCache::new();
+        for secs in [u64::MAX, u64::MAX / 2, 0] {
+            let v = cache
+                .get(|| async move {
+                    Ok(Token {
+                        value: format!("t{secs}"),
+                        lifetime: Some(Duration::from_secs(secs)),
+                    })
+                })
+                .await
+                .unwrap();
+            cache.invalidate(&v).await;
+        }
+        let fetch = || async {
+            Ok(Token {
+                value: "max".into(),
+                lifetime: Some(Duration::MAX),
+            })
+        };
+        assert_eq!(cache.get(fetch).await.unwrap(), "max");
+        assert_eq!(cache.get(fetch).await.unwrap(), "max", "kept");
     }
 }

@@ -195,14 +195,18 @@ pub enum Progress {
     Failed(BackendError),
 }
 
-/// What reconciliation found after a crash between intent and handle.
+/// What reconciliation found after a submit whose outcome was lost (a crash
+/// between intent and handle, or a `maybe_applied` error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {
-    /// The backend shows no trace of the submit: it is safe to submit.
+    /// The backend shows no trace of the submit, and it is a backend that
+    /// would show one: safe to submit again — once the daemon's grace
+    /// period is over (see [`Backend::reconcile`]).
     NotSubmitted,
     /// The submit reached the backend; poll this handle to the end.
     Submitted(RemoteHandle),
-    /// Nobody can tell; the reason is shown to the user and the job fails.
+    /// Nobody can tell; the reason (what to check, on which resource) is
+    /// shown to the user and the job fails.
     Unknown(String),
 }
 
@@ -242,9 +246,59 @@ impl FieldViolation {
 ///
 /// The daemon calls `prepare` → (persist intent) → `submit` → (persist
 /// handle) → `poll` until the operation ends. After a crash between the
-/// intent and the handle it calls `reconcile` instead of submitting again.
-/// Adapters never retry a non-idempotent call themselves: they report the
-/// failure as a [`BackendError`] and the daemon decides.
+/// intent and the handle, or after a submit failed with `maybe_applied`, it
+/// calls `reconcile` instead of submitting again.
+///
+/// # The submit rule (every adapter)
+///
+/// **A non-idempotent request whose outcome is unknown is never blindly
+/// repeated.** Adapters never retry a submit themselves (the one exception:
+/// a refresh-and-retry after a 401 that the backend's own error envelope
+/// says was an expired token, which proves nothing was applied). They
+/// report a failed submit as a [`BackendError`], and set `maybe_applied`
+/// unless the answer *proves* nothing happened:
+///
+/// - `maybe_applied = true`: any 5xx (500, 502, 503, 504 — a load balancer
+///   may answer 504 to a request the backend accepted), 408, a body that is
+///   not the backend's error envelope (an HTML page from a proxy, garbage,
+///   an over-long body), a connection broken or timed out after the request
+///   was sent, and a success the adapter cannot use;
+/// - `maybe_applied = false` only for: the backend's own error envelope on a
+///   status it documents as a refusal (CF: 401/403 auth, 404, 409
+///   operation in progress, 422 and other 4xx validation, 429 rate limit
+///   before processing), or a connection that was never made.
+///
+/// Adapters apply this with [`crate::http::classify_submit_failure`] (for
+/// answers) and [`crate::http::transport_error`] / [`crate::http::send`] (for
+/// transport failures and over-long bodies); they do not decide it again.
+///
+/// A success whose handle cannot be used as given (CF: a 202 whose
+/// `Location` is missing, unparsable, or on another origin, where the
+/// bearer token must not go) is still a submitted operation: the adapter
+/// returns a handle that follows it another way (CF: the instance's
+/// `last_operation`), never an error.
+///
+/// # The reconcile rule
+///
+/// `reconcile` is a pure read: no writes, no sleeping, no retries of its
+/// own beyond an idempotent GET's. The daemon calls it repeatedly over a
+/// grace period (at least the request timeout, since a request still in
+/// flight may be applied late, and a backend may show the trace late)
+/// before it accepts `NotSubmitted`.
+///
+/// - [`Reconciled::Submitted`] only for a trace on the backend that matches
+///   the operation (its kind: backup vs restore) *and* started after
+///   [`Intent::recorded_at`] less a small allowance for clock skew (when
+///   `recorded_at` is set). A trace of someone else's operation is never
+///   taken for ours.
+/// - [`Reconciled::NotSubmitted`] when the backend, which would show a trace
+///   of this operation, shows none (nothing changed since `prepare`); and,
+///   for operations whose duplicate is harmless (a backup), also when the
+///   trace that changed is not ours.
+/// - [`Reconciled::Unknown`] when a duplicate would do harm (a restore) and
+///   the backend cannot tell: it keeps no trace, or the trace that changed
+///   is not ours (it may have replaced ours). The message says what to check
+///   on which resource.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
@@ -273,6 +327,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn prepare(&self, op: &Operation) -> Result<Intent, BackendError>;
 
     /// Starts the operation. Not idempotent: called once per recorded intent.
+    /// A failure follows the submit rule above (`maybe_applied`).
     async fn submit(&self, op: &Operation, intent: &Intent) -> Result<RemoteHandle, BackendError>;
 
     /// Reads the progress of a submitted operation.
@@ -283,7 +338,8 @@ pub trait Backend: Send + Sync + 'static {
         handle: &RemoteHandle,
     ) -> Result<Progress, BackendError>;
 
-    /// Decides whether a submit whose outcome was lost reached the backend.
+    /// Decides whether a submit whose outcome was lost reached the backend;
+    /// follows the reconcile rule above. A pure read, called repeatedly.
     async fn reconcile(&self, op: &Operation, intent: &Intent) -> Result<Reconciled, BackendError>;
 
     /// Stops a running remote operation, where `capabilities().cancel_running`.
