@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use custos_adapter_core::{Backend, BackendKind};
+use custos_adapter_core::{Backend, BackendKind, Secret};
 use custos_cf_v3::{CfAuth, CfConfig, CfV3, Grant};
 
 use crate::config::{AuthConfig, BackendConfig, ConfigError, resolve_secret};
@@ -54,7 +54,7 @@ pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, 
                                 username: username.clone().ok_or_else(|| {
                                     ctx("the password grant needs username".into())
                                 })?,
-                                password: password.expose().to_string(),
+                                password,
                             }
                         }
                         other => {
@@ -64,9 +64,9 @@ pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, 
                         }
                     };
                     let (client_id, secret) = match (&grant, client_id, secret) {
-                        (_, Some(id), Some(s)) => (id.clone(), s.expose().to_string()),
+                        (_, Some(id), Some(s)) => (id.clone(), s),
                         // The cf CLI's public client for the password grant.
-                        (Grant::Password { .. }, None, None) => ("cf".into(), String::new()),
+                        (Grant::Password { .. }, None, None) => ("cf".into(), Secret::default()),
                         (_, None, _) => return Err(ctx("auth.client_id is required".into())),
                         (_, Some(_), None) => {
                             return Err(ctx(
@@ -88,9 +88,7 @@ pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, 
                 } => CfAuth::Token(
                     resolve_secret("token", token, token_env, token_file, allow_inline)
                         .map_err(|e| ctx(e.to_string()))?
-                        .ok_or_else(|| ctx("auth.token_env or token_file is required".into()))?
-                        .expose()
-                        .to_string(),
+                        .ok_or_else(|| ctx("auth.token_env or token_file is required".into()))?,
                 ),
                 AuthConfig::Keystone { .. } => {
                     return Err(ctx(

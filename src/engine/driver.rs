@@ -19,7 +19,6 @@ use chrono::Utc;
 use custos_adapter_core::{
     BackendError, ErrorDetail, ErrorKind, Progress, Reconciled, RemoteHandle, backoff::Backoff,
 };
-use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -535,17 +534,8 @@ impl Driver<'_> {
     /// `max_retry_after`, plus jitter so that jobs throttled together do
     /// not all come back in the same second.
     fn retry_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        let d = self.retry.next_delay();
-        let Some(ra) = retry_after else {
-            return d;
-        };
-        let asked = ra.min(self.entry.timing.max_retry_after);
-        if asked <= d {
-            return d;
-        }
-        let spread = (asked / 5).min(Duration::from_secs(30));
-        let ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
-        asked.saturating_add(Duration::from_millis(rand::rng().random_range(0..=ms)))
+        self.retry
+            .next_delay_honouring_capped(retry_after, self.entry.timing.max_retry_after)
     }
 
     async fn fail(

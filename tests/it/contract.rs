@@ -129,7 +129,6 @@ async fn cf_not_authenticated_on_a_submit_refreshes_the_token_once() {
 }
 
 #[tokio::test]
-#[ignore = "needs engine grace period"]
 async fn a_backup_answered_504_with_a_late_last_operation_runs_once() {
     // The CC applied the POST, a proxy answered 504, and the instance shows
     // the operation only a second later: the daemon must keep asking (its

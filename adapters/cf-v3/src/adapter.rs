@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
-    ResourceKind, RestoreSpec,
+    ResourceKind, RestoreSpec, Secret,
     http::{self, Reply, retry_idempotent},
     token::{Token, TokenCache},
 };
@@ -22,25 +22,25 @@ use url::Url;
 
 use crate::wire::{self, BackupList, ErrorEnvelope, RestoreBody, ServiceInstance, TokenResponse};
 
-/// How the adapter authenticates.
-#[derive(Clone)]
+/// How the adapter authenticates. Secrets print as `***`.
+#[derive(Clone, Debug)]
 pub enum CfAuth {
     /// UAA OAuth2; the token endpoint is discovered from `GET {endpoint}/`
     /// when `token_url` is not given.
     Uaa {
         token_url: Option<String>,
         client_id: String,
-        client_secret: String,
+        client_secret: Secret,
         grant: Grant,
     },
     /// A fixed bearer token.
-    Token(String),
+    Token(Secret),
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum Grant {
     ClientCredentials,
-    Password { username: String, password: String },
+    Password { username: String, password: Secret },
 }
 
 /// Everything the adapter needs; built by the daemon from its config.
@@ -156,7 +156,7 @@ impl CfV3 {
 
     async fn token(&self) -> Result<String, BackendError> {
         match &self.auth {
-            CfAuth::Token(t) => Ok(t.clone()),
+            CfAuth::Token(t) => Ok(t.expose().to_string()),
             CfAuth::Uaa { .. } => self.tokens.get(|| self.fetch_token()).await,
         }
     }
@@ -207,18 +207,18 @@ impl CfV3 {
                 ("grant_type", "client_credentials"),
                 ("scope", ""),
                 ("client_id", client_id),
-                ("client_secret", client_secret),
+                ("client_secret", client_secret.expose()),
             ],
             Grant::Password { username, password } => vec![
                 ("grant_type", "password"),
                 ("username", username),
-                ("password", password),
+                ("password", password.expose()),
             ],
         };
         let req = self
             .http
             .post(&token_url)
-            .basic_auth(client_id, Some(client_secret))
+            .basic_auth(client_id, Some(client_secret.expose()))
             .header("Accept", "application/json")
             .form(&form);
         let Reply {

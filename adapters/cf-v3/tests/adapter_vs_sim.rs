@@ -27,7 +27,7 @@ async fn setup(cfg: SimConfig, grant: Grant) -> (Simulator, CfV3) {
         auth: CfAuth::Uaa {
             token_url: None,
             client_id: c.client_id,
-            client_secret: c.client_secret,
+            client_secret: c.client_secret.into(),
             grant,
         },
         timeout: Duration::from_secs(2),

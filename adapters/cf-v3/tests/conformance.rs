@@ -43,7 +43,7 @@ impl Cf {
             auth: CfAuth::Uaa {
                 token_url: None,
                 client_id: c.client_id,
-                client_secret: c.client_secret,
+                client_secret: c.client_secret.into(),
                 grant: Grant::ClientCredentials,
             },
             timeout: TIMEOUT,

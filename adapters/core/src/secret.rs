@@ -48,6 +48,12 @@ impl From<String> for Secret {
     }
 }
 
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,17 +8,36 @@ use tokio::{sync::Mutex, time::Instant};
 use crate::BackendError;
 
 /// A token as the identity service issued it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Token {
     pub value: String,
     /// `None` for tokens that do not expire (fixed tokens from config).
     pub lifetime: Option<Duration>,
 }
 
-#[derive(Debug)]
+/// Never prints the token itself.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &"***")
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
 struct Cached {
     value: String,
     refresh_at: Option<Instant>,
+}
+
+/// Never prints the token itself.
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("value", &"***")
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
 }
 
 /// Holds the current token. The async mutex is held across a fetch, so
@@ -76,6 +95,26 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[tokio::test]
+    async fn debug_never_shows_the_token() {
+        let cache = TokenCache::new();
+        let t = cache
+            .get(|| async {
+                Ok(Token {
+                    value: "tok-5ec7e7".into(),
+                    lifetime: None,
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(t, "tok-5ec7e7");
+        let shown = format!("{cache:?}");
+        assert!(
+            !shown.contains("tok-5ec7e7") && shown.contains("***"),
+            "{shown}"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn refreshes_at_eighty_percent_and_after_invalidate() {
