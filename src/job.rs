@@ -88,8 +88,6 @@ pub enum Failure {
     Timeout,
     /// The daemon lost state it needs (a damaged record or a bug).
     Internal,
-    /// The store could not make the job durable.
-    Store,
 }
 
 /// A failed job's error, shaped like `google.rpc.Status` once converted.
@@ -115,7 +113,7 @@ pub struct JobRecord {
     pub create_time: DateTime<Utc>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
-    /// Backend calls tried for the current step, retries included.
+    /// Failed tries being retried; reset by progress (see the proto).
     pub attempts: u32,
     pub message: String,
     pub backup_id: Option<String>,
@@ -183,32 +181,59 @@ impl JobRecord {
 
     /// Decodes a stored record of this or an older version.
     pub fn decode(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
-        match serde_json::from_slice::<JobRecord>(bytes) {
-            Ok(mut rec) if rec.v <= RECORD_VERSION => {
-                rec.v = RECORD_VERSION;
-                Ok(rec)
-            }
-            Ok(rec) => Err(DecodeError::TooNew(rec.id, rec.v)),
-            // Older shapes fail the direct parse; migrate through JSON.
+        let mut rec = match serde_json::from_slice::<JobRecord>(bytes) {
+            Ok(rec) if rec.v > RECORD_VERSION => return Err(DecodeError::TooNew(rec.id, rec.v)),
+            Ok(rec) => rec,
+            // Older (or newer) shapes fail the direct parse.
             Err(first) => {
                 let mut v: serde_json::Value = serde_json::from_slice(bytes)
                     .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
                 match v.get("v").and_then(|x| x.as_u64()) {
-                    Some(1) => migrate_v1(&mut v),
+                    Some(1) => migrate_v1_error(&mut v),
+                    Some(n) if n > u64::from(RECORD_VERSION) => {
+                        let id = v["id"]
+                            .as_str()
+                            .and_then(|s| Uuid::parse_str(s).ok())
+                            .unwrap_or_else(Uuid::nil);
+                        return Err(DecodeError::TooNew(
+                            id,
+                            u32::try_from(n).unwrap_or(u32::MAX),
+                        ));
+                    }
                     _ => return Err(DecodeError::Corrupt(first.to_string())),
                 }
-                let mut rec: JobRecord =
-                    serde_json::from_value(v).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-                rec.v = RECORD_VERSION;
-                Ok(rec)
+                serde_json::from_value(v).map_err(|e| DecodeError::Corrupt(e.to_string()))?
             }
+        };
+        if rec.v < 2 {
+            migrate_v1(&mut rec);
         }
+        rec.v = RECORD_VERSION;
+        Ok(rec)
     }
+}
+
+/// What v1 lacked besides the error's shape: an intent's `recorded_at`
+/// (taken as the job's start, so that reconcile still refuses traces from
+/// before it) and GUIDs in lower case (one target, one spelling).
+fn migrate_v1(rec: &mut JobRecord) {
+    if let Some(i) = rec.intent.as_mut()
+        && i.recorded_at.is_none()
+    {
+        i.recorded_at = Some(rec.start_time.unwrap_or(rec.create_time));
+    }
+    rec.target = crate::names::normalise_target(&rec.target);
+    let r = match &mut rec.op {
+        Operation::CreateBackup { resource }
+        | Operation::DeleteBackup { resource, .. }
+        | Operation::Restore { resource, .. } => resource,
+    };
+    r.id = crate::names::normalise_id(&r.id);
 }
 
 /// v1 stored `error.code`, a `google.rpc.Code` chosen by the engine; v2
 /// stores the reason and leaves the code to the API.
-fn migrate_v1(v: &mut serde_json::Value) {
+fn migrate_v1_error(v: &mut serde_json::Value) {
     let Some(err) = v.get_mut("error").and_then(|e| e.as_object_mut()) else {
         return;
     };
@@ -260,12 +285,32 @@ mod tests {
         assert_eq!(old.v, RECORD_VERSION);
         assert_eq!(old.error.unwrap().reason, Failure::OutcomeUnknown);
 
-        let mut v1_ok = serde_json::to_value(rec()).unwrap();
+        // A v1 job caught while submitting, on an upper-case GUID.
+        let mut sub = crate::test_support::record();
+        sub.target = "backends/cf/serviceInstances/6B0E2A8C-3F4D-4E5A-9B1C-2D3E4F5A6B7C".into();
+        if let Operation::CreateBackup { resource } = &mut sub.op {
+            resource.id = "6B0E2A8C-3F4D-4E5A-9B1C-2D3E4F5A6B7C".into();
+        }
+        sub.phase = Phase::Submitting;
+        sub.intent = Some(Intent::default());
+        let mut v1_ok = serde_json::to_value(&sub).unwrap();
         v1_ok["v"] = 1.into();
-        assert!(JobRecord::decode(&serde_json::to_vec(&v1_ok).unwrap()).is_ok());
+        let m = JobRecord::decode(&serde_json::to_vec(&v1_ok).unwrap()).unwrap();
+        assert_eq!(m.intent.unwrap().recorded_at, Some(sub.create_time));
+        assert_eq!(
+            m.target,
+            "backends/cf/serviceInstances/6b0e2a8c-3f4d-4e5a-9b1c-2d3e4f5a6b7c"
+        );
+        assert_eq!(m.op.resource().id, "6b0e2a8c-3f4d-4e5a-9b1c-2d3e4f5a6b7c");
 
         let mut newer = serde_json::to_value(rec()).unwrap();
         newer["v"] = 99.into();
+        assert!(matches!(
+            JobRecord::decode(&serde_json::to_vec(&newer).unwrap()),
+            Err(DecodeError::TooNew(_, 99))
+        ));
+        // A newer release's record of another shape is "too new" too.
+        newer["phase"] = "Teleporting".into();
         assert!(matches!(
             JobRecord::decode(&serde_json::to_vec(&newer).unwrap()),
             Err(DecodeError::TooNew(_, 99))

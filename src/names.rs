@@ -89,12 +89,20 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
 /// insensitive: a hyphenated UUID is lower-cased, so that two spellings of
 /// one target are one target (one job at a time). Other ids are kept as
 /// given.
-fn normalise_id(id: &str) -> String {
+pub fn normalise_id(id: &str) -> String {
     if id.len() == 36 && Uuid::try_parse(id).is_ok() {
         id.to_ascii_lowercase()
     } else {
         id.to_string()
     }
+}
+
+/// A stored target name in today's spelling (GUIDs in lower case); names
+/// that do not parse are kept as they are.
+pub fn normalise_target(s: &str) -> String {
+    parse_target(s)
+        .map(|t| t.name())
+        .unwrap_or_else(|_| s.to_string())
 }
 
 /// Parses `backends/{backend}`.

@@ -41,6 +41,8 @@ pub struct Scripted {
     pub script: Mutex<Script>,
     /// When set, every submit waits for a permit of it (and keeps it).
     pub submit_gate: Mutex<Option<Arc<Semaphore>>>,
+    /// The same for prepare.
+    pub prepare_gate: Mutex<Option<Arc<Semaphore>>>,
 }
 
 impl Scripted {
@@ -112,6 +114,10 @@ impl Backend for Scripted {
     }
     async fn prepare(&self, _op: &Operation) -> Result<Intent, BackendError> {
         self.record("prepare");
+        let gate = self.prepare_gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            g.acquire_owned().await.unwrap().forget();
+        }
         let next = self.script.lock().unwrap().prepare.pop_front();
         next.unwrap_or(Ok(())).map(|()| Intent::default())
     }

@@ -36,7 +36,6 @@ pub fn failure_code(f: Failure) -> Code {
         Failure::OutcomeUnknown => Code::Unknown,
         Failure::Timeout => Code::DeadlineExceeded,
         Failure::Internal => Code::Internal,
-        Failure::Store => Code::Unavailable,
     }
 }
 

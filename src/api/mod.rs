@@ -399,7 +399,14 @@ impl BackupService for Service {
                     // Missed some events: the current state replaces them.
                     Err(RecvError::Lagged(_)) => match engine.snapshot(&id) {
                         Ok(Some(s)) => s,
-                        _ => return,
+                        _ => {
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "the job could not be read again; watch again",
+                                )))
+                                .await;
+                            return;
+                        }
                     },
                     Err(RecvError::Closed) => return,
                 };

@@ -1,8 +1,10 @@
 //! Request validation in one place: each mutating request becomes an
 //! `Operation` plus the field violations of its syntax (ids, timestamps,
-//! labels, request ids). What a backend supports is not judged here: the
-//! adapter's `check` is the only capability gate, so an unsupported field
-//! is refused once, by the backend that cannot honour it.
+//! labels, request ids). What a backend supports is not judged here:
+//! whether it can do the operation at all is the API's check of
+//! `Capabilities` (FAILED_PRECONDITION), and which fields it can honour is
+//! the adapter's `check` alone, so an unsupported field is refused once, by
+//! the backend that cannot honour it.
 
 use std::collections::{BTreeMap, HashMap};
 

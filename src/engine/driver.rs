@@ -190,7 +190,14 @@ impl Driver<'_> {
                 return Ok(());
             }
             if let Some(msg) = self.timed_out(&job) {
-                self.fail(Failure::Timeout, msg, vec![]).await?;
+                // In Submitting the submit may have reached the backend:
+                // say so, with the code that tells the operator to check.
+                let reason = if job.phase == Phase::Submitting && !self.fresh_intent {
+                    Failure::OutcomeUnknown
+                } else {
+                    Failure::Timeout
+                };
+                self.fail(reason, msg, vec![]).await?;
                 return Ok(());
             }
             let step = match job.phase {
@@ -229,6 +236,13 @@ impl Driver<'_> {
         let deadline = self.deadline(job)?;
         if Utc::now() <= deadline {
             return None;
+        }
+        if job.phase == Phase::Submitting && !self.fresh_intent {
+            return Some(format!(
+                "outcome unknown: gave up after the operation timeout of {} while checking whether the submit had reached the backend; check {} on the backend before trying again",
+                humantime::format_duration(self.entry.timing.operation_timeout),
+                job.target
+            ));
         }
         Some(format!(
             "gave up after the operation timeout of {}; the remote operation{} may still be running",
@@ -309,6 +323,8 @@ impl Driver<'_> {
                             "the submit's outcome is unknown ({}); checking with the backend",
                             e.message
                         );
+                        // Reconciling gets its own retry budget.
+                        j.attempts = 0;
                         true
                     })
                     .await?;
@@ -331,18 +347,39 @@ impl Driver<'_> {
         }
     }
 
-    /// Stores the remote handle: from now on the job polls it.
+    /// Stores the remote handle: from now on the job polls it. The handle
+    /// exists only in this task until it is stored, so a store failure is
+    /// retried here (with backoff) rather than handed to the supervisor,
+    /// whose fresh driver could only reconcile.
     async fn follow(&mut self, handle: RemoteHandle, message: String) -> Result<Flow, StepError> {
-        self.engine
-            .update(&self.id, |j| {
-                j.message = message;
-                j.handle = Some(handle);
-                j.phase = Phase::Polling;
-                j.attempts = 0;
-                j.next_attempt_time = None;
-                true
-            })
-            .await?;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            let (h, m) = (handle.clone(), message.clone());
+            let stored = self
+                .engine
+                .update(&self.id, |j| {
+                    j.message = m;
+                    j.handle = Some(h);
+                    j.phase = Phase::Polling;
+                    j.attempts = 0;
+                    j.next_attempt_time = None;
+                    true
+                })
+                .await;
+            match stored {
+                Ok(_) => break,
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    tracing::error!(job = %self.id, error = %e, handle = %handle.display, ?d, "cannot store the remote handle; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        // Stopping: the job resumes in Submitting and
+                        // reconciles, the best that can be done.
+                        _ = self.cancel.cancelled() => return Ok(Flow::Stop),
+                    }
+                }
+            }
+        }
         self.retry.reset();
         Ok(Flow::Continue)
     }

@@ -34,7 +34,7 @@ use uuid::Uuid;
 pub use crate::store::JobIndex;
 use crate::{
     config::BackendTiming,
-    job::{Failure, JobError, JobKind, JobRecord, JobState, Phase},
+    job::{JobKind, JobRecord, JobState, Phase},
     store::{Store, StoreError},
 };
 use targets::TargetQueues;
@@ -145,6 +145,8 @@ pub struct Engine {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     settings: EngineSettings,
+    /// This engine, for background tasks that must not keep it alive.
+    me: std::sync::Weak<Engine>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,7 +164,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Arc<Engine> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Arc::new(Engine {
+        Arc::new_cyclic(|me| Engine {
             store,
             backends: backends.into_iter().map(|b| (b.name.clone(), b)).collect(),
             global: Arc::new(Semaphore::new(settings.max_running.max(1))),
@@ -174,6 +176,7 @@ impl Engine {
             shutdown,
             tasks: TaskTracker::new(),
             settings,
+            me: me.clone(),
         })
     }
 
@@ -253,6 +256,7 @@ impl Engine {
         let mut orphans = Vec::new();
         for j in jobs {
             let id = j.id;
+            let target = j.target.clone();
             let configured = self.backends.contains_key(&j.backend);
             if configured {
                 self.targets.enqueue(&j.target, id);
@@ -273,7 +277,7 @@ impl Engine {
                 })),
             );
             if configured {
-                self.supervise(id);
+                self.supervise(id, target.clone());
             }
         }
         for (id, backend) in orphans {
@@ -377,29 +381,46 @@ impl Engine {
         match self.store.flush().await {
             Ok(()) => {
                 self.publish(&rec, 1);
-                self.supervise(rec.id);
+                self.supervise(rec.id, rec.target.clone());
                 Ok(rec)
             }
             Err(e) => {
+                // Not durable, so not accepted: take it back out of the
+                // store (all its keys, in one batch) so that a later flush
+                // or a restart cannot bring it to life behind the
+                // client's back.
                 tracing::error!(job = %rec.id, error = %e, "the store could not make a new job durable; it is not accepted");
-                let mut failed = rec.clone();
-                end(
-                    &mut failed,
-                    JobState::Failed,
-                    format!("not accepted: the store could not make it durable: {e}"),
-                );
-                failed.error = Some(JobError {
-                    reason: Failure::Store,
-                    message: failed.message.clone(),
-                    details: vec![],
-                });
-                // Best effort: if this write survives, the job reads FAILED.
-                let _ = self.store.put_job(&failed);
+                let _g = lock(&self.create_lock);
+                if let Err(e2) = self.store.remove_job(&rec) {
+                    tracing::error!(job = %rec.id, error = %e2, "could not take the unaccepted job back out of the store");
+                }
                 lock(&self.live).remove(&rec.id);
                 self.targets.remove(&rec.target, rec.id);
+                drop(_g);
+                self.flush_in_background();
                 Err(e.into())
             }
         }
+    }
+
+    /// Retries a failed flush until one succeeds, so that what was written
+    /// becomes durable (and is published) once the store recovers.
+    fn flush_in_background(&self) {
+        let store = self.store.clone();
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+            loop {
+                match store.flush().await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "store flush failed; retrying"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
     }
 
     // ---- reading ------------------------------------------------------------
@@ -543,9 +564,41 @@ impl Engine {
             l.seq += 1;
             (l.rec.clone(), l.seq)
         };
-        self.store.flush().await?;
+        if let Err(e) = self.store.flush().await {
+            // Written but not yet durable: publish it once a flush
+            // succeeds, so readers never see a state older than the store's
+            // for good (the caller still gets the error).
+            self.publish_when_durable(rec, seq);
+            return Err(e);
+        }
         self.publish(&rec, seq);
         Ok(Some(rec))
+    }
+
+    /// Retries the flush in the background until one succeeds, then
+    /// publishes `rec` (unless a newer version was published meanwhile).
+    fn publish_when_durable(&self, rec: JobRecord, seq: u64) {
+        let me = self.me.clone();
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let Some(engine) = me.upgrade() else { return };
+                match engine.store.flush().await {
+                    Ok(()) => {
+                        engine.publish(&rec, seq);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %rec.id, error = %e, "store flush failed; retrying")
+                    }
+                }
+            }
+        });
     }
 
     /// Makes a durable version visible, unless a newer one already is;
@@ -593,7 +646,7 @@ impl Engine {
     /// Starts the one driver of a job, unless it has one. The supervisor
     /// restarts a driver that stopped on a store error or panicked (after a
     /// backoff), and releases the job's target once the job has ended.
-    fn supervise(self: &Arc<Self>, id: Uuid) {
+    fn supervise(self: &Arc<Self>, id: Uuid, target: String) {
         let token = self.shutdown.child_token();
         {
             let mut d = lock(&self.drivers);
@@ -604,7 +657,6 @@ impl Engine {
         }
         let engine = self.clone();
         self.tasks.spawn(async move {
-            let target = engine.current(&id).map(|j| j.target);
             let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
             loop {
                 let run = tokio::spawn(driver::drive(engine.clone(), id, token.clone()));
@@ -626,10 +678,8 @@ impl Engine {
                 }
             }
             lock(&engine.drivers).remove(&id);
-            if let Some(t) = target
-                && !engine.is_live(&id)
-            {
-                engine.targets.remove(&t, id);
+            if !engine.is_live(&id) {
+                engine.targets.remove(&target, id);
             }
         });
     }
@@ -655,11 +705,13 @@ impl Engine {
     /// Removes finished jobs older than the history period, on a blocking
     /// thread (it reads and deletes many records).
     pub async fn prune(&self) -> Result<usize, StoreError> {
-        let keep = chrono::Duration::from_std(self.settings.job_history)
-            .unwrap_or(chrono::Duration::days(30));
-        let cutoff = Utc::now()
-            .checked_sub_signed(keep)
-            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        // A history too long for the calendar means "keep everything".
+        let Some(cutoff) = chrono::Duration::from_std(self.settings.job_history)
+            .ok()
+            .and_then(|keep| Utc::now().checked_sub_signed(keep))
+        else {
+            return Ok(0);
+        };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.prune_finished_before(cutoff))
             .await

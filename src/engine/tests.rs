@@ -213,7 +213,6 @@ async fn a_store_error_in_a_job_restarts_its_driver_and_frees_the_target() {
     let b = Scripted::new();
     let gate = Arc::new(Semaphore::new(0));
     *b.submit_gate.lock().unwrap() = Some(gate.clone());
-    b.with(|s| s.reconcile.push_back(Reconciled::Submitted(handle())));
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
     let first = e.create(backup("a", "i0")).await.unwrap();
     let second = e.create(backup("a", "i0")).await.unwrap();
@@ -226,8 +225,8 @@ async fn a_store_error_in_a_job_restarts_its_driver_and_frees_the_target() {
     assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
     assert_eq!(
         b.calls("reconcile").len(),
-        1,
-        "the restarted driver reconciled the unrecorded submit"
+        0,
+        "the handle it had was stored on a retry, not thrown away"
     );
     let done = real_wait_end(&e, second.id, Duration::from_secs(10)).await;
     assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
@@ -290,4 +289,109 @@ async fn events_of_one_job_never_go_backwards() {
         }
     }
     assert_eq!(ended.len(), 20);
+}
+
+/// Finding: a change whose flush failed was never published: readers saw
+/// the old state until a restart.
+#[tokio::test]
+async fn a_change_whose_flush_failed_is_published_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    *b.submit_gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    e.create(backup("a", "i0")).await.unwrap();
+    let waiting = e.create(backup("a", "i0")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
+    assert!(
+        e.cancel(&waiting.id).await.is_err(),
+        "the caller hears of it"
+    );
+    let done = real_wait_end(&e, waiting.id, Duration::from_secs(5)).await;
+    assert_eq!(done.state, JobState::Cancelled);
+}
+
+/// Finding: a create whose caller went away before the flush left a job
+/// that nobody drove.
+#[tokio::test]
+async fn a_create_whose_caller_left_during_the_flush_is_still_driven() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let held = e.store.faults.flush_gate.clone();
+    let held = held.write().await;
+    let e2 = e.clone();
+    let caller = tokio::spawn(async move { e2.create(backup("a", "i0")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    caller.abort(); // the client's deadline
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (jobs, _) = e.list(&JobIndex::All, None, 10, |_| true).unwrap();
+    assert_eq!(jobs.len(), 1, "the job was accepted");
+    let done = real_wait_end(&e, jobs[0].id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
+    // And the target is free for the next one.
+    let next = e.create(backup("a", "i0")).await.unwrap();
+    let done = real_wait_end(&e, next.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded);
+}
+
+/// Cancel is refused once a submit may have been sent, and a job
+/// cancelled while it prepares sends nothing.
+#[tokio::test]
+async fn cancel_only_before_anything_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let submit = Arc::new(Semaphore::new(0));
+    *b.submit_gate.lock().unwrap() = Some(submit.clone());
+    let prepare = Arc::new(Semaphore::new(0));
+    *b.prepare_gate.lock().unwrap() = Some(prepare.clone());
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+
+    let j = e.create(backup("a", "i0")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.calls("prepare").len(), 1);
+    let c = e.cancel(&j.id).await.unwrap();
+    assert_eq!(c.state, JobState::Cancelled, "cancelled while preparing");
+    prepare.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.calls("submit").len(), 0, "nothing sent after the cancel");
+
+    let k = e.create(backup("a", "i1")).await.unwrap();
+    prepare.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.calls("submit").len(), 1, "in its submit");
+    let refused = e.cancel(&k.id).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("may have reached the backend"),
+        "{refused}"
+    );
+    submit.add_permits(1);
+    let done = real_wait_end(&e, k.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded);
+}
+
+/// Finding: a job whose creation could not be flushed stayed in the store
+/// and could run after a restart although its caller was told it failed.
+#[tokio::test]
+async fn a_create_that_cannot_be_made_durable_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
+    let mut n = backup("a", "i0");
+    n.request_id = Some("req-1".into());
+    assert!(e.create(n).await.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (jobs, _) = e.list(&JobIndex::All, None, 10, |_| true).unwrap();
+    assert!(jobs.is_empty(), "{jobs:?}");
+    assert_eq!(e.store.job_for_request("req-1").unwrap(), None);
+    assert_eq!(e.store.live_jobs().unwrap().len(), 0);
+    assert!(b.calls("prepare").is_empty());
+    // The target is free, and the same request_id makes a new job.
+    let mut again = backup("a", "i0");
+    again.request_id = Some("req-1".into());
+    let j = e.create(again).await.unwrap();
+    let done = real_wait_end(&e, j.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded);
 }
