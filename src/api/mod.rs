@@ -343,10 +343,14 @@ impl BackupService for Service {
                     ApiError::field("page_token", "not a token from a previous page")
                 })?)
             };
-        let (jobs, more) = self
-            .engine
-            .list(&filter.index(), before, size, |j| filter.matches(j))
-            .map_err(ApiError::from)?;
+        // Reading and decoding a page of records is blocking work.
+        let engine = self.engine.clone();
+        let (jobs, more) = tokio::task::spawn_blocking(move || {
+            engine.list(&filter.index(), before, size, |j| filter.matches(j))
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("listing jobs failed: {e}")))?
+        .map_err(ApiError::from)?;
         let next_page_token = if more {
             jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
         } else {
