@@ -204,6 +204,20 @@ pub fn backup(backend: &str, instance: &str) -> NewJob {
     }
 }
 
+/// A restore of `instance` on `backend` from backup `b-0`.
+pub fn restore(backend: &str, instance: &str) -> NewJob {
+    let mut n = backup(backend, instance);
+    n.kind = JobKind::Restore;
+    n.op = Operation::Restore {
+        resource: n.op.resource().clone(),
+        spec: custos_adapter_core::RestoreSpec {
+            backup_id: Some("b-0".into()),
+            ..Default::default()
+        },
+    };
+    n
+}
+
 /// A new backup record of `backends/cf/serviceInstances/x`.
 pub fn record() -> JobRecord {
     let n = backup("cf", "x");

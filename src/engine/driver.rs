@@ -17,7 +17,8 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use custos_adapter_core::{
-    BackendError, ErrorDetail, ErrorKind, Progress, Reconciled, RemoteHandle, backoff::Backoff,
+    BackendError, ErrorDetail, ErrorKind, Operation, Progress, Reconciled, RemoteHandle,
+    backoff::Backoff,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -417,7 +418,23 @@ impl Driver<'_> {
                     }
                     return Ok(Flow::Continue);
                 }
-                self.grace = None;
+                let waited = self
+                    .grace
+                    .take()
+                    .map(|g| g.first.elapsed())
+                    .unwrap_or_default();
+                // A restore is never sent a second time on "no trace": the
+                // first may still land late (queued behind a proxy) and the
+                // backend would then run both. The operator decides.
+                if matches!(job.op, Operation::Restore { .. }) {
+                    let msg = format!(
+                        "outcome unknown: the restore's submit may have been sent, and after {} the backend shows no trace of it; to be safe it is not sent again: check {} and restore again if it did not run",
+                        humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                        job.target
+                    );
+                    self.fail(Failure::OutcomeUnknown, msg, vec![]).await?;
+                    return Ok(Flow::Stop);
+                }
                 tracing::info!(job = %self.id, "reconciled: the submit never reached the backend; submitting again");
                 self.engine
                     .update(&self.id, |j| {

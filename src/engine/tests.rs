@@ -8,7 +8,10 @@ use custos_adapter_core::{BackendError, ErrorKind, Reconciled};
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::test_support::{Scripted, backup, engine, handle};
+use crate::{
+    job::Failure,
+    test_support::{Scripted, backup, engine, handle, restore},
+};
 
 /// Waits (on events, so a paused clock runs ahead) until the job ends;
 /// returns every published version seen on the way, the last one last.
@@ -394,4 +397,30 @@ async fn a_create_that_cannot_be_made_durable_leaves_nothing_behind() {
     let j = e.create(again).await.unwrap();
     let done = real_wait_end(&e, j.id, Duration::from_secs(10)).await;
     assert_eq!(done.state, JobState::Succeeded);
+}
+
+/// Finding (review): a restore whose submit timed out and showed no trace
+/// within the grace period was sent again; if the first one was only
+/// queued (behind a proxy), both ran. A restore is never sent twice on "no
+/// trace": it ends UNKNOWN and says what to check.
+#[tokio::test(start_paused = true)]
+async fn a_restore_with_no_trace_after_the_grace_period_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let mut timeout = BackendError::transient("timed out");
+    timeout.maybe_applied = true;
+    b.with(|s| s.submit.push_back(Err(timeout)));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let j = e.create(restore("a", "i0")).await.unwrap();
+    let last = until_end(&e, j.id).await.pop().unwrap();
+    assert_eq!(last.state, JobState::Failed, "{}", last.message);
+    assert_eq!(last.error.unwrap().reason, Failure::OutcomeUnknown);
+    assert!(
+        last.message
+            .contains("check backends/a/serviceInstances/i0"),
+        "{}",
+        last.message
+    );
+    assert_eq!(b.calls("submit").len(), 1, "never a second restore");
+    assert!(b.calls("reconcile").len() >= 3);
 }

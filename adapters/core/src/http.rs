@@ -8,9 +8,15 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use crate::{BackendError, ErrorKind, backoff::Backoff};
 
 /// Builds the HTTP client an adapter uses: rustls, a timeout per call.
+///
+/// Redirects are not followed: following one would send a POST again (307,
+/// 308, with its body, credentials included) or turn it into a GET (301,
+/// 302, 303) whose answer would be taken for the POST's. A 3xx is returned
+/// like any answer, so a submit answered 3xx is `maybe_applied`.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, BackendError> {
     reqwest::Client::builder()
         .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("custos/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -253,6 +259,40 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     use super::*;
+
+    /// A POST answered 307 is not sent again, anywhere, and the 3xx comes
+    /// back to the adapter (which counts it as maybe applied).
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let s2 = served.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{addr}/again\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = c.write_all(answer.as_bytes()).await;
+            }
+        });
+        let c = client(Duration::from_secs(5)).unwrap();
+        let req = c
+            .post(format!("http://{addr}/v3/restore"))
+            .body("{\"secret\":\"s\"}");
+        let r = send(req, "restoring", false).await.unwrap();
+        assert_eq!(r.status.as_u16(), 307);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let e = classify_submit_failure(BackendError::transient("x"), 307, false);
+        assert!(e.maybe_applied, "a 3xx to a submit proves nothing");
+    }
 
     fn headers(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
