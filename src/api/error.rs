@@ -20,6 +20,7 @@ pub fn backend_code(kind: ErrorKind) -> Code {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::Invalid => Code::InvalidArgument,
         ErrorKind::Busy | ErrorKind::Throttled | ErrorKind::Transient => Code::Unavailable,
+        ErrorKind::OutcomeUnknown => Code::Unknown,
         // The backend refused *our* credentials, or cannot do this: not
         // the caller's fault, and not the caller's auth either.
         ErrorKind::Unauthorized

@@ -522,8 +522,11 @@ impl Driver<'_> {
                 Ok(Flow::Stop)
             }
             Progress::Failed(e) => {
-                self.fail(Failure::Backend(e.kind), e.message, e.details)
-                    .await?;
+                let reason = match e.kind {
+                    ErrorKind::OutcomeUnknown => Failure::OutcomeUnknown,
+                    k => Failure::Backend(k),
+                };
+                self.fail(reason, e.message, e.details).await?;
                 Ok(Flow::Stop)
             }
         }

@@ -64,6 +64,8 @@ pub struct CfV3 {
     /// How far the CC's clock may be behind ours when `reconcile` decides
     /// whether a `last_operation` started after the intent.
     clock_skew: Duration,
+    /// One HTTP call's limit (a submit's trace starts within it).
+    timeout: Duration,
 }
 
 /// What `prepare` records before a submit (stored with the job).
@@ -84,8 +86,16 @@ struct IntentState {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "watch", rename_all = "snake_case")]
 enum HandleState {
-    Job { url: String },
-    LastOperation { instance: String },
+    Job {
+        url: String,
+    },
+    LastOperation {
+        instance: String,
+        /// The `created_at` of the operation being followed, once seen: a
+        /// different one later is someone else's operation.
+        #[serde(default)]
+        created_at: Option<String>,
+    },
 }
 
 /// What a successful POST gave to follow.
@@ -97,6 +107,10 @@ enum Accepted {
     /// says why.
     LastOperation(String),
 }
+
+/// How long after its intent was stored a submit may still have been
+/// sent (the wait for a backend slot), beyond the request timeout.
+const SUBMIT_WINDOW: Duration = Duration::from_secs(300);
 
 /// The default of [`CfV3::with_clock_skew`].
 const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
@@ -131,6 +145,7 @@ impl CfV3 {
             tokens: TokenCache::new(),
             token_url,
             clock_skew: DEFAULT_CLOCK_SKEW,
+            timeout: cfg.timeout,
         })
     }
 
@@ -398,6 +413,7 @@ impl CfV3 {
             ),
             state: to_json(&HandleState::LastOperation {
                 instance: instance.to_string(),
+                created_at: None,
             })?,
         })
     }
@@ -536,14 +552,13 @@ fn trace_work(lo: &Value) -> Option<TraceWork> {
     }
 }
 
-/// When a `last_operation` started: `created_at`, else `updated_at`.
+/// When a `last_operation` started (`created_at`; `updated_at` says
+/// nothing about when it started, so it is not used).
 fn trace_start(lo: &Value) -> Option<DateTime<Utc>> {
-    ["created_at", "updated_at"].iter().find_map(|k| {
-        lo[k]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-    })
+    lo["created_at"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A `last_operation` in words, for messages.
@@ -858,12 +873,18 @@ impl Backend for CfV3 {
                     }),
                 }
             }
-            HandleState::LastOperation { instance } => {
+            HandleState::LastOperation {
+                instance,
+                created_at,
+            } => {
                 let (inst, has_last_operation) = self.instance(&instance).await?;
                 if !has_last_operation {
-                    return Ok(Progress::Failed(BackendError::permanent(format!(
-                        "CF accepted the operation, but gave no job URL that can be followed, and service instance {instance} reports no last_operation: check the instance to see how the operation ended"
-                    ))));
+                    return Ok(Progress::Failed(BackendError::new(
+                        ErrorKind::OutcomeUnknown,
+                        format!(
+                            "outcome unknown: CF accepted the operation, but gave no job URL that can be followed, and service instance {instance} reports no last_operation: check the instance to see how the operation ended"
+                        ),
+                    )));
                 }
                 if instance == op.resource().id && inst.last_operation == intent.last_operation {
                     // Accepted, but the CC does not show it yet.
@@ -875,6 +896,22 @@ impl Backend for CfV3 {
                     });
                 }
                 let lo = inst.last_operation.unwrap_or(Value::Null);
+                let seen = lo["created_at"].as_str().map(str::to_string);
+                // Pin the operation followed; another one later is not ours.
+                let mut pinned = None;
+                match (&created_at, &seen) {
+                    (Some(ours), Some(now)) if ours != now => {
+                        return Ok(Progress::Failed(BackendError::new(
+                            ErrorKind::OutcomeUnknown,
+                            format!(
+                                "outcome unknown: service instance {instance} now shows another operation ({}) in place of the one followed (created {ours}), so how that one ended cannot be known; check the instance",
+                                describe_trace(&lo)
+                            ),
+                        )));
+                    }
+                    (None, Some(_)) => pinned = seen.clone(),
+                    _ => {}
+                }
                 match lo["state"].as_str().unwrap_or("") {
                     "succeeded" => self.finish(op, &intent).await,
                     "failed" => Ok(Progress::Failed(
@@ -892,7 +929,16 @@ impl Backend for CfV3 {
                             "service instance {instance}: last operation is {}",
                             if s.is_empty() { "unknown" } else { s }
                         ),
-                        handle: None,
+                        handle: match pinned {
+                            Some(c) => Some(RemoteHandle {
+                                display: handle.display.clone(),
+                                state: to_json(&HandleState::LastOperation {
+                                    instance: instance.clone(),
+                                    created_at: Some(c),
+                                })?,
+                            }),
+                            None => None,
+                        },
                     }),
                 }
             }
@@ -928,10 +974,18 @@ impl Backend for CfV3 {
             // An intent stored before `recorded_at` existed: the change
             // since `prepare` is all there is to go by.
             None => true,
+            // Our submit was sent right after the intent was stored (after
+            // a wait for a backend slot at most): a trace that started
+            // before, or long after (a restore someone ran by hand while
+            // the daemon was down), is not ours.
             Some(at) => {
-                let skew = chrono::Duration::from_std(self.clock_skew).unwrap_or_default();
+                let skew = chrono::Duration::from_std(self.clock_skew.max(Duration::from_secs(1)))
+                    .unwrap_or_default();
+                let late =
+                    chrono::Duration::from_std(self.timeout + SUBMIT_WINDOW).unwrap_or_default();
                 let from = at.checked_sub_signed(skew).unwrap_or(at);
-                trace_start(&lo).is_some_and(|t| t >= from)
+                let until = at.checked_add_signed(late + skew).unwrap_or(at);
+                trace_start(&lo).is_some_and(|t| t >= from && t <= until)
             }
         };
         if kind_matches && after_intent {

@@ -324,3 +324,61 @@ async fn retry_after_in_epoch_milliseconds_is_a_short_delay() {
     let ra = e.retry_after.expect("Retry-After parsed");
     assert!(ra <= Duration::from_secs(2), "{ra:?}");
 }
+
+fn restore_op() -> Operation {
+    Operation::Restore {
+        resource: instance(),
+        spec: RestoreSpec {
+            backup_id: Some("old-backup".into()),
+            ..Default::default()
+        },
+    }
+}
+
+/// Review finding: a restore someone ran by hand hours after the intent
+/// (the daemon was down) was taken for ours. A trace counts only within
+/// the submit's window after the intent.
+#[tokio::test]
+async fn a_trace_long_after_the_intent_is_not_ours() {
+    let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
+    let op = restore_op();
+    let mut intent = cf.prepare(&op).await.unwrap();
+    sim.foreign_last_operation(GUID, "restore", "in progress", Duration::ZERO);
+    intent.recorded_at = Some(Utc::now() - chrono::Duration::hours(2));
+    let r = cf.reconcile(&op, &intent).await.unwrap();
+    assert!(matches!(r, Reconciled::Unknown(_)), "{r:?}");
+    intent.recorded_at = Some(Utc::now() - chrono::Duration::seconds(1));
+    let r = cf.reconcile(&op, &intent).await.unwrap();
+    assert!(matches!(r, Reconciled::Submitted(_)), "{r:?}");
+}
+
+/// Review finding: while following an operation through `last_operation`,
+/// another operation replacing it was reported as ours. The followed one
+/// is pinned by its `created_at`.
+#[tokio::test]
+async fn a_followed_operation_replaced_by_another_is_outcome_unknown() {
+    let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
+    let op = restore_op();
+    let mut intent = cf.prepare(&op).await.unwrap();
+    intent.recorded_at = Some(Utc::now());
+    sim.foreign_last_operation(GUID, "restore", "in progress", Duration::ZERO);
+    let Reconciled::Submitted(handle) = cf.reconcile(&op, &intent).await.unwrap() else {
+        panic!("our trace")
+    };
+    let Progress::Running {
+        handle: Some(pinned),
+        ..
+    } = cf.poll(&op, &intent, &handle).await.unwrap()
+    else {
+        panic!("the first poll pins the operation")
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sim.foreign_last_operation(GUID, "update", "succeeded", Duration::ZERO);
+    match cf.poll(&op, &intent, &pinned).await.unwrap() {
+        Progress::Failed(e) => {
+            assert_eq!(e.kind, ErrorKind::OutcomeUnknown, "{e}");
+            assert!(e.message.contains("check the instance"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

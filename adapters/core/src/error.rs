@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Permanent,
     /// The backend has no such feature.
     Unsupported,
+    /// Nobody can tell whether the operation ran, or how it ended (its
+    /// trace was replaced by another operation's): it must not be repeated
+    /// blindly; a person checks the target.
+    OutcomeUnknown,
 }
 
 /// One error entry as the backend reported it.
