@@ -427,10 +427,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_idempotent_survives_a_huge_retry_after() {
-        let r: Result<(), _> = retry_idempotent(5, Duration::from_secs(10), || async {
-            let mut e = BackendError::new(ErrorKind::Throttled, "x");
-            e.retry_after = Some(Duration::MAX);
-            Err(e)
+        // A short wait first, so that the huge one is added to a non-zero
+        // total (where an unchecked sum would overflow).
+        let mut n = 0u32;
+        let r: Result<(), _> = retry_idempotent(5, Duration::from_secs(10), || {
+            n += 1;
+            let first = n == 1;
+            async move {
+                let mut e = BackendError::new(ErrorKind::Throttled, "x");
+                e.retry_after = Some(if first {
+                    Duration::from_millis(10)
+                } else {
+                    Duration::MAX
+                });
+                Err(e)
+            }
         })
         .await;
         assert_eq!(r.unwrap_err().kind, ErrorKind::Throttled);

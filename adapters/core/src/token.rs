@@ -153,13 +153,20 @@ mod tests {
                 .unwrap();
             cache.invalidate(&v).await;
         }
+        let fetches = AtomicU32::new(0);
         let fetch = || async {
+            let n = fetches.fetch_add(1, Ordering::SeqCst);
             Ok(Token {
-                value: "max".into(),
+                value: format!("max{n}"),
                 lifetime: Some(Duration::MAX),
             })
         };
-        assert_eq!(cache.get(fetch).await.unwrap(), "max");
-        assert_eq!(cache.get(fetch).await.unwrap(), "max", "kept");
+        assert_eq!(cache.get(fetch).await.unwrap(), "max0");
+        assert_eq!(
+            cache.get(fetch).await.unwrap(),
+            "max0",
+            "kept, not refetched"
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
     }
 }
