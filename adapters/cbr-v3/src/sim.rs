@@ -31,7 +31,10 @@
 //!   `extra_info.resource.id` and `extra_info.restore.target_resource_id`;
 //! - an op-log is `waiting` for the first fifth of its duration, then
 //!   `running` with a linear `progress`;
-//! - the rates apply to CBR paths only, not to `/v3/auth/tokens`.
+//! - the rates apply to CBR paths only, not to `/v3/auth/tokens`;
+//! - `start_time`/`end_time` are RFC 3339, or without an offset (UTC);
+//! - a successful server restore leaves the server ACTIVE, or SHUTOFF
+//!   with `power_on: false`.
 
 use std::{
     collections::HashMap,
@@ -91,6 +94,9 @@ pub struct SimConfig {
     pub error_rate: f64,
     /// Share of CBR requests answered 429 `APIG.0308` (not applied).
     pub throttle_rate: f64,
+    /// Access keys accepted with AK/SK signing (§2.1 option B; the
+    /// signature is not checked).
+    pub access_keys: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -107,6 +113,7 @@ impl Default for SimConfig {
             delete_duration: Duration::from_millis(200),
             error_rate: 0.0,
             throttle_rate: 0.0,
+            access_keys: Vec::new(),
         }
     }
 }
@@ -224,6 +231,8 @@ enum Work {
         backup_id: String,
         targets: Vec<String>,
         end: RestoreEnd,
+        /// For a server restore: `power_on` (absent = true).
+        power_on: Option<bool>,
     },
     /// Backups (with their children) made by `checkpoint_id`.
     Backup {
@@ -499,8 +508,19 @@ impl World {
             };
             let stamp = now();
             let (status, error) = match &op.work {
-                Work::Restore { backup_id, end, .. } => {
+                Work::Restore {
+                    backup_id,
+                    end,
+                    targets,
+                    power_on,
+                } => {
                     self.set_backup_status(backup_id, backup_status::AVAILABLE);
+                    if *end == RestoreEnd::Success
+                        && let Some(p) = power_on
+                        && let Some(s) = targets.first().and_then(|t| self.servers.get_mut(t))
+                    {
+                        s.status = if *p { "ACTIVE" } else { "SHUTOFF" }.into();
+                    }
                     match end {
                         RestoreEnd::Success => (op_status::SUCCESS, OpErrorInfo::default()),
                         RestoreEnd::Failed { code, message } => (
@@ -766,6 +786,13 @@ impl Simulator {
         w.backups.insert(new.into(), b);
     }
 
+    /// A server's status (ACTIVE, SHUTOFF, ERROR, ...).
+    pub fn server_status(&self, id: &str) -> Option<String> {
+        let mut w = lock(&self.inner.world);
+        w.advance();
+        w.servers.get(id).map(|s| s.status.clone())
+    }
+
     pub fn set_server_status(&self, id: &str, status: &str) {
         if let Some(s) = lock(&self.inner.world).servers.get_mut(id) {
             s.status = status.into();
@@ -973,7 +1000,7 @@ async fn gateway(
     if path.starts_with("/v3/auth/") {
         return next.run(req).await;
     }
-    if !inner.keystone.check(req.headers()) {
+    if !ak_sk(&cfg, req.headers()) && !inner.keystone.check(req.headers()) {
         return gateway_error(
             StatusCode::UNAUTHORIZED,
             "APIGW.0301",
@@ -1074,6 +1101,27 @@ async fn gateway(
         }
     }
     resp
+}
+
+/// Option B of §2.1: `Authorization: SDK-HMAC-SHA256 Access=<AK>, …` with
+/// a known access key and `X-Project-Id` naming the project. The signature
+/// is not verified.
+fn ak_sk(cfg: &SimConfig, h: &axum::http::HeaderMap) -> bool {
+    let header = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    let Some(auth) = header("authorization") else {
+        return false;
+    };
+    let Some(params) = auth.strip_prefix("SDK-HMAC-SHA256 ") else {
+        return false;
+    };
+    let access = params
+        .split(',')
+        .filter_map(|p| p.trim().strip_prefix("Access="))
+        .next();
+    access.is_some_and(|a| cfg.access_keys.iter().any(|k| k == a))
+        && params.contains("Signature=")
+        && header("x-sdk-date").is_some()
+        && header("x-project-id") == Some(cfg.project_id.as_str())
 }
 
 fn world(inner: &Inner) -> MutexGuard<'_, World> {
@@ -1366,6 +1414,7 @@ fn restore_in(inner: &Inner, w: &mut World, id: &str, body: &[u8], duration: Dur
             backup_id: id.into(),
             targets,
             end,
+            power_on: (b.resource_type == SERVER_TYPE).then(|| r.power_on.unwrap_or(true)),
         },
     );
     inner
@@ -1505,9 +1554,14 @@ async fn list_op_logs(
     let time = |k: &str| -> Result<Option<DateTime<FixedOffset>>, Box<Response>> {
         q.get(k)
             .map(|v| {
-                DateTime::parse_from_rfc3339(v).map_err(|_| {
-                    Box::new(bad("BackupService.0001", &format!("invalid {k}: {v:?}")))
-                })
+                DateTime::parse_from_rfc3339(v)
+                    .or_else(|_| {
+                        chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f")
+                            .map(|n| n.and_utc().fixed_offset())
+                    })
+                    .map_err(|_| {
+                        Box::new(bad("BackupService.0001", &format!("invalid {k}: {v:?}")))
+                    })
             })
             .transpose()
     };

@@ -643,3 +643,58 @@ fn the_wire_restore_body_round_trips_the_seed_and_leaves_absent_fields_out() {
         json!({"backup_id": "b", "volume_id": "v"})
     );
 }
+
+#[tokio::test]
+async fn power_on_false_leaves_the_server_shutoff() {
+    let t = start(|c| c.restore_duration = Duration::from_millis(100)).await;
+    let mut body = t.server_restore();
+    body["restore"]["power_on"] = json!(false);
+    let (s, _) = t.restore(&t.ids.server_backup_id, body).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(t.restore_end().await.status, "success");
+    assert_eq!(t.sim.server_status(&t.ids.server_id).unwrap(), "SHUTOFF");
+    let (s, _) = t.restore(&t.ids.server_backup_id, t.server_restore()).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(t.restore_end().await.status, "success");
+    assert_eq!(t.sim.server_status(&t.ids.server_id).unwrap(), "ACTIVE");
+    // start_time filters: none created after now.
+    let later = "2999-01-01T00:00:00";
+    let l: OperationLogList = t
+        .get(&format!(
+            "operation-logs?operation_type=restore&start_time={later}"
+        ))
+        .await;
+    assert_eq!(l.count, 0);
+    let l: OperationLogList = t
+        .get(&format!(
+            "operation-logs?resource_id={}&limit=1",
+            t.ids.server_id
+        ))
+        .await;
+    assert_eq!((l.count, l.operation_logs.len()), (2, 1));
+}
+
+#[tokio::test]
+async fn ak_sk_signed_requests_are_accepted() {
+    let t = start(|c| c.access_keys = vec!["AK-TEST".into()]).await;
+    let signed = |ak: &str| {
+        t.http
+            .get(t.url("backups"))
+            .header(
+                "authorization",
+                format!(
+                    "SDK-HMAC-SHA256 Access={ak}, SignedHeaders=content-type;host;x-project-id;x-sdk-date, Signature=00"
+                ),
+            )
+            .header("x-sdk-date", "20261122T101519Z")
+            .header("x-project-id", SEED_PROJECT)
+    };
+    assert_eq!(
+        signed("AK-TEST").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        signed("AK-OTHER").send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
