@@ -31,6 +31,9 @@
 //!   `extra_info.resource.id` and `extra_info.restore.target_resource_id`;
 //! - an op-log is `waiting` for the first fifth of its duration, then
 //!   `running` with a linear `progress`;
+//! - a server's system disk is its first attached volume; a data-disk
+//!   backup onto a system disk is `2013`; a server DELETED or
+//!   SOFT_DELETED is `2007`;
 //! - the rates apply to CBR paths only, not to `/v3/auth/tokens`;
 //! - `start_time`/`end_time` are RFC 3339, or without an offset (UTC);
 //! - a successful server restore leaves the server ACTIVE, or SHUTOFF
@@ -319,6 +322,25 @@ impl World {
     }
 
     /// Server or volume: (name, type, size GB).
+    /// Whether a volume is its server's system disk (the first attached).
+    fn is_system_disk(&self, volume_id: &str) -> bool {
+        self.volumes
+            .get(volume_id)
+            .and_then(|v| v.server.as_ref())
+            .and_then(|s| self.servers.get(s))
+            .is_some_and(|s| s.volumes.first().map(String::as_str) == Some(volume_id))
+    }
+
+    /// 400 `2013` if a data-disk backup would land on a system disk.
+    fn data_onto_system(&self, backup_volume: &str, target: &str) -> Option<Response> {
+        (!self.is_system_disk(backup_volume) && self.is_system_disk(target)).then(|| {
+            bad(
+                "BackupService.2013",
+                "a data disk backup cannot be restored to a system disk",
+            )
+        })
+    }
+
     fn resource(&self, id: &str) -> Option<(String, &'static str, u64)> {
         if let Some(s) = self.servers.get(id) {
             let size = s
@@ -1313,6 +1335,9 @@ fn restore_in(inner: &Inner, w: &mut World, id: &str, body: &[u8], duration: Dur
                     "restoring to a different server is not allowed",
                 );
             }
+            if matches!(server.status.as_str(), "DELETED" | "SOFT_DELETED") {
+                return bad("BackupService.2007", "the server has been terminated");
+            }
             if server.status == "ERROR" {
                 return bad(
                     "BackupService.2008",
@@ -1342,6 +1367,9 @@ fn restore_in(inner: &Inner, w: &mut World, id: &str, body: &[u8], duration: Dur
                 if vol.size_gb < child.resource_size {
                     return bad("BackupService.2001", "the disk is smaller than the backup");
                 }
+                if let Some(r) = w.data_onto_system(&child.resource_id, &m.volume_id) {
+                    return r;
+                }
                 touched.push(m.volume_id.clone());
             }
             (server_id, server.name, touched)
@@ -1366,6 +1394,9 @@ fn restore_in(inner: &Inner, w: &mut World, id: &str, body: &[u8], duration: Dur
                     "BackupService.2011",
                     "the disk's status does not allow restoration",
                 );
+            }
+            if let Some(r) = w.data_onto_system(&b.resource_id, &volume_id) {
+                return r;
             }
             let mut touched = vec![volume_id.clone()];
             touched.extend(vol.server.clone());

@@ -258,6 +258,12 @@ async fn each_precondition_has_its_code() {
         bad,
         "BackupService.2008",
     );
+    t.sim.set_server_status(&ids.server_id, "DELETED");
+    check(
+        t.restore(sb, t.server_restore()).await,
+        bad,
+        "BackupService.2007",
+    );
     t.sim.set_server_status(&ids.server_id, "SHUTOFF");
 
     // Disk backups: volume_id required, big enough, in a good state.
@@ -290,6 +296,15 @@ async fn each_precondition_has_its_code() {
         "BackupService.0001",
     );
 
+    t.sim
+        .add_volume("bigsys", "bigsys", 200, "in-use", Some("s2"));
+    t.sim.add_server("s2", "ecs-s2", "ACTIVE", &["bigsys"]);
+    check(
+        t.restore(db, t.disk_restore("bigsys")).await,
+        bad,
+        "BackupService.2013",
+    );
+
     // A restore running on the target: 2010 (the data child onto the data
     // disk while the disk backup is restored onto it).
     t.sim.add_volume("spare", "spare", 100, "available", None);
@@ -311,7 +326,7 @@ async fn each_precondition_has_its_code() {
         "BackupService.2005",
     );
     assert_eq!(t.sim.counters().restore_submits, 1);
-    assert_eq!(t.sim.restores().len(), 17);
+    assert_eq!(t.sim.restores().len(), 19);
 }
 
 #[tokio::test]
