@@ -10,9 +10,9 @@
 //! `X-Auth-Token`, else 401 with the API gateway's `APIGW.0301` body.
 //!
 //! Switches ([`SimConfig`]) add latency, 500/503 and 429 (`APIG.0308`)
-//! faults; [`Simulator::inject`] forces answers; [`Simulator::arm_apply_then_html`]
+//! faults; [`Simulator::inject`] forces answers; [`Simulator::arm_post`]
 //! makes the next POSTs be applied and then answered with a proxy's HTML
-//! page; [`Simulator::end_next_restore`] makes the next restore's op-log end
+//! page, a 5xx or late; `op_log_delay` shows op-logs late; [`Simulator::end_next_restore`] makes the next restore's op-log end
 //! `failed`, `timeout` or `skipped`. Counters ([`CounterSnapshot`]) and the
 //! record of received restore bodies let tests prove what arrived.
 //!
@@ -100,6 +100,9 @@ pub struct SimConfig {
     /// Access keys accepted with AK/SK signing (§2.1 option B; the
     /// signature is not checked).
     pub access_keys: Vec<String>,
+    /// An op-log shows in `GET operation-logs` only this long after it was
+    /// created (a slow backend); `GET operation-logs/{id}` at once.
+    pub op_log_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -117,6 +120,7 @@ impl Default for SimConfig {
             error_rate: 0.0,
             throttle_rate: 0.0,
             access_keys: Vec::new(),
+            op_log_delay: Duration::ZERO,
         }
     }
 }
@@ -258,10 +262,22 @@ struct SimOp {
     work: Work,
 }
 
+/// What an armed POST meets *after* it was applied ([`Simulator::arm_post`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostFault {
+    /// This status with an HTML page (a proxy that gave up waiting: 502, 504).
+    ApplyThenHtml(u16),
+    /// This status with the service's `BackupService.0002` body (500, 503).
+    ApplyThenError(u16),
+    /// The usual answer, only after this long (a client with a shorter
+    /// timeout sees a timeout).
+    ApplyThenDelay(Duration),
+}
+
 #[derive(Debug, Clone)]
-struct ArmedHtml {
+struct ArmedPost {
     path_contains: String,
-    status: u16,
+    fault: PostFault,
     times: u32,
 }
 
@@ -275,7 +291,7 @@ struct World {
     ops: HashMap<String, SimOp>,
     seq: u64,
     injections: Vec<Injection>,
-    armed: Vec<ArmedHtml>,
+    armed: Vec<ArmedPost>,
     next_restore_end: Option<RestoreEnd>,
     restores: Vec<ReceivedRestore>,
 }
@@ -856,9 +872,15 @@ impl Simulator {
     /// were applied are answered `status` with an HTML page (a proxy that
     /// gave up waiting), so the client cannot know they were applied.
     pub fn arm_apply_then_html(&self, path_contains: &str, status: u16, times: u32) {
-        lock(&self.inner.world).armed.push(ArmedHtml {
+        self.arm_post(path_contains, PostFault::ApplyThenHtml(status), times);
+    }
+
+    /// The next `times` POSTs whose path contains `path_contains` and that
+    /// were applied (2xx) meet `fault`; refused ones are answered as usual.
+    pub fn arm_post(&self, path_contains: &str, fault: PostFault, times: u32) {
+        lock(&self.inner.world).armed.push(ArmedPost {
             path_contains: path_contains.into(),
-            status,
+            fault,
             times,
         });
     }
@@ -1101,14 +1123,30 @@ async fn gateway(
             pos.map(|p| {
                 let a = &mut w.armed[p];
                 a.times -= 1;
-                let s = a.status;
+                let f = a.fault.clone();
                 if a.times == 0 {
                     w.armed.remove(p);
                 }
-                s
+                f
             })
         };
-        if let Some(s) = armed {
+        if let Some(PostFault::ApplyThenDelay(d)) = armed {
+            inner.counters.faults.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(d).await;
+            return resp;
+        }
+        if let Some(PostFault::ApplyThenError(s)) = armed {
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return fault(
+                &inner,
+                error_response(
+                    status,
+                    "BackupService.0002",
+                    "resources are being backed up, try again later",
+                ),
+            );
+        }
+        if let Some(PostFault::ApplyThenHtml(s)) = armed {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
             let mut r = (
                 status,
@@ -1600,6 +1638,8 @@ async fn list_op_logs(
         (Ok(s), Ok(e)) => (s, e),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
+    let delay = lock(&inner.cfg).op_log_delay;
+    let shown = Instant::now();
     let w = world(&inner);
     let mut all: Vec<&SimOp> = w
         .ops
@@ -1620,6 +1660,7 @@ async fn list_op_logs(
         })
         .filter(|o| start.is_none_or(|s| o.created >= s))
         .filter(|o| end.is_none_or(|e| o.created <= e))
+        .filter(|o| shown.saturating_duration_since(o.started) >= delay)
         .collect();
     all.sort_by_key(|o| std::cmp::Reverse(o.seq));
     let count = all.len() as u64;

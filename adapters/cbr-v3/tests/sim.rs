@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use custos_cbr_v3::{
-    sim::{DemoIds, Injection, RestoreEnd, SimConfig, Simulator},
+    sim::{DemoIds, Injection, PostFault, RestoreEnd, SimConfig, Simulator},
     wire::{BackupEnvelope, BackupList, ErrorBody, OperationLog, OperationLogList},
 };
 use reqwest::{Method, StatusCode};
@@ -711,5 +711,59 @@ async fn ak_sk_signed_requests_are_accepted() {
     assert_eq!(
         signed("AK-OTHER").send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn armed_5xx_and_delay_are_applied_and_op_logs_can_show_late() {
+    let t = start(|c| {
+        c.restore_duration = Duration::from_secs(30);
+        c.op_log_delay = Duration::from_millis(300);
+    })
+    .await;
+    t.sim
+        .arm_post("/restore", PostFault::ApplyThenError(500), 1);
+    let (s, code) = t.restore(&t.ids.server_backup_id, t.server_restore()).await;
+    assert_eq!(
+        (s, code.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "BackupService.0002")
+    );
+    assert_eq!(t.sim.counters().restore_submits, 1);
+    // Not yet in the list, but there.
+    assert!(t.restore_logs().await.is_empty());
+    assert_eq!(t.sim.operation_logs().len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(t.restore_logs().await.len(), 1);
+
+    t.sim.arm_post(
+        "/restore",
+        PostFault::ApplyThenDelay(Duration::from_secs(5)),
+        1,
+    );
+    let r = t
+        .http
+        .post(t.url(&format!("backups/{}/restore", t.ids.disk_backup_id)))
+        .header("x-auth-token", &t.token)
+        .json(&t.disk_restore("nope-but-refused"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .unwrap();
+    // Refused (404): the armed fault is kept for an applied POST.
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    t.sim.add_volume("spare", "spare", 100, "available", None);
+    let r = t
+        .http
+        .post(t.url(&format!("backups/{}/restore", t.ids.disk_backup_id)))
+        .header("x-auth-token", &t.token)
+        .json(&t.disk_restore("spare"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(r.unwrap_err().is_timeout());
+    assert_eq!(t.sim.counters().restore_submits, 2);
+    assert_eq!(
+        t.sim.backup(&t.ids.disk_backup_id).unwrap().status,
+        "restoring"
     );
 }
