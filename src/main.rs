@@ -118,9 +118,37 @@ async fn simulate(
             server::shutdown_on_signal().cancelled().await;
             Ok(0)
         }
-        "cbr_v3" | "vbs_v2" => {
+        "cbr_v3" => {
+            let d = std::time::Duration::from_secs_f64(job_seconds.max(0.0));
+            let cfg = custos_cbr_v3::sim::SimConfig {
+                restore_duration: d,
+                backup_duration: d,
+                ..Default::default()
+            };
+            let sim = custos_cbr_v3::sim::Simulator::start(listen, cfg.clone()).await?;
+            let ids = sim.seed_demo();
+            println!("custos: cbr_v3 simulator listening on {}", sim.url());
+            println!("  auth_url: {}", sim.auth_url());
+            println!("  project_id: {}", ids.project_id);
+            println!(
+                "  user: {} (domain {}) / password {}",
+                cfg.user_name, cfg.user_domain, cfg.password
+            );
+            println!("  vault: {}", ids.vault_id);
+            println!(
+                "  server {} with volumes {} (40 GB), {} (100 GB)",
+                ids.server_id, ids.system_volume_id, ids.data_volume_id
+            );
+            println!(
+                "  server backup {} (children {}, {}); disk backup {}",
+                ids.server_backup_id, ids.system_child_id, ids.data_child_id, ids.disk_backup_id
+            );
+            server::shutdown_on_signal().cancelled().await;
+            Ok(0)
+        }
+        "vbs_v2" => {
             anyhow::bail!("the {kind} simulator comes with its backend in a later release")
         }
-        other => anyhow::bail!("unknown --kind {other:?}: use cf_v3"),
+        other => anyhow::bail!("unknown --kind {other:?}: use cf_v3 or cbr_v3"),
     }
 }
