@@ -272,6 +272,26 @@ pub enum PostFault {
     /// The usual answer, only after this long (a client with a shorter
     /// timeout sees a timeout).
     ApplyThenDelay(Duration),
+    /// The connection breaks in the middle of the answer.
+    ApplyThenReset,
+    /// The usual status with a body of this many bytes.
+    ApplyThenHugeBody(usize),
+    /// The connection breaks before the request reaches the service:
+    /// nothing is applied.
+    ResetBeforeApply,
+}
+
+/// An answer whose body breaks off: the client sees a broken connection.
+fn broken(status: StatusCode) -> Response {
+    let err: Result<Bytes, std::io::Error> = Err(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "simulated connection reset",
+    ));
+    (
+        status,
+        axum::body::Body::from_stream(tokio_stream::once(err)),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Clone)]
@@ -897,6 +917,85 @@ impl Simulator {
         lock(&self.inner.world).next_restore_end = Some(end);
     }
 
+    /// An op-log someone else's work left on `target_id`: a `restore` of
+    /// `backup_id` onto it, or a `backup` (of it, making `backup_id`),
+    /// created `age` ago and already in `status` (a terminal one).
+    pub fn add_op_log(
+        &self,
+        operation_type: &str,
+        backup_id: &str,
+        target_id: &str,
+        status: &str,
+        age: Duration,
+    ) -> String {
+        let mut w = lock(&self.inner.world);
+        w.advance();
+        let id = new_id();
+        let created = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        let seq = w.next_seq();
+        let (name, kind, _) = w
+            .resource(target_id)
+            .unwrap_or((String::new(), SERVER_TYPE, 0));
+        let resource = Some(OpResource {
+            id: target_id.into(),
+            name: name.clone(),
+            kind: kind.into(),
+        });
+        let extra_info = if operation_type == "restore" {
+            OpExtraInfo {
+                restore: Some(OpRestoreInfo {
+                    backup_id: backup_id.into(),
+                    backup_name: String::new(),
+                    target_resource_id: target_id.into(),
+                    target_resource_name: name,
+                }),
+                resource,
+                ..Default::default()
+            }
+        } else {
+            OpExtraInfo {
+                backup: Some(OpBackupInfo {
+                    backup_id: backup_id.into(),
+                    backup_name: String::new(),
+                }),
+                resource,
+                ..Default::default()
+            }
+        };
+        let project_id = lock(&self.inner.cfg).project_id.clone();
+        w.ops.insert(
+            id.clone(),
+            SimOp {
+                log: OperationLog {
+                    id: id.clone(),
+                    status: status.into(),
+                    operation_type: operation_type.into(),
+                    project_id,
+                    created_at: ts(created),
+                    updated_at: ts(created),
+                    error_info: Some(OpErrorInfo::default()),
+                    extra_info,
+                    ..Default::default()
+                },
+                seq,
+                created,
+                started: Instant::now(),
+                duration: Duration::ZERO,
+                work: Work::Delete {
+                    backup_id: String::new(),
+                },
+            },
+        );
+        id
+    }
+
+    /// Whether any op-log is still `waiting` or `running`.
+    pub fn busy(&self) -> bool {
+        let mut w = lock(&self.inner.world);
+        w.advance();
+        w.live_ops().next().is_some()
+    }
+
     /// Every restore body received, in order.
     pub fn restores(&self) -> Vec<ReceivedRestore> {
         lock(&self.inner.world).restores.clone()
@@ -1112,14 +1211,35 @@ async fn gateway(
         };
         return fault(&inner, r);
     }
+    if method == Method::POST {
+        let reset = {
+            let mut w = lock(&inner.world);
+            let pos = w.armed.iter().position(|a| {
+                a.times > 0
+                    && a.fault == PostFault::ResetBeforeApply
+                    && path.contains(&a.path_contains)
+            });
+            pos.map(|p| {
+                let a = &mut w.armed[p];
+                a.times -= 1;
+                if a.times == 0 {
+                    w.armed.remove(p);
+                }
+            })
+        };
+        if reset.is_some() {
+            return fault(&inner, broken(StatusCode::INTERNAL_SERVER_ERROR));
+        }
+    }
     let resp = next.run(req).await;
     if method == Method::POST && resp.status().is_success() {
         let armed = {
             let mut w = lock(&inner.world);
-            let pos = w
-                .armed
-                .iter()
-                .position(|a| a.times > 0 && path.contains(&a.path_contains));
+            let pos = w.armed.iter().position(|a| {
+                a.times > 0
+                    && a.fault != PostFault::ResetBeforeApply
+                    && path.contains(&a.path_contains)
+            });
             pos.map(|p| {
                 let a = &mut w.armed[p];
                 a.times -= 1;
@@ -1134,6 +1254,16 @@ async fn gateway(
             inner.counters.faults.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(d).await;
             return resp;
+        }
+        if let Some(PostFault::ApplyThenReset) = armed {
+            return fault(&inner, broken(resp.status()));
+        }
+        if let Some(PostFault::ApplyThenHugeBody(n)) = armed {
+            let (parts, _) = resp.into_parts();
+            return fault(
+                &inner,
+                Response::from_parts(parts, axum::body::Body::from(vec![b' '; n])),
+            );
         }
         if let Some(PostFault::ApplyThenError(s)) = armed {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
