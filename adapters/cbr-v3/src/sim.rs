@@ -12,7 +12,9 @@
 //! Switches ([`SimConfig`]) add latency, 500/503 and 429 (`APIG.0308`)
 //! faults; [`Simulator::inject`] forces answers; [`Simulator::arm_post`]
 //! makes the next POSTs be applied and then answered with a proxy's HTML
-//! page, a 5xx or late; `op_log_delay` shows op-logs late; [`Simulator::end_next_restore`] makes the next restore's op-log end
+//! page, a 5xx, late, with a huge body or a broken connection (or break
+//! before anything is applied); [`Simulator::add_op_log`] leaves someone
+//! else's op-log on a resource; `op_log_delay` shows op-logs late; [`Simulator::end_next_restore`] makes the next restore's op-log end
 //! `failed`, `timeout` or `skipped`. Counters ([`CounterSnapshot`]) and the
 //! record of received restore bodies let tests prove what arrived.
 //!
