@@ -18,7 +18,7 @@
 //! `failed`, `timeout` or `skipped`. Counters ([`CounterSnapshot`]) and the
 //! record of received restore bodies let tests prove what arrived.
 //!
-//! Where the API reference is silent, this simulator chooses [INF]:
+//! Where the API reference is silent, this simulator chooses \[INF\]:
 //! - a malformed body or a missing required field: 400 `BackupService.0001`;
 //! - a mapping whose `backup_id` is not a child of the backup: 400
 //!   `BackupService.6217` (restore point not found);
