@@ -567,3 +567,24 @@ fn check_names_the_fields() {
     assert!(caps.create_backup && caps.restore && caps.restore_mappings && caps.delete_backup);
     assert!(!caps.point_in_time_restore && !caps.cross_instance_restore && !caps.cancel_running);
 }
+
+#[tokio::test]
+async fn a_revoked_token_before_the_submit_is_refreshed_once_and_reads_survive_faults() {
+    let t = start(|c| c.restore_duration = Duration::from_millis(600)).await;
+    let op = t.seed_restore();
+    let intent = t.intent(&op).await;
+    // The cached token is refused (401 APIGW.0301): one fresh token, one
+    // restore.
+    t.sim.keystone().revoke_all();
+    let mut h = t.cbr.submit(&op, &intent).await.unwrap();
+    assert_eq!(t.sim.counters().restore_submits, 1);
+    // Reads meet 500 BackupService.0002, plain 503 and 429 APIG.0308.
+    t.sim.configure(|c| {
+        c.error_rate = 0.3;
+        c.throttle_rate = 0.2;
+    });
+    let p = t.follow(&op, &intent, &mut h).await.unwrap();
+    assert!(succeeded(&p), "{p:?}");
+    assert!(t.sim.counters().faults > 0);
+    assert_eq!(t.sim.counters().restore_submits, 1);
+}
