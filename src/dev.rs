@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use custos_adapter_core::Secret;
+use custos_cbr_v3::sim as cbr;
 use custos_cf_v3::sim::{SimConfig, Simulator};
 
 use crate::config::{AuthConfig, BackendConfig, Config, Dur, Role, TokenConfig};
@@ -16,6 +17,8 @@ pub struct DevEnv {
     pub data_dir: tempfile::TempDir,
     pub cf: Simulator,
     pub cf_instances: Vec<String>,
+    pub cbr: cbr::Simulator,
+    pub cbr_ids: cbr::DemoIds,
 }
 
 pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
@@ -27,6 +30,13 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
     let (client_id, client_secret) = (sim_cfg.client_id.clone(), sim_cfg.client_secret.clone());
     let cf = Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_cfg).await?;
     let cf_instances = cf.seed_demo();
+    let cbr_cfg = cbr::SimConfig {
+        restore_duration: Duration::from_secs(3),
+        backup_duration: Duration::from_secs(2),
+        ..cbr::SimConfig::default()
+    };
+    let cbr = cbr::Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), cbr_cfg.clone()).await?;
+    let cbr_ids = cbr.seed_demo();
     let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
     let mut config = Config::empty();
     config.listen = listen.to_string();
@@ -65,12 +75,39 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
         max_retries: None,
         max_retry_after: None,
     });
+    config.backends.push(BackendConfig {
+        name: "cbr-dev".into(),
+        kind: "cbr_v3".into(),
+        endpoint: cbr.url(),
+        project_id: Some(cbr_ids.project_id.clone()),
+        vault_id: Some(cbr_ids.vault_id.clone()),
+        auth: AuthConfig::Keystone {
+            auth_url: cbr.auth_url(),
+            user_name: Some(cbr_cfg.user_name.clone()),
+            user_domain_name: Some(cbr_cfg.user_domain.clone()),
+            password: Some(Secret::new(cbr_cfg.password.clone())),
+            password_env: None,
+            password_file: None,
+            application_credential_id: None,
+            application_credential_secret: None,
+            application_credential_secret_env: None,
+            application_credential_secret_file: None,
+        },
+        timeout: Some(Dur(Duration::from_secs(10))),
+        poll_interval: Some(Dur(Duration::from_millis(500))),
+        poll_max_interval: Some(Dur(Duration::from_secs(5))),
+        operation_timeout: None,
+        max_retries: None,
+        max_retry_after: None,
+    });
     Ok(DevEnv {
         config,
         token,
         data_dir,
         cf,
         cf_instances,
+        cbr,
+        cbr_ids,
     })
 }
 
@@ -79,6 +116,9 @@ impl DevEnv {
     pub fn banner(&self, addr: SocketAddr) -> String {
         let i = &self.cf_instances;
         let t = |n: usize| format!("backends/cf-dev/serviceInstances/{}", i[n % i.len()]);
+        let c = &self.cbr_ids;
+        let server = format!("backends/cbr-dev/servers/{}", c.server_id);
+        let disk = format!("backends/cbr-dev/volumes/{}", c.data_volume_id);
         format!(
             "\ncustos dev mode — nothing here is kept\n\
              \x20 data dir      {}\n\
@@ -92,6 +132,12 @@ impl DevEnv {
              \x20 custos restore {} --backup bkp-orders-db-1 --wait\n\
              \x20 custos restore {} --at 2026-01-01T00:00:00Z --restore-point pitr --wait\n\
              \x20 custos restore {} --backup bkp-orders-db-0 --from {} --wait\n\
+             \n\
+             \x20 # v3 project backups (CBR simulator {}): a server with two disks\n\
+             \x20 custos backup list {}\n\
+             \x20 custos restore {} --backup {} --map {}={} --map {}={} --wait\n\
+             \x20 custos restore {} --backup {} --wait\n\
+             \x20 custos backup create {} --wait\n\
              \x20 custos job list\n",
             self.data_dir.path().display(),
             self.cf.url(),
@@ -103,6 +149,17 @@ impl DevEnv {
             t(1),
             t(2),
             t(0),
+            self.cbr.url(),
+            server,
+            server,
+            c.server_backup_id,
+            c.system_child_id,
+            c.system_volume_id,
+            c.data_child_id,
+            c.data_volume_id,
+            disk,
+            c.disk_backup_id,
+            server,
         )
     }
 }

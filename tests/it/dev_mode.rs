@@ -26,7 +26,10 @@ async fn dev_mode_serves_a_working_cf_backend() {
         if let Some(t) = l.strip_prefix("export CUSTOS_TOKEN=") {
             token = Some(t.to_string());
         }
-        if let Some(t) = l.strip_prefix("custos backup create ") {
+        // The first example is CF's.
+        if let Some(t) = l.strip_prefix("custos backup create ")
+            && target.is_none()
+        {
             target = t.split_whitespace().next().map(str::to_string);
         }
         if let Some(a) = l.strip_prefix("custos: listening on ") {
@@ -41,7 +44,8 @@ async fn dev_mode_serves_a_working_cf_backend() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(backends.backends[0].name, "backends/cf-dev");
+    let names: Vec<&str> = backends.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["backends/cbr-dev", "backends/cf-dev"]);
     let listed = c
         .list_backups(pb::ListBackupsRequest {
             target: target.clone(),

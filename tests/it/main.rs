@@ -5,6 +5,7 @@
 mod harness;
 
 mod auth_and_config;
+mod cbr;
 mod contract;
 mod crash;
 mod dev_mode;

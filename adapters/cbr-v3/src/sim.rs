@@ -1056,16 +1056,21 @@ impl Simulator {
             .backup(server_backup)
             .map(|b| b.children)
             .unwrap_or_default();
+        // Stable ids, so that examples (the README's) can name them.
+        let data_child = "a3abe1e0-3486-4d3b-95af-2adec1184c86";
+        let disk_backup = "30994307-70a4-4d1e-8c27-7ba06d97f8a5";
         for c in children {
             if c.resource_id == system {
                 self.rename_backup(&c.id, system_child);
             } else {
-                ids.data_child_id = c.id;
+                self.rename_backup(&c.id, data_child);
+                ids.data_child_id = data_child.into();
             }
         }
-        ids.disk_backup_id = self
-            .add_backup(data, "manualbk_data", vault_id)
-            .unwrap_or_default();
+        if let Some(b) = self.add_backup(data, "manualbk_data", vault_id) {
+            self.rename_backup(&b, disk_backup);
+            ids.disk_backup_id = disk_backup.into();
+        }
         ids
     }
 }

@@ -1,0 +1,240 @@
+//! The v3 project-backup (CBR) backend through the real daemon: Keystone
+//! auth from a password file, server restores with disk mappings, disk
+//! restores, the fields a backend cannot honour, create → list → delete,
+//! and a restore that survives `kill -9` without running twice.
+
+use std::{path::Path, time::Duration};
+
+use custos::api::pb;
+use custos_cbr_v3::sim::{DemoIds, SimConfig as CbrSimConfig, Simulator as CbrSim};
+use custos_cf_v3::sim::SimConfig;
+use serde_json::json;
+use tonic::Code;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A CBR simulator with the demo world, and a daemon whose backend `cbr`
+/// points at it (the password in a 0600 file).
+async fn start(dir: &Path, cfg: CbrSimConfig) -> (CbrSim, DemoIds, Daemon) {
+    let cbr = CbrSim::start("127.0.0.1:0".parse().unwrap(), cfg.clone())
+        .await
+        .unwrap();
+    let ids = cbr.seed_demo();
+    // The harness wants a CF simulator for its environment; it stays idle.
+    let cf = sim(SimConfig::default(), 0).await;
+    let pw = dir.join("cbr.password");
+    std::fs::write(&pw, &cfg.password).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config = dir.join("custos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+shutdown_timeout = "2s"
+
+[[tokens]]
+name = "ops"
+role = "operator"
+token_env = "CUSTOS_IT_OP"
+
+[[backends]]
+name = "cbr"
+kind = "cbr_v3"
+endpoint = "{endpoint}"
+project_id = "{project}"
+vault_id = "{vault}"
+timeout = "2s"
+poll_interval = "100ms"
+poll_max_interval = "400ms"
+[backends.auth]
+type = "keystone"
+auth_url = "{auth_url}"
+user_name = "{user}"
+user_domain_name = "{domain}"
+password_file = "{pw}"
+"#,
+            data = dir.join("data").display(),
+            endpoint = cbr.url(),
+            project = ids.project_id,
+            vault = ids.vault_id,
+            auth_url = cbr.auth_url(),
+            user = cfg.user_name,
+            domain = cfg.user_domain,
+            pw = pw.display(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&config, &cf, dir).expect("daemon");
+    (cbr, ids, d)
+}
+
+fn server(ids: &DemoIds) -> String {
+    format!("backends/cbr/servers/{}", ids.server_id)
+}
+
+fn server_restore(ids: &DemoIds) -> pb::RestoreRequest {
+    pb::RestoreRequest {
+        target: server(ids),
+        backup_id: ids.server_backup_id.clone(),
+        mappings: vec![
+            pb::VolumeMapping {
+                backup_id: ids.system_child_id.clone(),
+                volume_id: ids.system_volume_id.clone(),
+            },
+            pb::VolumeMapping {
+                backup_id: ids.data_child_id.clone(),
+                volume_id: ids.data_volume_id.clone(),
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn server_and_disk_restores_with_mappings_and_power_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cbr, ids, d) = start(dir.path(), CbrSimConfig::default()).await;
+    let mut c = d.op().await;
+
+    // A whole server, both disks mapped, powered on by default.
+    let j = c.restore(server_restore(&ids)).await.unwrap().into_inner();
+    let j = wait_done(&mut c, &j.name, T).await;
+    assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
+    let got = cbr.restores();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].body,
+        json!({"restore": {
+            "mappings": [
+                {"backup_id": ids.system_child_id, "volume_id": ids.system_volume_id},
+                {"backup_id": ids.data_child_id, "volume_id": ids.data_volume_id},
+            ],
+            "power_on": true,
+            "server_id": ids.server_id,
+        }})
+    );
+
+    // The same with power_on = false.
+    let mut r = server_restore(&ids);
+    r.power_on = Some(false);
+    let j = c.restore(r).await.unwrap().into_inner();
+    let j = wait_done(&mut c, &j.name, T).await;
+    assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
+    assert_eq!(cbr.restores()[1].body["restore"]["power_on"], json!(false));
+
+    // One disk from its disk backup.
+    let disk = pb::RestoreRequest {
+        target: format!("backends/cbr/volumes/{}", ids.data_volume_id),
+        backup_id: ids.disk_backup_id.clone(),
+        ..Default::default()
+    };
+    let j = c.restore(disk).await.unwrap().into_inner();
+    let j = wait_done(&mut c, &j.name, T).await;
+    assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
+    assert_eq!(
+        cbr.restores()[2].body,
+        json!({"restore": {"volume_id": ids.data_volume_id}})
+    );
+    assert_eq!(cbr.counters().restore_submits, 3);
+}
+
+#[tokio::test]
+async fn fields_a_target_cannot_take_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cbr, ids, d) = start(dir.path(), CbrSimConfig::default()).await;
+    let mut c = d.op().await;
+    // Mappings and power_on on a disk target.
+    let mut r = server_restore(&ids);
+    r.target = format!("backends/cbr/volumes/{}", ids.data_volume_id);
+    r.power_on = Some(true);
+    let e = c.restore(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let v = violations(&e);
+    assert!(v.iter().any(|f| f.starts_with("mappings")), "{v:?}");
+    assert!(v.iter().any(|f| f == "power_on"), "{v:?}");
+    // A server target without mappings.
+    let mut r = server_restore(&ids);
+    r.mappings.clear();
+    let e = c.restore(r).await.unwrap_err();
+    assert!(violations(&e).iter().any(|f| f == "mappings"), "{e:?}");
+    // A CF-only field.
+    let mut r = server_restore(&ids);
+    r.restore_point = "pitr".into();
+    let e = c.restore(r).await.unwrap_err();
+    assert!(violations(&e).iter().any(|f| f == "restore_point"), "{e:?}");
+    assert_eq!(cbr.counters().restore_submits, 0, "nothing reached CBR");
+}
+
+#[tokio::test]
+async fn backup_create_list_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cbr, ids, d) = start(dir.path(), CbrSimConfig::default()).await;
+    let mut c = d.op().await;
+    let j = c
+        .create_backup(pb::CreateBackupRequest {
+            target: server(&ids),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let j = wait_done(&mut c, &j.name, T).await;
+    assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
+    assert!(!j.backup_id.is_empty());
+    let listed = c
+        .list_backups(pb::ListBackupsRequest {
+            target: server(&ids),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.backups.iter().any(|b| b.id == j.backup_id),
+        "{listed:?}"
+    );
+    let del = c
+        .delete_backup(pb::DeleteBackupRequest {
+            target: server(&ids),
+            backup_id: j.backup_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let del = wait_done(&mut c, &del.name, T).await;
+    assert_eq!(state(&del), "SUCCEEDED", "{}", del.message);
+    assert!(cbr.backup(&j.backup_id).is_none(), "gone");
+    assert_eq!(cbr.counters().checkpoint_submits, 1);
+}
+
+#[tokio::test]
+async fn kill_nine_mid_restore_resumes_without_a_second_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CbrSimConfig {
+        restore_duration: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let (cbr, ids, d) = start(dir.path(), cfg).await;
+    let mut c = d.op().await;
+    let j = c.restore(server_restore(&ids)).await.unwrap().into_inner();
+    // Wait until the restore was sent, then kill the daemon.
+    let deadline = tokio::time::Instant::now() + T;
+    while cbr.counters().restore_submits == 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cf = sim(SimConfig::default(), 0).await;
+    let d = d.restart_after_kill9(&cf, dir.path());
+    let mut c = d.op().await;
+    let j = wait_done(&mut c, &j.name, T).await;
+    assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
+    assert_eq!(cbr.counters().restore_submits, 1, "one restore only");
+}
