@@ -238,3 +238,93 @@ async fn kill_nine_mid_restore_resumes_without_a_second_restore() {
     assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
     assert_eq!(cbr.counters().restore_submits, 1, "one restore only");
 }
+
+/// CBR's refusals and failures end the job FAILED with CBR's own words.
+#[tokio::test]
+async fn cbr_errors_and_failed_operation_logs_are_kept() {
+    use custos_cbr_v3::sim::RestoreEnd;
+    let dir = tempfile::tempdir().unwrap();
+    let (cbr, ids, d) = start(dir.path(), CbrSimConfig::default()).await;
+    let mut c = d.op().await;
+
+    // 2005: the backup is not available.
+    cbr.set_backup_status(&ids.server_backup_id, "error");
+    let j = c.restore(server_restore(&ids)).await.unwrap().into_inner();
+    let j = wait_done(&mut c, &j.name, T).await;
+    assert_eq!(state(&j), "FAILED", "{}", j.message);
+    let e = j.error.unwrap();
+    assert_eq!(e.details[0].code, "BackupService.2005", "{e:?}");
+    assert_eq!(e.details[0].http_status, 400);
+    cbr.set_backup_status(&ids.server_backup_id, "available");
+
+    // The restore runs and its operation log ends failed.
+    cbr.end_next_restore(RestoreEnd::Failed {
+        code: "BackupService.9999".into(),
+        message: "the disk could not be written".into(),
+    });
+    let j = c.restore(server_restore(&ids)).await.unwrap().into_inner();
+    let j = wait_done(&mut c, &j.name, T).await;
+    assert_eq!(state(&j), "FAILED", "{}", j.message);
+    assert!(
+        j.message.contains("the disk could not be written"),
+        "{}",
+        j.message
+    );
+    let e = j.error.unwrap();
+    assert!(
+        e.details.iter().any(|x| x.code == "BackupService.9999"),
+        "{e:?}"
+    );
+    assert_eq!(
+        cbr.counters().restore_submits,
+        1,
+        "the refused one was not applied"
+    );
+}
+
+/// 5xx and 429 `APIG.0308` on a fifth of the calls: every job succeeds,
+/// each restore submitted once.
+#[tokio::test]
+async fn faults_do_not_fail_jobs_or_repeat_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CbrSimConfig {
+        error_rate: 0.1,
+        throttle_rate: 0.1,
+        ..Default::default()
+    };
+    let (cbr, ids, d) = start(dir.path(), cfg).await;
+    let mut c = d.op().await;
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(
+            c.restore(server_restore(&ids))
+                .await
+                .unwrap()
+                .into_inner()
+                .name,
+        );
+    }
+    let mut restored = 0;
+    let mut logs = std::collections::HashSet::new();
+    for n in &names {
+        let j = wait_done(&mut c, n, T).await;
+        if state(&j) == "SUCCEEDED" {
+            // Each success is its own operation log, never another job's.
+            assert!(logs.insert(j.message.clone()), "{}", j.message);
+        }
+        // A submit answered 5xx may have been applied: it is reconciled,
+        // and a restore that shows no trace is never sent again (FAILED,
+        // UNKNOWN). Success or UNKNOWN; never a second restore.
+        match state(&j) {
+            "SUCCEEDED" => restored += 1,
+            "FAILED" => assert_eq!(j.error.unwrap().code, Code::Unknown as i32, "{}", j.message),
+            s => panic!("{s}: {}", j.message),
+        }
+    }
+    assert!(cbr.counters().faults > 0, "faults were injected");
+    assert!(restored >= 1);
+    // Jobs on one target run one at a time, so each accepted restore is one
+    // job's: never more submissions than jobs.
+    assert!(cbr.counters().restore_submits <= names.len() as u64);
+    assert!(cbr.counters().restore_submits >= restored);
+}
