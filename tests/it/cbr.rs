@@ -327,4 +327,22 @@ async fn faults_do_not_fail_jobs_or_repeat_restores() {
     // job's: never more submissions than jobs.
     assert!(cbr.counters().restore_submits <= names.len() as u64);
     assert!(cbr.counters().restore_submits >= restored);
+
+    // Backups (harmless to repeat) all succeed under the same faults.
+    let mut backups = Vec::new();
+    for _ in 0..4 {
+        let j = c
+            .create_backup(pb::CreateBackupRequest {
+                target: server(&ids),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        backups.push(j.name);
+    }
+    for n in &backups {
+        let j = wait_done(&mut c, n, T).await;
+        assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
+    }
 }
