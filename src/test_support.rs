@@ -223,3 +223,12 @@ pub fn record() -> JobRecord {
     let n = backup("cf", "x");
     JobRecord::new(n.kind, n.target, n.backend, n.op, n.labels)
 }
+
+/// Waits (real time, at most 10 s) until `f` holds; panics naming `what`.
+pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

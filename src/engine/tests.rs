@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use super::*;
 use crate::{
     job::Failure,
-    test_support::{Scripted, backup, engine, handle, restore},
+    test_support::{Scripted, backup, engine, eventually, handle, restore},
 };
 
 /// Waits (on events, so a paused clock runs ahead) until the job ends;
@@ -219,8 +219,10 @@ async fn a_store_error_in_a_job_restarts_its_driver_and_frees_the_target() {
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
     let first = e.create(backup("a", "i0")).await.unwrap();
     let second = e.create(backup("a", "i0")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(b.calls("submit").len(), 1, "the first job is in its submit");
+    eventually("the first job is in its submit", || {
+        b.calls("submit").len() == 1
+    })
+    .await;
     // The write of the first job's handle fails.
     e.store.faults.fail_puts.store(1, Ordering::SeqCst);
     gate.add_permits(2);
@@ -304,7 +306,14 @@ async fn a_change_whose_flush_failed_is_published_once_durable() {
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
     e.create(backup("a", "i0")).await.unwrap();
     let waiting = e.create(backup("a", "i0")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its "waiting for" message is durable before the flush fails.
+    eventually("the second job says it waits", || {
+        e.get(&waiting.id)
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.message.contains("waiting for"))
+    })
+    .await;
     e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
     assert!(
         e.cancel(&waiting.id).await.is_err(),
@@ -328,8 +337,15 @@ async fn a_create_whose_caller_left_during_the_flush_is_still_driven() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     caller.abort(); // the client's deadline
     drop(held);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (jobs, _) = e.list(&JobIndex::All, None, 10, |_| true).unwrap();
+    // Accepted once the stalled flush completes (bounded wait).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let jobs = loop {
+        let (jobs, _) = e.list(&JobIndex::All, None, 10, |_| true).unwrap();
+        if !jobs.is_empty() || tokio::time::Instant::now() > deadline {
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(jobs.len(), 1, "the job was accepted");
     let done = real_wait_end(&e, jobs[0].id, Duration::from_secs(10)).await;
     assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
@@ -352,8 +368,7 @@ async fn cancel_only_before_anything_was_sent() {
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
 
     let j = e.create(backup("a", "i0")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.calls("prepare").len(), 1);
+    eventually("preparing", || b.calls("prepare").len() == 1).await;
     let c = e.cancel(&j.id).await.unwrap();
     assert_eq!(c.state, JobState::Cancelled, "cancelled while preparing");
     prepare.add_permits(1);
@@ -362,8 +377,7 @@ async fn cancel_only_before_anything_was_sent() {
 
     let k = e.create(backup("a", "i1")).await.unwrap();
     prepare.add_permits(1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.calls("submit").len(), 1, "in its submit");
+    eventually("in its submit", || b.calls("submit").len() == 1).await;
     let refused = e.cancel(&k.id).await.unwrap_err().to_string();
     assert!(
         refused.contains("may have reached the backend"),

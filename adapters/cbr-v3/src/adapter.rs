@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+use custos_adapter_core::state::{decode as parse_state, encode as to_json};
 use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
@@ -591,19 +592,6 @@ fn cbr_error(status: StatusCode, headers: &HeaderMap, body: &[u8], what: &str) -
     .with_details(vec![detail]);
     e.retry_after = http::retry_after(headers, SystemTime::now());
     e
-}
-
-fn parse_state<T: DeserializeOwned + Default>(s: &str) -> Result<T, BackendError> {
-    if s.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_str(s)
-        .map_err(|e| BackendError::permanent(format!("stored adapter state is unreadable: {e}")))
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<String, BackendError> {
-    serde_json::to_string(v)
-        .map_err(|e| BackendError::permanent(format!("cannot encode adapter state: {e}")))
 }
 
 /// CBR ids are UUIDs (project ids: 32 hex digits); accept what they use.

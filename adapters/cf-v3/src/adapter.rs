@@ -8,6 +8,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use custos_adapter_core::state::{decode as parse_state, encode as to_json};
 use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
@@ -635,19 +636,6 @@ fn cf_error(status: StatusCode, headers: &HeaderMap, body: &[u8], what: &str) ->
 
 fn epoch_to_time(secs: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_opt(secs, 0).single()
-}
-
-fn parse_state<T: for<'de> Deserialize<'de> + Default>(s: &str) -> Result<T, BackendError> {
-    if s.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_str(s)
-        .map_err(|e| BackendError::permanent(format!("stored adapter state is unreadable: {e}")))
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<String, BackendError> {
-    serde_json::to_string(v)
-        .map_err(|e| BackendError::permanent(format!("cannot encode adapter state: {e}")))
 }
 
 /// CF guids are UUIDs in practice; accept the characters CAPI allows.

@@ -19,6 +19,7 @@ pub mod conformance;
 pub mod error;
 pub mod http;
 mod secret;
+pub mod state;
 pub mod token;
 mod types;
 
