@@ -368,8 +368,21 @@ impl CbrV3 {
             .filter(|l| !intent.op_logs.contains(&l.id))
             .filter(|l| self.in_window(recorded_at, l))
             .collect();
-        // The oldest new one: ours was sent first.
-        found.sort_by_key(|l| parse_time(&l.created_at));
+        // Two candidates (someone else restored the same backup onto the
+        // same target meanwhile): which one is ours cannot be told, and
+        // reporting theirs as ours would be a lie.
+        if found.len() > 1 {
+            found.sort_by_key(|l| parse_time(&l.created_at));
+            let ids: Vec<&str> = found.iter().map(|l| l.id.as_str()).collect();
+            return Ok(Progress::Failed(BackendError::new(
+                ErrorKind::OutcomeUnknown,
+                format!(
+                    "outcome unknown: {} restores of backup {backup_id} onto {target_id} appeared since this one was submitted (operation logs {}), and which one is this job's cannot be told; check the target and those operation logs",
+                    found.len(),
+                    ids.join(", ")
+                ),
+            )));
+        }
         let Some(log) = found.first() else {
             return Ok(Progress::Running {
                 message: format!(

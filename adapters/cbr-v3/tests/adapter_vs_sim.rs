@@ -588,3 +588,31 @@ async fn a_revoked_token_before_the_submit_is_refreshed_once_and_reads_survive_f
     assert!(t.sim.counters().faults > 0);
     assert_eq!(t.sim.counters().restore_submits, 1);
 }
+
+/// Review finding: with two restores of the same backup onto the same
+/// target since the submit (someone else's too), poll pinned the oldest
+/// and could report the other one's result as ours. Now it says it cannot
+/// tell.
+#[tokio::test]
+async fn two_candidate_restores_are_outcome_unknown_not_adopted() {
+    let t = start(|c| c.op_log_delay = Duration::from_millis(300)).await;
+    let op = t.seed_restore();
+    let intent = t.intent(&op).await;
+    let h = t.cbr.submit(&op, &intent).await.unwrap();
+    // Someone else's restore of the same backup onto the same server.
+    t.sim.add_op_log(
+        "restore",
+        &t.ids.server_backup_id,
+        &t.ids.server_id,
+        "success",
+        Duration::ZERO,
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    match t.cbr.poll(&op, &intent, &h).await.unwrap() {
+        Progress::Failed(e) => {
+            assert_eq!(e.kind, ErrorKind::OutcomeUnknown, "{e}");
+            assert!(e.message.contains("check the target"), "{e}");
+        }
+        other => panic!("adopted an operation: {other:?}"),
+    }
+}

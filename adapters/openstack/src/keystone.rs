@@ -124,9 +124,14 @@ impl Keystone {
                 .header("X-Auth-Token", &token)
                 .header("Accept", "application/json");
             let reply = http::send(req, what, idempotent).await?;
+            // A request that changes something is sent again only when the
+            // 401 is provably a token refusal (Keystone's or the gateway's
+            // own envelope); any other 401 (a proxy's page) may hide an
+            // applied request and goes back to the adapter's rule.
             if reply.status == StatusCode::UNAUTHORIZED
                 && !refreshed
                 && matches!(self.auth, KeystoneAuth::Keystone { .. })
+                && (idempotent || is_token_refusal(&reply.body))
             {
                 tracing::debug!(%what, "token refused (401); fetching a fresh one");
                 self.tokens.invalidate(&token).await;
@@ -196,6 +201,20 @@ impl Keystone {
     }
 }
 
+/// Whether a 401 body is a token refusal in Keystone's shape
+/// (`{"error":{"code":401,...}}`) or an API gateway's (`APIGW.0301`,
+/// `APIG.0301`).
+pub fn is_token_refusal(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    v["error"]["code"].as_u64() == Some(401)
+        || matches!(
+            v["error_code"].as_str(),
+            Some("APIGW.0301") | Some("APIG.0301")
+        )
+}
+
 /// Keystone's refusal of a token request: `{"error":{"code","title","message"}}`.
 fn refusal(reply: &Reply) -> BackendError {
     let code = reply.status.as_u16();
@@ -221,4 +240,27 @@ fn refusal(reply: &Reply) -> BackendError {
     }]);
     e.retry_after = http::retry_after(&reply.headers, SystemTime::now());
     e
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_envelopes_are_token_refusals() {
+        use super::is_token_refusal;
+        assert!(is_token_refusal(
+            br#"{"error":{"code":401,"title":"Unauthorized","message":"x"}}"#
+        ));
+        assert!(is_token_refusal(
+            br#"{"error_code":"APIGW.0301","error_msg":"decrypt token fail"}"#
+        ));
+        assert!(is_token_refusal(
+            br#"{"error_code":"APIG.0301","error_msg":"x"}"#
+        ));
+        assert!(!is_token_refusal(
+            b"<html>401 Authorization Required</html>"
+        ));
+        assert!(!is_token_refusal(
+            br#"{"error_code":"BackupService.8600","error_msg":"x"}"#
+        ));
+    }
 }
