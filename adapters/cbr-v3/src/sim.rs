@@ -748,6 +748,26 @@ impl Simulator {
         format!("{}/v3", self.inner.base_url)
     }
 
+    /// The adapter's config for this simulator: its endpoint, project and
+    /// Keystone password user.
+    pub fn adapter_config(&self, vault_id: Option<String>, timeout: Duration) -> crate::CbrConfig {
+        let c = self.config();
+        crate::CbrConfig {
+            endpoint: self.url(),
+            project_id: c.project_id,
+            vault_id,
+            auth: custos_openstack::KeystoneAuth::Keystone {
+                auth_url: self.auth_url(),
+                credentials: custos_openstack::Credentials::Password {
+                    user_name: c.user_name,
+                    user_domain_name: c.user_domain,
+                    password: c.password.into(),
+                },
+            },
+            timeout,
+        }
+    }
+
     pub fn project_id(&self) -> String {
         lock(&self.inner.cfg).project_id.clone()
     }

@@ -14,7 +14,7 @@ use custos_cbr_v3::{
     CbrConfig, CbrV3,
     sim::{DemoIds, PostFault, RestoreEnd, SimConfig, Simulator},
 };
-use custos_openstack::{Credentials, KeystoneAuth};
+use custos_openstack::KeystoneAuth;
 use serde_json::Value;
 
 /// The example request of `shared/seeds/cbr-v3-restore-backup.txt`.
@@ -38,22 +38,8 @@ async fn start(f: impl FnOnce(&mut SimConfig)) -> T {
         .await
         .unwrap();
     let ids = sim.seed_demo();
-    let c = sim.config();
-    let cbr = CbrV3::new(CbrConfig {
-        endpoint: sim.url(),
-        project_id: c.project_id.clone(),
-        vault_id: Some(ids.vault_id.clone()),
-        auth: KeystoneAuth::Keystone {
-            auth_url: sim.auth_url(),
-            credentials: Credentials::Password {
-                user_name: c.user_name,
-                user_domain_name: c.user_domain,
-                password: c.password.into(),
-            },
-        },
-        timeout: Duration::from_secs(2),
-    })
-    .unwrap();
+    let cbr =
+        CbrV3::new(sim.adapter_config(Some(ids.vault_id.clone()), Duration::from_secs(2))).unwrap();
     T { sim, ids, cbr }
 }
 

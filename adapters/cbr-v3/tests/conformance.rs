@@ -10,10 +10,9 @@ use custos_adapter_core::{
     conformance::{self, ConformanceTarget, SubmitFault},
 };
 use custos_cbr_v3::{
-    CbrConfig, CbrV3,
+    CbrV3,
     sim::{DemoIds, Injection, PostFault, SimConfig, Simulator},
 };
-use custos_openstack::{Credentials, KeystoneAuth};
 use reqwest::Method;
 
 /// The adapter's request timeout; `ApplyThenTimeout` answers later.
@@ -39,22 +38,7 @@ impl Cbr {
         .await
         .unwrap();
         let ids = sim.seed_demo();
-        let c = sim.config();
-        let cbr = CbrV3::new(CbrConfig {
-            endpoint: sim.url(),
-            project_id: c.project_id.clone(),
-            vault_id: Some(ids.vault_id.clone()),
-            auth: KeystoneAuth::Keystone {
-                auth_url: sim.auth_url(),
-                credentials: Credentials::Password {
-                    user_name: c.user_name,
-                    user_domain_name: c.user_domain,
-                    password: c.password.into(),
-                },
-            },
-            timeout: TIMEOUT,
-        })
-        .unwrap();
+        let cbr = CbrV3::new(sim.adapter_config(Some(ids.vault_id.clone()), TIMEOUT)).unwrap();
         Cbr {
             sim,
             ids,
