@@ -11,6 +11,9 @@
 //! contract's rules as async tests that every adapter runs against its
 //! simulator.
 //!
+//! With the `sim` feature, the `sim` module holds what every backend
+//! simulator shares (server loop, armed faults, injections).
+//!
 //! Nothing here depends on tonic, sled or the daemon.
 
 pub mod backoff;
@@ -19,6 +22,8 @@ pub mod conformance;
 pub mod error;
 pub mod http;
 mod secret;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod state;
 pub mod token;
 mod types;
