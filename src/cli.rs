@@ -90,6 +90,9 @@ pub enum BackupCmd {
         /// key=value, repeatable.
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Only what changed since the target's last backup (vbs_v2).
+        #[arg(long)]
+        incremental: bool,
         #[arg(long)]
         wait: bool,
     },
@@ -366,6 +369,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             target,
             request_id,
             labels,
+            incremental,
             wait,
         }) => {
             let mut map = std::collections::HashMap::new();
@@ -380,6 +384,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     target,
                     request_id: request_id.unwrap_or_default(),
                     labels: map,
+                    incremental,
                 })
                 .await
                 .map_err(status_err)?

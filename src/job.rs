@@ -224,7 +224,7 @@ fn migrate_v1(rec: &mut JobRecord) {
     }
     rec.target = crate::names::normalise_target(&rec.target);
     let r = match &mut rec.op {
-        Operation::CreateBackup { resource }
+        Operation::CreateBackup { resource, .. }
         | Operation::DeleteBackup { resource, .. }
         | Operation::Restore { resource, .. } => resource,
     };
@@ -288,7 +288,7 @@ mod tests {
         // A v1 job caught while submitting, on an upper-case GUID.
         let mut sub = crate::test_support::record();
         sub.target = "backends/cf/serviceInstances/6B0E2A8C-3F4D-4E5A-9B1C-2D3E4F5A6B7C".into();
-        if let Operation::CreateBackup { resource } = &mut sub.op {
+        if let Operation::CreateBackup { resource, .. } = &mut sub.op {
             resource.id = "6B0E2A8C-3F4D-4E5A-9B1C-2D3E4F5A6B7C".into();
         }
         sub.phase = Phase::Submitting;

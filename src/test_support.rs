@@ -197,6 +197,7 @@ pub fn backup(backend: &str, instance: &str) -> NewJob {
                 kind: ResourceKind::ServiceInstance,
                 id: instance.into(),
             },
+            incremental: false,
         },
         labels: BTreeMap::new(),
         request_id: None,

@@ -50,6 +50,7 @@ pub fn capabilities(c: Capabilities) -> pb::Capabilities {
         cross_instance_restore: c.cross_instance_restore,
         restore_mappings: c.restore_mappings,
         cancel_running: c.cancel_running,
+        incremental_backup: c.incremental_backup,
     }
 }
 

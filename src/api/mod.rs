@@ -210,9 +210,20 @@ impl BackupService for Service {
         let mut v = Vec::new();
         let request_id = validate::request_id(&r.request_id, &mut v);
         let labels = validate::labels(&r.labels, &mut v);
+        if r.incremental && !entry.backend.capabilities().incremental_backup {
+            v.push(FieldViolation::new(
+                "incremental",
+                format!(
+                    "backend {} ({}) cannot make incremental backups",
+                    entry.name,
+                    entry.backend.kind()
+                ),
+            ));
+        }
         validate::done(v)?;
         let op = Operation::CreateBackup {
             resource: t.resource.clone(),
+            incremental: r.incremental,
         };
         self.check(entry, &op)?;
         self.create(NewJob {

@@ -219,6 +219,7 @@ pub fn backup_req(i: usize, request_id: &str) -> pb::CreateBackupRequest {
         target: target(i),
         request_id: request_id.to_string(),
         labels: Default::default(),
+        incremental: false,
     }
 }
 

@@ -62,6 +62,14 @@ async fn bad_input_names_the_field() {
     let e = c.create_backup(r).await.unwrap_err();
     assert!(violations(&e)[0].starts_with("labels["), "{e:?}");
 
+    // CF makes full backups only.
+    let mut r = backup_req(0, "");
+    r.incremental = true;
+    let e = c.create_backup(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(violations(&e), vec!["incremental"]);
+    assert!(e.message().contains("incremental"), "{e:?}");
+
     // Restore fields a CF backend cannot honour, a future time, empty ids.
     let mut r = restore_req(0);
     r.mappings.push(pb::VolumeMapping {

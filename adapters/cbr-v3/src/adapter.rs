@@ -643,6 +643,7 @@ impl Backend for CbrV3 {
             point_in_time_restore: false,
             cross_instance_restore: false,
             restore_mappings: true,
+            incremental_backup: false,
             cancel_running: false,
         }
     }
@@ -783,7 +784,7 @@ impl Backend for CbrV3 {
 
     async fn validate(&self, op: &Operation) -> Result<String, BackendError> {
         match op {
-            Operation::CreateBackup { resource } => {
+            Operation::CreateBackup { resource, .. } => {
                 let body = self.checkpoint_request(resource)?;
                 Ok(format!(
                     "POST {} {}",
@@ -937,7 +938,7 @@ impl Backend for CbrV3 {
                     })?,
                 })
             }
-            Operation::CreateBackup { resource } => {
+            Operation::CreateBackup { resource, .. } => {
                 let body =
                     serde_json::to_value(self.checkpoint_request(resource)?).map_err(|e| {
                         BackendError::permanent(format!("cannot encode the checkpoint: {e}"))

@@ -316,6 +316,7 @@ async fn create_list_in_pages_and_delete() {
     let t = start(|_| {}).await;
     let op = Operation::CreateBackup {
         resource: t.server(),
+        incremental: false,
     };
     t.cbr.validate(&op).await.unwrap();
     let mut made = Vec::new();
@@ -386,6 +387,7 @@ async fn no_vault_no_backups() {
     assert!(!cbr.capabilities().create_backup);
     let v = cbr.check(&Operation::CreateBackup {
         resource: t.server(),
+        incremental: false,
     });
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].field, "target");
@@ -545,7 +547,8 @@ fn check_names_the_fields() {
             resource: Resource {
                 kind: ResourceKind::ServiceInstance,
                 id: "x y".into()
-            }
+            },
+            incremental: false,
         }),
         ["target", "target"]
     );

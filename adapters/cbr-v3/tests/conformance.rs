@@ -86,6 +86,7 @@ impl ConformanceTarget for Cbr {
     fn backup_op(&self) -> Operation {
         Operation::CreateBackup {
             resource: self.server(),
+            incremental: false,
         }
     }
 

@@ -445,7 +445,7 @@ impl CfV3 {
         op: &Operation,
     ) -> Result<(String, Option<Value>, &'static str), BackendError> {
         match op {
-            Operation::CreateBackup { resource } => Ok((
+            Operation::CreateBackup { resource, .. } => Ok((
                 format!("{}/backups", Self::instance_path(&resource.id)),
                 None,
                 "creating the backup",
@@ -469,7 +469,7 @@ impl CfV3 {
     /// After the remote job completed: the new backup's id, for backups.
     async fn finish(&self, op: &Operation, intent: &IntentState) -> Result<Progress, BackendError> {
         match op {
-            Operation::CreateBackup { resource } => {
+            Operation::CreateBackup { resource, .. } => {
                 let list = self.backups(&resource.id, None).await?;
                 let newest = list
                     .backups
@@ -662,6 +662,7 @@ impl Backend for CfV3 {
             point_in_time_restore: true,
             cross_instance_restore: true,
             restore_mappings: false,
+            incremental_backup: false,
             cancel_running: false,
         }
     }

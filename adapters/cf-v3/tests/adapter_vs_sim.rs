@@ -60,6 +60,7 @@ async fn backup_then_restore_with_discovered_uaa() {
     let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
     let op = Operation::CreateBackup {
         resource: instance(),
+        incremental: false,
     };
     let Progress::Succeeded {
         backup_id: Some(id),
@@ -141,6 +142,7 @@ async fn errors_keep_cf_envelope() {
     });
     let op = Operation::CreateBackup {
         resource: instance(),
+        incremental: false,
     };
     let intent = cf.prepare(&op).await.unwrap();
     let e = cf.submit(&op, &intent).await.unwrap_err();
@@ -154,6 +156,7 @@ async fn reconcile_tells_submitted_from_not_submitted() {
     let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
     let op = Operation::CreateBackup {
         resource: instance(),
+        incremental: false,
     };
     let intent = cf.prepare(&op).await.unwrap();
     assert_eq!(
@@ -196,6 +199,7 @@ async fn relative_location_and_fixed_token() {
     .unwrap();
     let op = Operation::CreateBackup {
         resource: instance(),
+        incremental: false,
     };
     let Progress::Succeeded {
         backup_id: Some(_), ..
@@ -241,6 +245,7 @@ async fn unusable_locations_are_followed_through_last_operation() {
         // An earlier operation that succeeded.
         let op = Operation::CreateBackup {
             resource: instance(),
+            incremental: false,
         };
         drive(&cf, &op).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -290,6 +295,7 @@ async fn not_authenticated_refreshes_the_token_once() {
     });
     let op = Operation::CreateBackup {
         resource: instance(),
+        incremental: false,
     };
     let intent = cf.prepare(&op).await.unwrap();
     cf.submit(&op, &intent).await.unwrap();
@@ -316,6 +322,7 @@ async fn retry_after_in_epoch_milliseconds_is_a_short_delay() {
     });
     let op = Operation::CreateBackup {
         resource: instance(),
+        incremental: false,
     };
     let intent = cf.prepare(&op).await.unwrap();
     let e = cf.submit(&op, &intent).await.unwrap_err();

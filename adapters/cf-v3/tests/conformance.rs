@@ -96,6 +96,7 @@ impl ConformanceTarget for Cf {
                 kind: ResourceKind::ServiceInstance,
                 id: GUID.into(),
             },
+            incremental: false,
         }
     }
 

@@ -60,6 +60,9 @@ pub struct Capabilities {
     pub point_in_time_restore: bool,
     pub cross_instance_restore: bool,
     pub restore_mappings: bool,
+    /// Whether a backup can be made incremental (`CreateBackup.incremental`).
+    #[serde(default)]
+    pub incremental_backup: bool,
     /// Whether a running remote operation can be stopped.
     pub cancel_running: bool,
 }
@@ -129,6 +132,10 @@ pub struct RestoreSpec {
 pub enum Operation {
     CreateBackup {
         resource: Resource,
+        /// Only what changed since the resource's last backup, where the
+        /// backend can (`Capabilities::incremental_backup`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        incremental: bool,
     },
     DeleteBackup {
         resource: Resource,
@@ -143,7 +150,7 @@ pub enum Operation {
 impl Operation {
     pub fn resource(&self) -> &Resource {
         match self {
-            Operation::CreateBackup { resource }
+            Operation::CreateBackup { resource, .. }
             | Operation::DeleteBackup { resource, .. }
             | Operation::Restore { resource, .. } => resource,
         }
