@@ -61,6 +61,8 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+pub use custos_adapter_core::sim::PostFault;
+use custos_adapter_core::sim::{ArmedPosts, Injections, Kill, after_apply, lock, serve};
 use custos_openstack::sim::KeystoneSim;
 use rand::Rng;
 use serde_json::Value;
@@ -264,45 +266,6 @@ struct SimOp {
     work: Work,
 }
 
-/// What an armed POST meets *after* it was applied ([`Simulator::arm_post`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PostFault {
-    /// This status with an HTML page (a proxy that gave up waiting: 502, 504).
-    ApplyThenHtml(u16),
-    /// This status with the service's `BackupService.0002` body (500, 503).
-    ApplyThenError(u16),
-    /// The usual answer, only after this long (a client with a shorter
-    /// timeout sees a timeout).
-    ApplyThenDelay(Duration),
-    /// The connection breaks in the middle of the answer.
-    ApplyThenReset,
-    /// The usual status with a body of this many bytes.
-    ApplyThenHugeBody(usize),
-    /// The connection breaks before the request reaches the service:
-    /// nothing is applied.
-    ResetBeforeApply,
-}
-
-/// An answer whose body breaks off: the client sees a broken connection.
-fn broken(status: StatusCode) -> Response {
-    let err: Result<Bytes, std::io::Error> = Err(std::io::Error::new(
-        std::io::ErrorKind::ConnectionReset,
-        "simulated connection reset",
-    ));
-    (
-        status,
-        axum::body::Body::from_stream(tokio_stream::once(err)),
-    )
-        .into_response()
-}
-
-#[derive(Debug, Clone)]
-struct ArmedPost {
-    path_contains: String,
-    fault: PostFault,
-    times: u32,
-}
-
 #[derive(Default)]
 struct World {
     servers: HashMap<String, Server>,
@@ -312,8 +275,9 @@ struct World {
     checkpoints: HashMap<String, CheckpointResp>,
     ops: HashMap<String, SimOp>,
     seq: u64,
-    injections: Vec<Injection>,
-    armed: Vec<ArmedPost>,
+    /// Forced answers: status, `error_code`, `error_msg`.
+    injections: Injections<(u16, String, String)>,
+    armed: ArmedPosts,
     next_restore_end: Option<RestoreEnd>,
     restores: Vec<ReceivedRestore>,
 }
@@ -333,11 +297,6 @@ pub struct Simulator {
     inner: Arc<Inner>,
     addr: SocketAddr,
     stop: Arc<Notify>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state stays usable after a panic elsewhere; carry on with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// RFC 3339 with milliseconds and `+00:00`, as the API's examples.
@@ -722,15 +681,7 @@ impl Simulator {
             .merge(keystone.router())
             .layer(middleware::from_fn_with_state(inner.clone(), gateway));
         let stop = Arc::new(Notify::new());
-        let stop2 = stop.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop2.notified().await })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "cbr simulator stopped");
-            }
-        });
+        serve(listener, app, stop.clone());
         Ok(Simulator { inner, addr, stop })
     }
 
@@ -907,7 +858,12 @@ impl Simulator {
 
     /// Forces the next matching requests to fail.
     pub fn inject(&self, inj: Injection) {
-        lock(&self.inner.world).injections.push(inj);
+        lock(&self.inner.world).injections.push(
+            inj.method,
+            &inj.path_contains,
+            inj.times,
+            (inj.status, inj.error_code, inj.error_msg),
+        );
     }
 
     /// The next `times` POSTs whose path contains `path_contains` and that
@@ -920,11 +876,9 @@ impl Simulator {
     /// The next `times` POSTs whose path contains `path_contains` and that
     /// were applied (2xx) meet `fault`; refused ones are answered as usual.
     pub fn arm_post(&self, path_contains: &str, fault: PostFault, times: u32) {
-        lock(&self.inner.world).armed.push(ArmedPost {
-            path_contains: path_contains.into(),
-            fault,
-            times,
-        });
+        lock(&self.inner.world)
+            .armed
+            .arm(path_contains, fault, times);
     }
 
     /// Forgets injections and armed faults not yet used.
@@ -1154,7 +1108,7 @@ fn fault(inner: &Inner, r: Response) -> Response {
 }
 
 /// What the gateway does before and after the service: latency, auth,
-/// the project check, injections, random faults, and armed HTML answers.
+/// the project check, injections, random faults, and armed POST faults.
 async fn gateway(
     State(inner): State<Arc<Inner>>,
     req: Request<axum::body::Body>,
@@ -1188,25 +1142,10 @@ async fn gateway(
             "the project in the path is not the token's project",
         );
     }
-    let injected = {
-        let mut w = lock(&inner.world);
-        let pos = w
-            .injections
-            .iter()
-            .position(|i| i.method == method && path.contains(&i.path_contains) && i.times > 0);
-        pos.map(|p| {
-            let inj = &mut w.injections[p];
-            inj.times -= 1;
-            let r = inj.clone();
-            if inj.times == 0 {
-                w.injections.remove(p);
-            }
-            r
-        })
-    };
-    if let Some(i) = injected {
-        let status = StatusCode::from_u16(i.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return fault(&inner, gateway_error(status, &i.error_code, &i.error_msg));
+    let injected = lock(&inner.world).injections.take(&method, &path);
+    if let Some((status, code, msg)) = injected {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return fault(&inner, gateway_error(status, &code, &msg));
     }
     let (throttle, error, plain) = {
         let mut rng = rand::rng();
@@ -1230,94 +1169,41 @@ async fn gateway(
         let r = if plain {
             (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
         } else {
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "BackupService.0002",
-                "resources are being backed up, try again later",
-            )
+            service_busy(StatusCode::INTERNAL_SERVER_ERROR)
         };
         return fault(&inner, r);
     }
-    if method == Method::POST {
-        let reset = {
-            let mut w = lock(&inner.world);
-            let pos = w.armed.iter().position(|a| {
-                a.times > 0
-                    && a.fault == PostFault::ResetBeforeApply
-                    && path.contains(&a.path_contains)
-            });
-            pos.map(|p| {
-                let a = &mut w.armed[p];
-                a.times -= 1;
-                if a.times == 0 {
-                    w.armed.remove(p);
-                }
-            })
-        };
-        if reset.is_some() {
-            return fault(&inner, broken(StatusCode::INTERNAL_SERVER_ERROR));
-        }
+    let kill = req.extensions().get::<Kill>().cloned();
+    if method == Method::POST
+        && lock(&inner.world).armed.take_before_apply(&path)
+        && let Some(k) = &kill
+    {
+        inner.counters.faults.fetch_add(1, Ordering::SeqCst);
+        return k.now().await;
     }
     let resp = next.run(req).await;
-    if method == Method::POST && resp.status().is_success() {
-        let armed = {
-            let mut w = lock(&inner.world);
-            let pos = w.armed.iter().position(|a| {
-                a.times > 0
-                    && a.fault != PostFault::ResetBeforeApply
-                    && path.contains(&a.path_contains)
-            });
-            pos.map(|p| {
-                let a = &mut w.armed[p];
-                a.times -= 1;
-                let f = a.fault.clone();
-                if a.times == 0 {
-                    w.armed.remove(p);
-                }
-                f
-            })
-        };
-        if let Some(PostFault::ApplyThenDelay(d)) = armed {
+    let armed = if method == Method::POST && resp.status().is_success() {
+        lock(&inner.world).armed.take_after_apply(&path)
+    } else {
+        None
+    };
+    match armed {
+        Some(f) => {
             inner.counters.faults.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(d).await;
-            return resp;
+            after_apply(f, resp, kill.as_ref(), service_busy).await
         }
-        if let Some(PostFault::ApplyThenReset) = armed {
-            return fault(&inner, broken(resp.status()));
-        }
-        if let Some(PostFault::ApplyThenHugeBody(n)) = armed {
-            let (parts, _) = resp.into_parts();
-            return fault(
-                &inner,
-                Response::from_parts(parts, axum::body::Body::from(vec![b' '; n])),
-            );
-        }
-        if let Some(PostFault::ApplyThenError(s)) = armed {
-            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return fault(
-                &inner,
-                error_response(
-                    status,
-                    "BackupService.0002",
-                    "resources are being backed up, try again later",
-                ),
-            );
-        }
-        if let Some(PostFault::ApplyThenHtml(s)) = armed {
-            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
-            let mut r = (
-                status,
-                format!(
-                    "<html><head><title>{s} Gateway Time-out</title></head><body><center><h1>{s} Gateway Time-out</h1></center></body></html>"
-                ),
-            )
-                .into_response();
-            r.headers_mut()
-                .insert("content-type", HeaderValue::from_static("text/html"));
-            return fault(&inner, r);
-        }
+        None => resp,
     }
-    resp
+}
+
+/// The service's 5xx body (a random error, or an applied POST answered
+/// [`PostFault::ApplyThenError`]).
+fn service_busy(status: StatusCode) -> Response {
+    error_response(
+        status,
+        "BackupService.0002",
+        "resources are being backed up, try again later",
+    )
 }
 
 /// Option B of §2.1: `Authorization: SDK-HMAC-SHA256 Access=<AK>, …` with

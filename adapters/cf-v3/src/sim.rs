@@ -23,7 +23,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -40,12 +40,12 @@ use axum::{
 };
 use base64::Engine as _;
 use chrono::{SecondsFormat, Utc};
-use hyper_util::rt::TokioIo;
+pub use custos_adapter_core::sim::PostFault;
+use custos_adapter_core::sim::{ArmedPosts, Injections, Kill, after_apply, lock, serve};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::Notify, time::Instant};
-use tower::Service;
 
 pub use crate::wire::CfError;
 use crate::wire::{BackupEntry, ErrorEnvelope, RestoreBody, TokenResponse};
@@ -183,31 +183,6 @@ pub fn cf_error(code: i64, title: &str, detail: &str) -> CfError {
     }
 }
 
-/// What [`Simulator::arm_post`] does to a POST.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PostFault {
-    /// Drop the connection before the request is read: nothing applied.
-    ResetBeforeApply,
-    /// Apply, then answer this status with an HTML page (a load balancer
-    /// that gave up waiting: 502, 504).
-    ApplyThenHtml(u16),
-    /// Apply, then answer this status with a CF error envelope (5xx, 408).
-    ApplyThenEnvelope(u16),
-    /// Apply, then drop the connection.
-    ApplyThenReset,
-    /// Apply, then answer only after this long.
-    ApplyThenDelay(Duration),
-    /// Apply, then answer 202 (with the `Location`) and a body this long.
-    ApplyThenHugeBody(usize),
-}
-
-#[derive(Debug, Clone)]
-struct ArmedPost {
-    path_contains: String,
-    fault: PostFault,
-    times: u32,
-}
-
 /// What a restore request carried, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedRestore {
@@ -269,10 +244,11 @@ struct World {
     instances: HashMap<String, Instance>,
     jobs: HashMap<String, SimJob>,
     tokens: HashMap<String, Instant>,
-    injections: Vec<Injection>,
+    /// Forced answers: status and CF error.
+    injections: Injections<(u16, CfError)>,
     fail_next_jobs: HashMap<String, CfError>,
     restores: Vec<ReceivedRestore>,
-    armed_posts: Vec<ArmedPost>,
+    armed_posts: ArmedPosts,
 }
 
 struct Inner {
@@ -291,18 +267,8 @@ pub struct Simulator {
     stop: Arc<Notify>,
 }
 
-/// The per-connection switch a handler pulls to drop its connection.
-#[derive(Clone)]
-struct Kill(Arc<Notify>);
-
 fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock poisons it; the simulator's state is
-    // still usable, so carry on with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Simulator {
@@ -317,25 +283,7 @@ impl Simulator {
             base_url: format!("http://{addr}"),
         });
         let stop = Arc::new(Notify::new());
-        let app = router(inner.clone());
-        let stop2 = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "simulator accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop2.notified() => return,
-                };
-                let app = app.clone();
-                tokio::spawn(serve_connection(stream, app));
-            }
-        });
+        serve(listener, router(inner.clone()), stop.clone());
         Ok(Simulator { inner, addr, stop })
     }
 
@@ -395,18 +343,21 @@ impl Simulator {
 
     /// Forces the next matching requests to fail.
     pub fn inject(&self, inj: Injection) {
-        lock(&self.inner.world).injections.push(inj);
+        lock(&self.inner.world).injections.push(
+            inj.method,
+            &inj.path_contains,
+            inj.times,
+            (inj.status, inj.error),
+        );
     }
 
     /// The next `times` POSTs whose path contains `path_contains` meet
     /// `fault`. An `ApplyThen…` fault is used up only by a POST that was
     /// applied (202); one refused (404, 409, ...) is answered as usual.
     pub fn arm_post(&self, path_contains: &str, fault: PostFault, times: u32) {
-        lock(&self.inner.world).armed_posts.push(ArmedPost {
-            path_contains: path_contains.to_string(),
-            fault,
-            times,
-        });
+        lock(&self.inner.world)
+            .armed_posts
+            .arm(path_contains, fault, times);
     }
 
     /// Forgets every injection and armed POST fault not yet used.
@@ -500,24 +451,6 @@ impl Simulator {
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, app: Router) {
-    let kill = Arc::new(Notify::new());
-    let k2 = kill.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(Kill(k2.clone()));
-        let mut app = app.clone();
-        async move { app.call(req).await }
-    });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        _ = conn => {}
-        // Dropping the connection closes the socket mid-exchange: the client
-        // sees a reset / incomplete message.
-        _ = kill.notified() => {}
-    }
-}
-
 fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/", get(root))
@@ -586,22 +519,7 @@ async fn faults(
     let method = req.method().clone();
     let reset_epoch = Utc::now().timestamp() + 1;
 
-    let injected = {
-        let mut w = lock(&inner.world);
-        let pos = w
-            .injections
-            .iter()
-            .position(|i| i.method == method && path.contains(&i.path_contains) && i.times > 0);
-        pos.map(|p| {
-            let inj = &mut w.injections[p];
-            inj.times -= 1;
-            let r = (inj.status, inj.error.clone());
-            if inj.times == 0 {
-                w.injections.remove(p);
-            }
-            r
-        })
-    };
+    let injected = lock(&inner.world).injections.take(&method, &path);
     if let Some((status, e)) = injected {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = cf_error_response(status, e.code, &e.title, &e.detail);
@@ -612,49 +530,15 @@ async fn faults(
         return resp;
     }
 
+    // Armed faults meet API POSTs only (not token requests):
+    // `ResetBeforeApply` whatever they are, the others once applied (202).
     let api_post = method == Method::POST && path.starts_with("/v3/");
-    // An armed fault: `ResetBeforeApply` is used up at once, the others
-    // only by a POST that was applied.
-    let armed = if api_post {
-        let mut w = lock(&inner.world);
-        let pos = w
-            .armed_posts
-            .iter()
-            .position(|a| a.times > 0 && path.contains(&a.path_contains));
-        pos.map(|p| {
-            let fault = w.armed_posts[p].fault.clone();
-            if fault == PostFault::ResetBeforeApply {
-                use_armed(&mut w.armed_posts, p);
-            }
-            fault
-        })
-    } else {
-        None
-    };
-    if armed == Some(PostFault::ResetBeforeApply)
+    if api_post
+        && lock(&inner.world).armed_posts.take_before_apply(&path)
         && let Some(k) = &kill
     {
         inner.counters.faults.fetch_add(1, Ordering::SeqCst);
-        k.0.notify_one();
-        return std::future::pending().await;
-    }
-    if let Some(fault) = armed {
-        let resp = next.run(req).await;
-        if resp.status() != StatusCode::ACCEPTED {
-            return resp;
-        }
-        {
-            let mut w = lock(&inner.world);
-            if let Some(p) = w
-                .armed_posts
-                .iter()
-                .position(|a| a.times > 0 && a.fault == fault && path.contains(&a.path_contains))
-            {
-                use_armed(&mut w.armed_posts, p);
-            }
-        }
-        inner.counters.faults.fetch_add(1, Ordering::SeqCst);
-        return after_apply(fault, resp, kill.as_ref()).await;
+        return k.now().await;
     }
 
     let (reset, throttle, error, slow, reset_after, malformed) = {
@@ -670,8 +554,7 @@ async fn faults(
     };
     if reset && let Some(k) = &kill {
         inner.counters.faults.fetch_add(1, Ordering::SeqCst);
-        k.0.notify_one();
-        return std::future::pending().await;
+        return k.now().await;
     }
     if throttle {
         inner.counters.faults.fetch_add(1, Ordering::SeqCst);
@@ -725,13 +608,21 @@ async fn faults(
     let mut resp = next.run(req).await;
     rate_limit_headers(resp.headers_mut(), reset_epoch, 19_999);
     let applied_post = method == Method::POST && resp.status() == StatusCode::ACCEPTED;
+    let armed = if api_post && applied_post {
+        lock(&inner.world).armed_posts.take_after_apply(&path)
+    } else {
+        None
+    };
+    if let Some(fault) = armed {
+        inner.counters.faults.fetch_add(1, Ordering::SeqCst);
+        return after_apply(fault, resp, kill.as_ref(), cf_server_error).await;
+    }
     if applied_post
         && reset_after
         && let Some(k) = &kill
     {
         inner.counters.faults.fetch_add(1, Ordering::SeqCst);
-        k.0.notify_one();
-        return std::future::pending().await;
+        return k.now().await;
     }
     if slow && (api_post || !cfg.slow_only_posts) {
         inner.counters.faults.fetch_add(1, Ordering::SeqCst);
@@ -754,60 +645,23 @@ fn throttle_headers(h: &mut HeaderMap, cfg: &SimConfig, reset_epoch: i64) {
     }
 }
 
-fn use_armed(armed: &mut Vec<ArmedPost>, p: usize) {
-    if let Some(a) = armed.get_mut(p) {
-        a.times = a.times.saturating_sub(1);
-        if a.times == 0 {
-            armed.remove(p);
-        }
-    }
-}
-
-/// What an armed fault makes of the answer to an applied POST.
-async fn after_apply(fault: PostFault, resp: Response, kill: Option<&Kill>) -> Response {
-    let status = |s: u16| StatusCode::from_u16(s).unwrap_or(StatusCode::GATEWAY_TIMEOUT);
-    match fault {
-        PostFault::ResetBeforeApply => resp,
-        PostFault::ApplyThenHtml(s) => {
-            let st = status(s);
-            let body = format!(
-                "<html><head><title>{code} {reason}</title></head><body><center><h1>{code} {reason}</h1></center><hr><center>nginx</center></body></html>",
-                code = st.as_u16(),
-                reason = st.canonical_reason().unwrap_or("Error")
-            );
-            let mut r = (st, body).into_response();
-            r.headers_mut()
-                .insert("content-type", HeaderValue::from_static("text/html"));
-            r
-        }
-        PostFault::ApplyThenEnvelope(s) => {
-            let st = status(s);
-            match st.as_u16() {
-                502 | 503 => cf_error_response(
-                    st,
-                    10015,
-                    "CF-ServiceUnavailable",
-                    "Service broker is unavailable.",
-                ),
-                408 => cf_error_response(st, 10001, "CF-ServerError", "Request timed out."),
-                _ => cf_error_response(st, 10001, "CF-ServerError", "An unknown error occurred."),
-            }
-        }
-        PostFault::ApplyThenReset => match kill {
-            Some(k) => {
-                k.0.notify_one();
-                std::future::pending().await
-            }
-            None => resp,
-        },
-        PostFault::ApplyThenDelay(d) => {
-            tokio::time::sleep(d).await;
-            resp
-        }
-        PostFault::ApplyThenHugeBody(n) => {
-            let (parts, _) = resp.into_parts();
-            Response::from_parts(parts, axum::body::Body::from(vec![b' '; n]))
-        }
+/// CF's envelope for a server-side error with `status` (an applied POST
+/// answered [`PostFault::ApplyThenError`]).
+fn cf_server_error(status: StatusCode) -> Response {
+    match status.as_u16() {
+        502 | 503 => cf_error_response(
+            status,
+            10015,
+            "CF-ServiceUnavailable",
+            "Service broker is unavailable.",
+        ),
+        408 => cf_error_response(status, 10001, "CF-ServerError", "Request timed out."),
+        _ => cf_error_response(
+            status,
+            10001,
+            "CF-ServerError",
+            "An unknown error occurred.",
+        ),
     }
 }
 

@@ -125,7 +125,7 @@ impl ConformanceTarget for Cf {
             _ => "backup",
         };
         match fault {
-            SubmitFault::ApplyThenStatus(s) => post(PostFault::ApplyThenEnvelope(s)),
+            SubmitFault::ApplyThenStatus(s) => post(PostFault::ApplyThenError(s)),
             SubmitFault::ApplyThenHtml(s) => post(PostFault::ApplyThenHtml(s)),
             SubmitFault::ApplyThenReset => post(PostFault::ApplyThenReset),
             SubmitFault::ApplyThenTimeout => post(PostFault::ApplyThenDelay(TIMEOUT * 3)),
