@@ -8,6 +8,7 @@ use custos_adapter_core::{Backend, BackendKind, Secret};
 use custos_cbr_v3::{CbrConfig, CbrV3};
 use custos_cf_v3::{CfAuth, CfConfig, CfV3, Grant};
 use custos_openstack::{Credentials, KeystoneAuth};
+use custos_vbs_v2::{VbsConfig, VbsV2};
 
 use crate::config::{AuthConfig, BackendConfig, ConfigError, resolve_secret};
 
@@ -124,9 +125,28 @@ pub fn build(b: &BackendConfig, allow_inline: bool) -> Result<Arc<dyn Backend>, 
             .map_err(|e| ctx(e.to_string()))?;
             Ok(Arc::new(cbr))
         }
-        BackendKind::VbsV2 => Err(ctx(format!(
-            "kind {kind} is not supported by this release yet (cf_v3 and cbr_v3 are)"
-        ))),
+        BackendKind::VbsV2 => {
+            let project_id = b
+                .project_id
+                .clone()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| ctx("project_id is required for vbs_v2 backends".into()))?;
+            if b.vault_id.is_some() {
+                return Err(ctx(
+                    "vault_id is a cbr_v3 key; vbs_v2 backends keep backups beside the volume"
+                        .into(),
+                ));
+            }
+            let auth = keystone_auth(&b.auth, allow_inline).map_err(ctx)?;
+            let vbs = VbsV2::new(VbsConfig {
+                endpoint: b.endpoint.clone(),
+                project_id,
+                auth,
+                timeout: timing.timeout,
+            })
+            .map_err(|e| ctx(e.to_string()))?;
+            Ok(Arc::new(vbs))
+        }
     }
 }
 

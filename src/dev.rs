@@ -6,6 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use custos_adapter_core::Secret;
 use custos_cbr_v3::sim as cbr;
 use custos_cf_v3::sim::{SimConfig, Simulator};
+use custos_vbs_v2::sim as vbs;
 
 use crate::config::{AuthConfig, BackendConfig, Config, Dur, Role, TokenConfig};
 
@@ -19,6 +20,48 @@ pub struct DevEnv {
     pub cf_instances: Vec<String>,
     pub cbr: cbr::Simulator,
     pub cbr_ids: cbr::DemoIds,
+    pub vbs: vbs::Simulator,
+    pub vbs_ids: vbs::DemoIds,
+}
+
+/// A backend of an OpenStack-style simulator, with its Keystone password
+/// user.
+#[allow(clippy::too_many_arguments)]
+fn keystone_backend(
+    name: &str,
+    kind: &str,
+    endpoint: String,
+    auth_url: String,
+    project_id: &str,
+    vault_id: Option<String>,
+    user: (&str, &str, &str),
+) -> BackendConfig {
+    let (user_name, user_domain, password) = user;
+    BackendConfig {
+        name: name.into(),
+        kind: kind.into(),
+        endpoint,
+        project_id: Some(project_id.into()),
+        vault_id,
+        auth: AuthConfig::Keystone {
+            auth_url,
+            user_name: Some(user_name.into()),
+            user_domain_name: Some(user_domain.into()),
+            password: Some(Secret::new(password)),
+            password_env: None,
+            password_file: None,
+            application_credential_id: None,
+            application_credential_secret: None,
+            application_credential_secret_env: None,
+            application_credential_secret_file: None,
+        },
+        timeout: Some(Dur(Duration::from_secs(10))),
+        poll_interval: Some(Dur(Duration::from_millis(500))),
+        poll_max_interval: Some(Dur(Duration::from_secs(5))),
+        operation_timeout: None,
+        max_retries: None,
+        max_retry_after: None,
+    }
 }
 
 pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
@@ -37,6 +80,13 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
     };
     let cbr = cbr::Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), cbr_cfg.clone()).await?;
     let cbr_ids = cbr.seed_demo();
+    let vbs_cfg = vbs::SimConfig {
+        restore_duration: Duration::from_secs(3),
+        backup_duration: Duration::from_secs(2),
+        ..vbs::SimConfig::default()
+    };
+    let vbs = vbs::Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), vbs_cfg.clone()).await?;
+    let vbs_ids = vbs.seed_demo();
     let token = format!("dev-{}", uuid::Uuid::new_v4().simple());
     let mut config = Config::empty();
     config.listen = listen.to_string();
@@ -75,31 +125,24 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
         max_retries: None,
         max_retry_after: None,
     });
-    config.backends.push(BackendConfig {
-        name: "cbr-dev".into(),
-        kind: "cbr_v3".into(),
-        endpoint: cbr.url(),
-        project_id: Some(cbr_ids.project_id.clone()),
-        vault_id: Some(cbr_ids.vault_id.clone()),
-        auth: AuthConfig::Keystone {
-            auth_url: cbr.auth_url(),
-            user_name: Some(cbr_cfg.user_name.clone()),
-            user_domain_name: Some(cbr_cfg.user_domain.clone()),
-            password: Some(Secret::new(cbr_cfg.password.clone())),
-            password_env: None,
-            password_file: None,
-            application_credential_id: None,
-            application_credential_secret: None,
-            application_credential_secret_env: None,
-            application_credential_secret_file: None,
-        },
-        timeout: Some(Dur(Duration::from_secs(10))),
-        poll_interval: Some(Dur(Duration::from_millis(500))),
-        poll_max_interval: Some(Dur(Duration::from_secs(5))),
-        operation_timeout: None,
-        max_retries: None,
-        max_retry_after: None,
-    });
+    config.backends.push(keystone_backend(
+        "cbr-dev",
+        "cbr_v3",
+        cbr.url(),
+        cbr.auth_url(),
+        &cbr_ids.project_id,
+        Some(cbr_ids.vault_id.clone()),
+        (&cbr_cfg.user_name, &cbr_cfg.user_domain, &cbr_cfg.password),
+    ));
+    config.backends.push(keystone_backend(
+        "vbs-dev",
+        "vbs_v2",
+        vbs.url(),
+        vbs.auth_url(),
+        &vbs_ids.project_id,
+        None,
+        (&vbs_cfg.user_name, &vbs_cfg.user_domain, &vbs_cfg.password),
+    ));
     Ok(DevEnv {
         config,
         token,
@@ -108,6 +151,8 @@ pub async fn start(listen: &str) -> anyhow::Result<DevEnv> {
         cf_instances,
         cbr,
         cbr_ids,
+        vbs,
+        vbs_ids,
     })
 }
 
@@ -119,6 +164,9 @@ impl DevEnv {
         let c = &self.cbr_ids;
         let server = format!("backends/cbr-dev/servers/{}", c.server_id);
         let disk = format!("backends/cbr-dev/volumes/{}", c.data_volume_id);
+        let v = &self.vbs_ids;
+        let vol = format!("backends/vbs-dev/volumes/{}", v.volume_id);
+        let in_use = format!("backends/vbs-dev/volumes/{}", v.in_use_volume_id);
         format!(
             "\ncustos dev mode — nothing here is kept\n\
              \x20 data dir      {}\n\
@@ -138,6 +186,14 @@ impl DevEnv {
              \x20 custos restore {} --backup {} --map {}={} --map {}={} --wait\n\
              \x20 custos restore {} --backup {} --wait\n\
              \x20 custos backup create {} --wait\n\
+             \n\
+             \x20 # v2 VBS disk restores (VBS simulator {}): volumes and their backups\n\
+             \x20 custos backup list {}\n\
+             \x20 custos restore {} --backup {} --validate-only\n\
+             \x20 custos restore {} --backup {} --wait\n\
+             \x20 custos backup create {} --wait\n\
+             \x20 custos backup create {} --incremental --wait\n\
+             \x20 custos restore {} --backup {} --validate-only   # in use: refused\n\
              \x20 custos job list\n",
             self.data_dir.path().display(),
             self.cf.url(),
@@ -160,6 +216,16 @@ impl DevEnv {
             disk,
             c.disk_backup_id,
             server,
+            self.vbs.url(),
+            vol,
+            vol,
+            v.backup_id,
+            vol,
+            v.backup_id,
+            vol,
+            vol,
+            in_use,
+            v.backup_id,
         )
     }
 }

@@ -147,8 +147,29 @@ async fn simulate(
             Ok(0)
         }
         "vbs_v2" => {
-            anyhow::bail!("the {kind} simulator comes with its backend in a later release")
+            let d = std::time::Duration::from_secs_f64(job_seconds.max(0.0));
+            let cfg = custos_vbs_v2::sim::SimConfig {
+                restore_duration: d,
+                backup_duration: d,
+                ..Default::default()
+            };
+            let sim = custos_vbs_v2::sim::Simulator::start(listen, cfg.clone()).await?;
+            let ids = sim.seed_demo();
+            println!("custos: vbs_v2 simulator listening on {}", sim.url());
+            println!("  auth_url: {}", sim.auth_url());
+            println!("  project_id: {}", ids.project_id);
+            println!(
+                "  user: {} (domain {}) / password {}",
+                cfg.user_name, cfg.user_domain, cfg.password
+            );
+            println!(
+                "  volumes: {} (10 GiB, available), {} (10 GiB, in-use), {} (1 GiB, available)",
+                ids.volume_id, ids.in_use_volume_id, ids.small_volume_id
+            );
+            println!("  backup {} of {}", ids.backup_id, ids.volume_id);
+            server::shutdown_on_signal().cancelled().await;
+            Ok(0)
         }
-        other => anyhow::bail!("unknown --kind {other:?}: use cf_v3 or cbr_v3"),
+        other => anyhow::bail!("unknown --kind {other:?}: use cf_v3, cbr_v3 or vbs_v2"),
     }
 }

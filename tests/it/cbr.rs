@@ -16,62 +16,27 @@ use crate::harness::*;
 const T: Duration = Duration::from_secs(60);
 
 /// A CBR simulator with the demo world, and a daemon whose backend `cbr`
-/// points at it (the password in a 0600 file).
+/// points at it.
 async fn start(dir: &Path, cfg: CbrSimConfig) -> (CbrSim, DemoIds, Daemon) {
     let cbr = CbrSim::start("127.0.0.1:0".parse().unwrap(), cfg.clone())
         .await
         .unwrap();
     let ids = cbr.seed_demo();
-    // The harness wants a CF simulator for its environment; it stays idle.
-    let cf = sim(SimConfig::default(), 0).await;
-    let pw = dir.join("cbr.password");
-    std::fs::write(&pw, &cfg.password).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let config = dir.join("custos.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-shutdown_timeout = "2s"
-
-[[tokens]]
-name = "ops"
-role = "operator"
-token_env = "CUSTOS_IT_OP"
-
-[[backends]]
-name = "cbr"
-kind = "cbr_v3"
-endpoint = "{endpoint}"
-project_id = "{project}"
-vault_id = "{vault}"
-timeout = "2s"
-poll_interval = "100ms"
-poll_max_interval = "400ms"
-[backends.auth]
-type = "keystone"
-auth_url = "{auth_url}"
-user_name = "{user}"
-user_domain_name = "{domain}"
-password_file = "{pw}"
-"#,
-            data = dir.join("data").display(),
-            endpoint = cbr.url(),
-            project = ids.project_id,
-            vault = ids.vault_id,
-            auth_url = cbr.auth_url(),
-            user = cfg.user_name,
-            domain = cfg.user_domain,
-            pw = pw.display(),
-        ),
+    let d = start_keystone_daemon(
+        dir,
+        "cbr",
+        KeystoneBackend {
+            kind: "cbr_v3",
+            endpoint: cbr.url(),
+            auth_url: cbr.auth_url(),
+            project_id: &ids.project_id,
+            vault_id: Some(&ids.vault_id),
+            user: &cfg.user_name,
+            domain: &cfg.user_domain,
+            password: &cfg.password,
+        },
     )
-    .unwrap();
-    let d = Daemon::start_with(&config, &cf, dir).expect("daemon");
+    .await;
     (cbr, ids, d)
 }
 

@@ -304,3 +304,75 @@ pub fn violations(s: &Status) -> Vec<String> {
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// One OpenStack-style backend (`cbr_v3`, `vbs_v2`) with a Keystone
+/// password user, as a test's daemon sees it.
+pub struct KeystoneBackend<'a> {
+    pub kind: &'a str,
+    pub endpoint: String,
+    pub auth_url: String,
+    pub project_id: &'a str,
+    /// `cbr_v3` only.
+    pub vault_id: Option<&'a str>,
+    pub user: &'a str,
+    pub domain: &'a str,
+    pub password: &'a str,
+}
+
+/// Writes a config with `b` as backend `name` (its password in a 0600
+/// file, as operators keep it) and starts the daemon on it. The harness's
+/// CF simulator stays idle beside it.
+pub async fn start_keystone_daemon(dir: &Path, name: &str, b: KeystoneBackend<'_>) -> Daemon {
+    let cf = sim(SimConfig::default(), 0).await;
+    let pw = dir.join(format!("{name}.password"));
+    std::fs::write(&pw, b.password).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let vault = b
+        .vault_id
+        .map(|v| format!("vault_id = \"{v}\"\n"))
+        .unwrap_or_default();
+    let config = dir.join("custos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+shutdown_timeout = "2s"
+
+[[tokens]]
+name = "ops"
+role = "operator"
+token_env = "CUSTOS_IT_OP"
+
+[[backends]]
+name = "{name}"
+kind = "{kind}"
+endpoint = "{endpoint}"
+project_id = "{project}"
+{vault}timeout = "2s"
+poll_interval = "100ms"
+poll_max_interval = "400ms"
+[backends.auth]
+type = "keystone"
+auth_url = "{auth_url}"
+user_name = "{user}"
+user_domain_name = "{domain}"
+password_file = "{pw}"
+"#,
+            data = dir.join("data").display(),
+            kind = b.kind,
+            endpoint = b.endpoint,
+            project = b.project_id,
+            auth_url = b.auth_url,
+            user = b.user,
+            domain = b.domain,
+            pw = pw.display(),
+        ),
+    )
+    .unwrap();
+    Daemon::start_with(&config, &cf, dir).expect("daemon")
+}

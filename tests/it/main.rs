@@ -15,3 +15,4 @@ mod faults;
 mod flows;
 mod limits;
 mod validation;
+mod vbs;

@@ -7,6 +7,8 @@
 //! daemon.
 
 pub mod adapter;
+pub mod sim;
+mod sim_config;
 pub mod wire;
 
 pub use adapter::{VbsConfig, VbsV2};
