@@ -5,4 +5,5 @@
 //! Like every adapter crate, nothing here depends on tonic, sled or the
 //! daemon.
 
+pub mod sim;
 pub mod wire;
