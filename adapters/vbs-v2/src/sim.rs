@@ -7,7 +7,7 @@
 //! outcome and the volume `available`, `error_restoring` (an existing
 //! volume) or `error` (a new one); a deleted backup is `deleting`, then
 //! gone. Errors are Cinder's fault bodies (`{"<faultName>":{"code",
-//! "message"}}`, [`Fault`](crate::wire::Fault)) with Cinder's messages, and every answer
+//! "message"}}`, [`Fault`]) with Cinder's messages, and every answer
 //! carries `x-openstack-request-id`.
 //!
 //! Auth is the Keystone simulator of `custos-openstack`, mounted so that
