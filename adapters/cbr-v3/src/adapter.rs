@@ -26,9 +26,12 @@ use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
     ResourceKind, RestoreSpec,
-    http::{self, Reply, retry_idempotent},
+    http::{self, Reply},
 };
-use custos_openstack::{Keystone, KeystoneAuth};
+use custos_openstack::{
+    ErrorDialect, KeystoneAuth, ServiceClient,
+    service::{id_violation, valid_id},
+};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -58,8 +61,7 @@ pub struct CbrV3 {
     endpoint: String,
     project_id: String,
     vault_id: Option<String>,
-    http: reqwest::Client,
-    keystone: Keystone,
+    api: ServiceClient,
     timeout: Duration,
     clock_skew: Duration,
 }
@@ -116,25 +118,9 @@ const SUBMIT_WINDOW: Duration = Duration::from_secs(300);
 const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// Op-logs read per query (newest first).
 const OP_LOG_LIMIT: u32 = 100;
-const MAX_GET_RETRIES: u32 = 4;
-const MAX_GET_WAIT: Duration = Duration::from_secs(3);
 
 impl CbrV3 {
     pub fn new(cfg: CbrConfig) -> Result<CbrV3, BackendError> {
-        let endpoint = cfg.endpoint.trim_end_matches('/').to_string();
-        let u = url_scheme(&endpoint);
-        if !matches!(u, Some("http") | Some("https")) {
-            return Err(BackendError::permanent(format!(
-                "endpoint {:?} must be an http or https URL",
-                cfg.endpoint
-            )));
-        }
-        if !valid_id(&cfg.project_id) {
-            return Err(BackendError::permanent(format!(
-                "project_id {:?} is not an id (letters, digits, '-', '_')",
-                cfg.project_id
-            )));
-        }
         if let Some(v) = &cfg.vault_id
             && !valid_id(v)
         {
@@ -142,14 +128,22 @@ impl CbrV3 {
                 "vault_id {v:?} is not an id (letters, digits, '-', '_')"
             )));
         }
-        let http = http::client(cfg.timeout)?;
-        let keystone = Keystone::new(cfg.auth, cfg.project_id.clone(), http.clone())?;
+        let api = ServiceClient::new(
+            &cfg.endpoint,
+            "v3",
+            &cfg.project_id,
+            cfg.auth,
+            cfg.timeout,
+            ErrorDialect {
+                map: cbr_error,
+                is_envelope: |b| error_body(b).is_some(),
+            },
+        )?;
         Ok(CbrV3 {
-            endpoint,
+            endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
             project_id: cfg.project_id,
             vault_id: cfg.vault_id,
-            http,
-            keystone,
+            api,
             timeout: cfg.timeout,
             clock_skew: DEFAULT_CLOCK_SKEW,
         })
@@ -162,46 +156,17 @@ impl CbrV3 {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/v3/{}/{}", self.endpoint, self.project_id, path)
+        self.api.url(path)
     }
 
-    /// One call with `X-Auth-Token` (one refresh after a 401, by
-    /// `Keystone::send`). A failed non-GET follows the submit rule.
     async fn call(
         &self,
         method: Method,
         path: &str,
-        query: &[(&str, String)],
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, BackendError> {
-        let idempotent = method == Method::GET;
-        let url = self.url(path);
-        let reply = self
-            .keystone
-            .send(what, idempotent, || {
-                let mut r = self.http.request(method.clone(), &url);
-                if !query.is_empty() {
-                    r = r.query(query);
-                }
-                if let Some(b) = body {
-                    r = r.json(b);
-                }
-                r
-            })
-            .await?;
-        if reply.status.is_success() {
-            return Ok(reply);
-        }
-        let e = cbr_error(reply.status, &reply.headers, &reply.body, what);
-        if idempotent {
-            return Err(e);
-        }
-        Err(http::classify_submit_failure(
-            e,
-            reply.status.as_u16(),
-            error_body(&reply.body).is_some(),
-        ))
+        self.api.call(method, path, &[], body, what).await
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -210,15 +175,7 @@ impl CbrV3 {
         query: &[(&str, String)],
         what: &str,
     ) -> Result<T, BackendError> {
-        retry_idempotent(MAX_GET_RETRIES, MAX_GET_WAIT, || async {
-            let reply = self.call(Method::GET, path, query, None, what).await?;
-            serde_json::from_slice::<T>(&reply.body).map_err(|e| {
-                BackendError::transient(format!(
-                    "{what}: the answer is not JSON of the expected shape: {e}"
-                ))
-            })
-        })
-        .await
+        self.api.get_json(path, query, what).await
     }
 
     async fn backup(&self, id: &str) -> Result<BackupResp, BackendError> {
@@ -461,11 +418,6 @@ impl CbrV3 {
     }
 }
 
-fn url_scheme(s: &str) -> Option<&str> {
-    let (scheme, rest) = s.split_once("://")?;
-    (!rest.is_empty()).then_some(scheme)
-}
-
 fn is_restore_of(l: &OperationLog, backup_id: &str, target_id: &str) -> bool {
     l.operation_type == "restore"
         && l.extra_info
@@ -605,23 +557,6 @@ fn cbr_error(status: StatusCode, headers: &HeaderMap, body: &[u8], what: &str) -
     .with_details(vec![detail]);
     e.retry_after = http::retry_after(headers, SystemTime::now());
     e
-}
-
-/// CBR ids are UUIDs (project ids: 32 hex digits); accept what they use.
-fn valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-fn id_violation(v: &mut Vec<FieldViolation>, field: &str, id: &str) {
-    if !valid_id(id) {
-        v.push(FieldViolation::new(
-            field,
-            format!("{id:?} is not an id (letters, digits, '-', '_'; at most 64)"),
-        ));
-    }
 }
 
 #[async_trait]
@@ -916,14 +851,8 @@ impl Backend for CbrV3 {
                         BackendError::permanent(format!("cannot encode the restore: {e}"))
                     })?;
                 let path = format!("backups/{bid}/restore");
-                self.call(
-                    Method::POST,
-                    &path,
-                    &[],
-                    Some(&body),
-                    "starting the restore",
-                )
-                .await?;
+                self.call(Method::POST, &path, Some(&body), "starting the restore")
+                    .await?;
                 Ok(RemoteHandle {
                     display: format!(
                         "restore of backup {bid} onto {} {}",
@@ -947,7 +876,6 @@ impl Backend for CbrV3 {
                     .call(
                         Method::POST,
                         "checkpoints",
-                        &[],
                         Some(&body),
                         "creating the backup",
                     )
@@ -974,7 +902,6 @@ impl Backend for CbrV3 {
                 self.call(
                     Method::DELETE,
                     &format!("backups/{backup_id}"),
-                    &[],
                     None,
                     "deleting the backup",
                 )

@@ -40,9 +40,12 @@ use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
     ResourceKind, RestoreSpec,
-    http::{self, Reply, retry_idempotent},
+    http::{self, Reply},
 };
-use custos_openstack::{Keystone, KeystoneAuth};
+use custos_openstack::{
+    ErrorDialect, KeystoneAuth, ServiceClient,
+    service::{id_violation, valid_id},
+};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -68,8 +71,7 @@ pub struct VbsConfig {
 pub struct VbsV2 {
     endpoint: String,
     project_id: String,
-    http: reqwest::Client,
-    keystone: Keystone,
+    api: ServiceClient,
     clock_skew: Duration,
 }
 
@@ -123,8 +125,6 @@ enum HandleState {
 }
 
 const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
-const MAX_GET_RETRIES: u32 = 4;
-const MAX_GET_WAIT: Duration = Duration::from_secs(3);
 /// Pages read when looking for a backup by name on a server that ignores
 /// the `name` filter.
 const MAX_NAME_PAGES: usize = 20;
@@ -133,29 +133,21 @@ const NAME_PREFIX: &str = "custos-";
 
 impl VbsV2 {
     pub fn new(cfg: VbsConfig) -> Result<VbsV2, BackendError> {
-        let endpoint = cfg.endpoint.trim_end_matches('/').to_string();
-        let u = url::Url::parse(&endpoint).map_err(|e| {
-            BackendError::permanent(format!("endpoint {:?} is not a URL: {e}", cfg.endpoint))
-        })?;
-        if !matches!(u.scheme(), "http" | "https") {
-            return Err(BackendError::permanent(format!(
-                "endpoint {:?} must be an http or https URL",
-                cfg.endpoint
-            )));
-        }
-        if !valid_id(&cfg.project_id) {
-            return Err(BackendError::permanent(format!(
-                "project_id {:?} is not an id (letters, digits, '-', '_')",
-                cfg.project_id
-            )));
-        }
-        let http = http::client(cfg.timeout)?;
-        let keystone = Keystone::new(cfg.auth, cfg.project_id.clone(), http.clone())?;
+        let api = ServiceClient::new(
+            &cfg.endpoint,
+            "v2",
+            &cfg.project_id,
+            cfg.auth,
+            cfg.timeout,
+            ErrorDialect {
+                map: vbs_error,
+                is_envelope: |b| Fault::parse(b).is_some(),
+            },
+        )?;
         Ok(VbsV2 {
-            endpoint,
+            endpoint: cfg.endpoint.trim_end_matches('/').to_string(),
             project_id: cfg.project_id,
-            http,
-            keystone,
+            api,
             clock_skew: DEFAULT_CLOCK_SKEW,
         })
     }
@@ -167,46 +159,17 @@ impl VbsV2 {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/v2/{}/{}", self.endpoint, self.project_id, path)
+        self.api.url(path)
     }
 
-    /// One call with `X-Auth-Token` (one refresh after a 401, by
-    /// `Keystone::send`). A failed non-GET follows the submit rule.
     async fn call(
         &self,
         method: Method,
         path: &str,
-        query: &[(&str, String)],
         body: Option<&Value>,
         what: &str,
     ) -> Result<Reply, BackendError> {
-        let idempotent = method == Method::GET;
-        let url = self.url(path);
-        let reply = self
-            .keystone
-            .send(what, idempotent, || {
-                let mut r = self.http.request(method.clone(), &url);
-                if !query.is_empty() {
-                    r = r.query(query);
-                }
-                if let Some(b) = body {
-                    r = r.json(b);
-                }
-                r
-            })
-            .await?;
-        if reply.status.is_success() {
-            return Ok(reply);
-        }
-        let e = vbs_error(reply.status, &reply.headers, &reply.body, what);
-        if idempotent {
-            return Err(e);
-        }
-        Err(http::classify_submit_failure(
-            e,
-            reply.status.as_u16(),
-            Fault::parse(&reply.body).is_some(),
-        ))
+        self.api.call(method, path, &[], body, what).await
     }
 
     async fn get_json<T: DeserializeOwned>(
@@ -215,15 +178,7 @@ impl VbsV2 {
         query: &[(&str, String)],
         what: &str,
     ) -> Result<T, BackendError> {
-        retry_idempotent(MAX_GET_RETRIES, MAX_GET_WAIT, || async {
-            let reply = self.call(Method::GET, path, query, None, what).await?;
-            serde_json::from_slice::<T>(&reply.body).map_err(|e| {
-                BackendError::transient(format!(
-                    "{what}: the answer is not JSON of the expected shape: {e}"
-                ))
-            })
-        })
-        .await
+        self.api.get_json(path, query, what).await
     }
 
     async fn backup(&self, id: &str) -> Result<Backup, BackendError> {
@@ -590,23 +545,6 @@ fn vbs_error(status: StatusCode, headers: &HeaderMap, body: &[u8], what: &str) -
     e
 }
 
-/// Cinder ids are UUIDs (project ids: 32 hex digits); accept what they use.
-fn valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-fn id_violation(v: &mut Vec<FieldViolation>, field: &str, id: &str) {
-    if !valid_id(id) {
-        v.push(FieldViolation::new(
-            field,
-            format!("{id:?} is not an id (letters, digits, '-', '_'; at most 64)"),
-        ));
-    }
-}
-
 fn invalid<T>(m: String) -> Result<T, BackendError> {
     Err(BackendError::new(ErrorKind::Invalid, m))
 }
@@ -885,7 +823,6 @@ impl Backend for VbsV2 {
                     .call(
                         Method::POST,
                         &format!("backups/{bid}/restore"),
-                        &[],
                         Some(&body),
                         "starting the restore",
                     )
@@ -914,13 +851,7 @@ impl Backend for VbsV2 {
                 })?;
                 let body = Self::backup_request(&resource.id, &name, *incremental)?;
                 let reply = self
-                    .call(
-                        Method::POST,
-                        "backups",
-                        &[],
-                        Some(&body),
-                        "creating the backup",
-                    )
+                    .call(Method::POST, "backups", Some(&body), "creating the backup")
                     .await?;
                 let created: BackupCreated = serde_json::from_slice(&reply.body).map_err(|e| {
                     let mut err = BackendError::transient(format!(
@@ -943,7 +874,6 @@ impl Backend for VbsV2 {
                 self.call(
                     Method::DELETE,
                     &format!("backups/{backup_id}"),
-                    &[],
                     None,
                     "deleting the backup",
                 )
