@@ -25,16 +25,14 @@ use custos_adapter_core::state::{decode as parse_state, encode as to_json};
 use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
-    ResourceKind, RestoreSpec,
-    http::{self, Reply},
+    ResourceKind, RestoreSpec, http,
 };
 use custos_openstack::{
     ErrorDialect, KeystoneAuth, ServiceClient,
     service::{id_violation, valid_id},
 };
 use reqwest::{Method, StatusCode, header::HeaderMap};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::wire::{
     BackupEnvelope, BackupList, BackupResp, BackupRestore, CheckpointCreate,
@@ -155,31 +153,9 @@ impl CbrV3 {
         self
     }
 
-    fn url(&self, path: &str) -> String {
-        self.api.url(path)
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        what: &str,
-    ) -> Result<Reply, BackendError> {
-        self.api.call(method, path, &[], body, what).await
-    }
-
-    async fn get_json<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        what: &str,
-    ) -> Result<T, BackendError> {
-        self.api.get_json(path, query, what).await
-    }
-
     async fn backup(&self, id: &str) -> Result<BackupResp, BackendError> {
         let env: BackupEnvelope = self
+            .api
             .get_json(&format!("backups/{id}"), &[], "reading the backup")
             .await?;
         Ok(env.backup)
@@ -199,6 +175,7 @@ impl CbrV3 {
             q.push(("operation_type", t.to_string()));
         }
         let list: OperationLogList = self
+            .api
             .get_json("operation-logs", &q, "listing operation logs")
             .await?;
         Ok(list.operation_logs)
@@ -206,6 +183,7 @@ impl CbrV3 {
 
     async fn op_log(&self, id: &str) -> Result<OperationLog, BackendError> {
         let env: OperationLogEnvelope = self
+            .api
             .get_json(
                 &format!("operation-logs/{id}"),
                 &[],
@@ -375,6 +353,7 @@ impl CbrV3 {
                     ));
                 };
                 let list: BackupList = self
+                    .api
                     .get_json(
                         "backups",
                         &[
@@ -696,7 +675,7 @@ impl Backend for CbrV3 {
         if let Some(l) = page_size {
             q.push(("limit", l.clamp(1, 1000).to_string()));
         }
-        let list: BackupList = self.get_json("backups", &q, "listing backups").await?;
+        let list: BackupList = self.api.get_json("backups", &q, "listing backups").await?;
         let n = list.backups.len() as u64;
         let next = offset.saturating_add(n);
         Ok(BackupPage {
@@ -723,7 +702,7 @@ impl Backend for CbrV3 {
                 let body = self.checkpoint_request(resource)?;
                 Ok(format!(
                     "POST {} {}",
-                    self.url("checkpoints"),
+                    self.api.url("checkpoints"),
                     to_json(&body)?
                 ))
             }
@@ -731,7 +710,7 @@ impl Backend for CbrV3 {
                 let b = self.backup(backup_id).await?;
                 Ok(format!(
                     "DELETE {} (backup {} of {}, {})",
-                    self.url(&format!("backups/{backup_id}")),
+                    self.api.url(&format!("backups/{backup_id}")),
                     b.name,
                     b.resource_id,
                     b.status
@@ -796,7 +775,7 @@ impl Backend for CbrV3 {
                 }
                 Ok(format!(
                     "POST {} {}",
-                    self.url(&format!("backups/{bid}/restore")),
+                    self.api.url(&format!("backups/{bid}/restore")),
                     to_json(&Self::restore_request(resource, spec))?
                 ))
             }
@@ -851,7 +830,14 @@ impl Backend for CbrV3 {
                         BackendError::permanent(format!("cannot encode the restore: {e}"))
                     })?;
                 let path = format!("backups/{bid}/restore");
-                self.call(Method::POST, &path, Some(&body), "starting the restore")
+                self.api
+                    .call(
+                        Method::POST,
+                        &path,
+                        &[],
+                        Some(&body),
+                        "starting the restore",
+                    )
                     .await?;
                 Ok(RemoteHandle {
                     display: format!(
@@ -873,9 +859,11 @@ impl Backend for CbrV3 {
                         BackendError::permanent(format!("cannot encode the checkpoint: {e}"))
                     })?;
                 let reply = self
+                    .api
                     .call(
                         Method::POST,
                         "checkpoints",
+                        &[],
                         Some(&body),
                         "creating the backup",
                     )
@@ -899,13 +887,15 @@ impl Backend for CbrV3 {
                 })
             }
             Operation::DeleteBackup { backup_id, .. } => {
-                self.call(
-                    Method::DELETE,
-                    &format!("backups/{backup_id}"),
-                    None,
-                    "deleting the backup",
-                )
-                .await?;
+                self.api
+                    .call(
+                        Method::DELETE,
+                        &format!("backups/{backup_id}"),
+                        &[],
+                        None,
+                        "deleting the backup",
+                    )
+                    .await?;
                 Ok(RemoteHandle {
                     display: format!("deletion of backup {backup_id}"),
                     state: to_json(&HandleState::Delete {

@@ -39,15 +39,14 @@ use custos_adapter_core::state::{decode as parse_state, encode as to_json};
 use custos_adapter_core::{
     Backend, BackendError, BackendKind, BackupInfo, BackupPage, Capabilities, ErrorDetail,
     ErrorKind, FieldViolation, Intent, Operation, Progress, Reconciled, RemoteHandle, Resource,
-    ResourceKind, RestoreSpec,
-    http::{self, Reply},
+    ResourceKind, RestoreSpec, http,
 };
 use custos_openstack::{
     ErrorDialect, KeystoneAuth, ServiceClient,
     service::{id_violation, valid_id},
 };
 use reqwest::{Method, StatusCode, header::HeaderMap};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::wire::{
@@ -158,31 +157,9 @@ impl VbsV2 {
         self
     }
 
-    fn url(&self, path: &str) -> String {
-        self.api.url(path)
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        what: &str,
-    ) -> Result<Reply, BackendError> {
-        self.api.call(method, path, &[], body, what).await
-    }
-
-    async fn get_json<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        what: &str,
-    ) -> Result<T, BackendError> {
-        self.api.get_json(path, query, what).await
-    }
-
     async fn backup(&self, id: &str) -> Result<Backup, BackendError> {
         let env: BackupEnvelope = self
+            .api
             .get_json(&format!("backups/{id}"), &[], "reading the backup")
             .await?;
         Ok(env.backup)
@@ -190,6 +167,7 @@ impl VbsV2 {
 
     async fn volume(&self, id: &str) -> Result<Volume, BackendError> {
         let env: VolumeEnvelope = self
+            .api
             .get_json(&format!("volumes/{id}"), &[], "reading the volume")
             .await?;
         Ok(env.volume)
@@ -209,7 +187,9 @@ impl VbsV2 {
         if let Some(m) = marker {
             q.push(("marker", m.to_string()));
         }
-        self.get_json("backups/detail", &q, "listing backups").await
+        self.api
+            .get_json("backups/detail", &q, "listing backups")
+            .await
     }
 
     /// The backups of `volume_id` named `name` (filtered here too: a server
@@ -723,7 +703,7 @@ impl Backend for VbsV2 {
                     }
                 }
                 let body = Self::backup_request(&resource.id, "custos-<generated>", *incremental)?;
-                Ok(format!("POST {} {body}", self.url("backups")))
+                Ok(format!("POST {} {body}", self.api.url("backups")))
             }
             Operation::DeleteBackup { backup_id, .. } => {
                 let b = self.backup(backup_id).await?;
@@ -743,7 +723,7 @@ impl Backend for VbsV2 {
                 }
                 Ok(format!(
                     "DELETE {} (backup {} of volume {}, {}, {} GiB)",
-                    self.url(&format!("backups/{backup_id}")),
+                    self.api.url(&format!("backups/{backup_id}")),
                     b.name,
                     b.volume_id,
                     b.status,
@@ -774,7 +754,7 @@ impl Backend for VbsV2 {
                 }
                 Ok(format!(
                     "POST {} {} (backup {} of volume {}, {} GiB, into volume {} {:?}, {} GiB)",
-                    self.url(&format!("backups/{bid}/restore")),
+                    self.api.url(&format!("backups/{bid}/restore")),
                     Self::restore_request(&resource.id)?,
                     b.name,
                     b.volume_id,
@@ -820,9 +800,11 @@ impl Backend for VbsV2 {
                 let bid = backup_id_of(spec)?;
                 let body = Self::restore_request(&resource.id)?;
                 let reply = self
+                    .api
                     .call(
                         Method::POST,
                         &format!("backups/{bid}/restore"),
+                        &[],
                         Some(&body),
                         "starting the restore",
                     )
@@ -851,7 +833,14 @@ impl Backend for VbsV2 {
                 })?;
                 let body = Self::backup_request(&resource.id, &name, *incremental)?;
                 let reply = self
-                    .call(Method::POST, "backups", Some(&body), "creating the backup")
+                    .api
+                    .call(
+                        Method::POST,
+                        "backups",
+                        &[],
+                        Some(&body),
+                        "creating the backup",
+                    )
                     .await?;
                 let created: BackupCreated = serde_json::from_slice(&reply.body).map_err(|e| {
                     let mut err = BackendError::transient(format!(
@@ -871,13 +860,15 @@ impl Backend for VbsV2 {
                 })
             }
             Operation::DeleteBackup { backup_id, .. } => {
-                self.call(
-                    Method::DELETE,
-                    &format!("backups/{backup_id}"),
-                    None,
-                    "deleting the backup",
-                )
-                .await?;
+                self.api
+                    .call(
+                        Method::DELETE,
+                        &format!("backups/{backup_id}"),
+                        &[],
+                        None,
+                        "deleting the backup",
+                    )
+                    .await?;
                 Ok(RemoteHandle {
                     display: format!("deletion of backup {backup_id}"),
                     state: to_json(&HandleState::Delete {
