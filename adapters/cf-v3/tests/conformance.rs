@@ -188,8 +188,15 @@ async fn cf_conforms_to_the_backend_contract() {
 async fn an_unrelated_operation_is_not_a_backup_either() {
     // ForeignOtherOperation above uses the other kind; an operation that
     // is neither (a plan update) is not ours for both kinds.
-    let t = Cf::new().await;
-    for op in [t.backup_op(), t.restore_op()] {
+    for restore in [false, true] {
+        // A fresh instance for each: the first foreign operation must not
+        // be in the second one's `prepare` snapshot.
+        let t = Cf::new().await;
+        let op = if restore {
+            t.restore_op()
+        } else {
+            t.backup_op()
+        };
         let mut intent = t.cf.prepare(&op).await.unwrap();
         intent.recorded_at = Some(chrono::Utc::now());
         t.sim
