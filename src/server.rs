@@ -1,6 +1,6 @@
 //! `run`: the daemon's life from an open listener to a clean stop.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,6 +14,7 @@ use crate::{
     backends,
     config::{Config, resolve_secret},
     engine::{BackendEntry, Engine, EngineSettings},
+    schedule::{Scheduler, SystemClock},
     store::Store,
 };
 
@@ -95,11 +96,21 @@ pub async fn run(
         tracing::info!(jobs = resumed, "resumed unfinished jobs");
     }
     spawn_pruner(engine.clone(), shutdown.clone());
+    let scheduler = Scheduler::new(
+        engine.clone(),
+        Arc::new(SystemClock),
+        shutdown.child_token(),
+    )?;
+    if !scheduler.is_empty() {
+        tracing::info!(schedules = scheduler.len(), "loaded schedules");
+    }
+    tokio::spawn(scheduler.clone().run());
+    tokio::spawn(scheduler.clone().run_retention());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     api::set_serving(&health, true).await;
     let router = api::router(
-        Service::new(engine.clone(), shutdown.clone()),
+        Service::new(engine.clone(), scheduler.clone(), shutdown.clone()),
         auth,
         health_service,
     )?;

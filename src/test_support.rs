@@ -43,6 +43,11 @@ pub struct Scripted {
     pub submit_gate: Mutex<Option<Arc<Semaphore>>>,
     /// The same for prepare.
     pub prepare_gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Backups made so far (each successful backup poll names a new one:
+    /// `b-1`, `b-2`, ...).
+    pub made: std::sync::atomic::AtomicU64,
+    /// Backup ids whose deletion succeeded.
+    pub deleted: Mutex<Vec<String>>,
 }
 
 impl Scripted {
@@ -91,6 +96,7 @@ impl Backend for Scripted {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             create_backup: true,
+            delete_backup: true,
             restore: true,
             ..Default::default()
         }
@@ -132,15 +138,31 @@ impl Backend for Scripted {
     }
     async fn poll(
         &self,
-        _op: &Operation,
+        op: &Operation,
         _i: &Intent,
         _h: &RemoteHandle,
     ) -> Result<Progress, BackendError> {
         self.record("poll");
         let next = self.script.lock().unwrap().poll.pop_front();
-        Ok(next.unwrap_or(Progress::Succeeded {
-            message: "done".into(),
-            backup_id: Some("b-1".into()),
+        Ok(next.unwrap_or_else(|| match op {
+            Operation::CreateBackup { .. } => {
+                let n = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                Progress::Succeeded {
+                    message: "done".into(),
+                    backup_id: Some(format!("b-{n}")),
+                }
+            }
+            Operation::DeleteBackup { backup_id, .. } => {
+                self.deleted.lock().unwrap().push(backup_id.clone());
+                Progress::Succeeded {
+                    message: "deleted".into(),
+                    backup_id: None,
+                }
+            }
+            Operation::Restore { .. } => Progress::Succeeded {
+                message: "done".into(),
+                backup_id: None,
+            },
         }))
     }
     async fn reconcile(&self, _op: &Operation, _i: &Intent) -> Result<Reconciled, BackendError> {

@@ -8,6 +8,7 @@ pub mod auth;
 mod convert;
 mod error;
 mod filter;
+mod schedules;
 mod validate;
 
 #[cfg(test)]
@@ -29,6 +30,7 @@ use crate::{
     engine::{BackendEntry, Engine, NewJob},
     job::{JobKind, JobRecord},
     names::{self, Target},
+    schedule::Scheduler,
 };
 use auth::require;
 use filter::JobFilter;
@@ -87,13 +89,22 @@ pub fn router(
 
 pub struct Service {
     engine: Arc<Engine>,
+    schedules: Arc<Scheduler>,
     /// Ends watch streams when the daemon stops.
     shutdown: CancellationToken,
 }
 
 impl Service {
-    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Service {
-        Service { engine, shutdown }
+    pub fn new(
+        engine: Arc<Engine>,
+        schedules: Arc<Scheduler>,
+        shutdown: CancellationToken,
+    ) -> Service {
+        Service {
+            engine,
+            schedules,
+            shutdown,
+        }
     }
 
     /// Parses a target and checks that its backend exists and serves that
@@ -496,5 +507,83 @@ impl BackupService for Service {
         let id = Self::job_id(&req.get_ref().name)?;
         let rec = self.engine.cancel(&id).await.map_err(ApiError::from)?;
         Ok(Response::new(convert::job(&rec)))
+    }
+
+    async fn create_schedule(
+        &self,
+        req: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        require(&req, Role::Operator)?;
+        Ok(Response::new(
+            self.do_create_schedule(req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_schedule(
+        &self,
+        req: Request<pb::GetScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        require(&req, Role::Reader)?;
+        let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        let (rec, next) = self.schedules.get(&id).map_err(ApiError::from)?;
+        Ok(Response::new(schedules::schedule(&rec, &next)))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        require(&req, Role::Reader)?;
+        Ok(Response::new(self.do_list_schedules(req.into_inner())?))
+    }
+
+    async fn update_schedule(
+        &self,
+        req: Request<pb::UpdateScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        require(&req, Role::Operator)?;
+        Ok(Response::new(
+            self.do_update_schedule(req.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        require(&req, Role::Operator)?;
+        let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        self.schedules.delete(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::DeleteScheduleResponse {}))
+    }
+
+    async fn pause_schedule(
+        &self,
+        req: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        require(&req, Role::Operator)?;
+        let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        let (rec, next) = self.schedules.pause(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(schedules::schedule(&rec, &next)))
+    }
+
+    async fn resume_schedule(
+        &self,
+        req: Request<pb::ResumeScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        require(&req, Role::Operator)?;
+        let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        let (rec, next) = self.schedules.resume(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(schedules::schedule(&rec, &next)))
+    }
+
+    async fn run_schedule(
+        &self,
+        req: Request<pb::RunScheduleRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        require(&req, Role::Operator)?;
+        let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        let job = self.schedules.run_now(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(convert::job(&job)))
     }
 }

@@ -23,13 +23,24 @@ fn as_reader<T>(msg: T) -> Request<T> {
     r
 }
 
+fn service(e: &std::sync::Arc<crate::engine::Engine>) -> Service {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sched = crate::schedule::Scheduler::new(
+        e.clone(),
+        std::sync::Arc::new(crate::schedule::SystemClock),
+        stop.clone(),
+    )
+    .unwrap();
+    Service::new(e.clone(), sched, stop)
+}
+
 /// Finding: a `WatchJobs` reader that fell behind silently lost changes.
 /// Now its stream ends with ABORTED, after what it had not yet read.
 #[tokio::test]
 async fn a_watch_jobs_reader_that_falls_behind_is_told() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), vec![("a", Scripted::new(), 64)], 64).await;
-    let svc = Service::new(e.clone(), tokio_util::sync::CancellationToken::new());
+    let svc = service(&e);
     let mut stream = svc
         .watch_jobs(as_reader(pb::WatchJobsRequest::default()))
         .await
@@ -71,7 +82,7 @@ async fn a_watch_whose_client_left_ends_at_once() {
     let b = Scripted::new();
     *b.submit_gate.lock().unwrap() = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
     let e = engine(dir.path(), vec![("a", b, 4)], 8).await;
-    let svc = Service::new(e.clone(), tokio_util::sync::CancellationToken::new());
+    let svc = service(&e);
     let j = e.create(backup("a", "i0")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for watch_all in [false, true] {

@@ -10,6 +10,9 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
 use crate::api::pb::{self, backup_service_client::BackupServiceClient};
 
+mod schedule;
+pub use schedule::ScheduleCmd;
+
 #[derive(Parser, Debug)]
 #[command(name = "custos", version, about = "Multi-cloud backup orchestrator")]
 pub struct Cli {
@@ -79,6 +82,9 @@ pub enum Command {
     /// Reads, watches or cancels jobs.
     #[command(subcommand)]
     Job(JobCmd),
+    /// Backup schedules: cron policies with time zones and retention.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +163,9 @@ pub enum JobCmd {
         target: Option<String>,
         #[arg(long)]
         kind: Option<String>,
+        /// Jobs a schedule made (`schedules/{id}` or the id).
+        #[arg(long)]
+        schedule: Option<String>,
         #[arg(long)]
         limit: Option<i32>,
     },
@@ -326,11 +335,15 @@ async fn wait_job(client: &mut Client, name: &str, out: Output) -> anyhow::Resul
     Ok(j.state == pb::job::State::Succeeded as i32)
 }
 
+/// The exit code of a waited-for job: 0 if it succeeded.
+fn finish(ok: bool) -> i32 {
+    if ok { 0 } else { 1 }
+}
+
 /// Runs a client command; returns the process exit code.
 pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
     let out = opts.output;
     let mut c = connect(&opts).await?;
-    let finish = |ok: bool| if ok { 0 } else { 1 };
     match cmd {
         Command::Backends => {
             let r = c
@@ -514,13 +527,23 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             print_job(&j, out);
             Ok(0)
         }
+        Command::Schedule(cmd) => schedule::run(&mut c, cmd, out).await,
         Command::Job(JobCmd::List {
             state,
             target,
             kind,
+            schedule,
             limit,
         }) => {
             let mut terms = Vec::new();
+            if let Some(s) = schedule {
+                let s = if s.starts_with("schedules/") {
+                    s
+                } else {
+                    format!("schedules/{s}")
+                };
+                terms.push(format!("schedule=\"{s}\""));
+            }
             if let Some(s) = state {
                 terms.push(format!("state={}", s.to_uppercase()));
             }

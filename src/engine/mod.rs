@@ -180,6 +180,11 @@ impl Engine {
         })
     }
 
+    /// The store the engine writes jobs to (schedules are kept beside them).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn backends(&self) -> impl Iterator<Item = &BackendEntry> {
         self.backends.values()
     }

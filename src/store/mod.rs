@@ -10,6 +10,7 @@
 //! - `s{state}{uuid}` → finished jobs by end state (`ListJobs` filters)
 //! - `k{kind}{uuid}` → jobs by kind
 //! - `t{target}\0{uuid}` → jobs by target
+//! - `c{schedule id}` → a schedule record (JSON, versioned)
 //! - `m…` → metadata (which index layout the store has)
 //!
 //! Durability: `put_job` writes to sled's memory; `flush().await` returns
@@ -26,7 +27,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::job::{DecodeError, JobKind, JobRecord, JobState};
+use crate::{
+    job::{DecodeError, JobKind, JobRecord, JobState},
+    schedule::record::ScheduleRecord,
+};
 
 /// A way to walk jobs newest first without decoding the whole history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,6 +419,45 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+fn schedule_key(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(b'c');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Schedules: one key each, no index (they are few enough to read whole).
+impl Store {
+    /// Writes a schedule (not yet durable: await [`Store::flush`]).
+    pub fn put_schedule(&self, rec: &ScheduleRecord) -> Result<(), StoreError> {
+        let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
+        self.db.insert(schedule_key(&rec.id), bytes)?;
+        Ok(())
+    }
+
+    pub fn get_schedule(&self, id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        self.db
+            .get(schedule_key(id))?
+            .map(|v| ScheduleRecord::decode(&v).map_err(StoreError::Corrupt))
+            .transpose()
+    }
+
+    /// Whether it existed (not yet durable: await [`Store::flush`]).
+    pub fn remove_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.db.remove(schedule_key(id))?.is_some())
+    }
+
+    /// Every schedule, by id; unreadable ones are reported, not skipped.
+    pub fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix([b'c']) {
+            let (_, v) = kv?;
+            out.push(ScheduleRecord::decode(&v).map_err(StoreError::Corrupt)?);
+        }
+        Ok(out)
     }
 }
 

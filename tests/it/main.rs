@@ -14,5 +14,6 @@ mod errors;
 mod faults;
 mod flows;
 mod limits;
+mod schedules;
 mod validation;
 mod vbs;

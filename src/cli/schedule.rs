@@ -1,0 +1,397 @@
+//! `custos schedule create|list|get|update|pause|resume|run|delete`.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use super::{Client, Output, finish, print_job, status_err, ts, wait_job};
+use crate::api::pb;
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlapArg {
+    /// No new run while the last one has not ended (default).
+    Skip,
+    Allow,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUpArg {
+    /// One run for a window missed while the daemon was down (default).
+    RunOnce,
+    Skip,
+}
+
+/// The fields of a schedule that create and update take.
+#[derive(Args, Debug, Default)]
+pub struct ScheduleFields {
+    /// 5-field crontab (`min hour dom month dow`), 6-field (seconds
+    /// first), or @hourly/@daily/@weekly/@monthly/@yearly.
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// IANA time zone (default UTC).
+    #[arg(long)]
+    pub time_zone: Option<String>,
+    #[arg(long, value_enum)]
+    pub overlap: Option<OverlapArg>,
+    #[arg(long, value_enum)]
+    pub catch_up: Option<CatchUpArg>,
+    /// Retention: keep this many of the schedule's newest backups.
+    #[arg(long)]
+    pub keep_last: Option<i32>,
+    /// Retention: delete the schedule's backups older than this (`30d`).
+    #[arg(long)]
+    pub max_age: Option<String>,
+    /// Retention: never delete the newest N good backups (default 1).
+    #[arg(long)]
+    pub min_keep: Option<i32>,
+    /// key=value, repeatable (replaces all labels on update).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Make incremental backups (true/false).
+    #[arg(long)]
+    pub incremental: Option<bool>,
+    #[arg(long)]
+    pub validate_only: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCmd {
+    /// Creates a schedule; it first runs at its next due time.
+    Create {
+        /// The id in schedules/{id} (lower-case letters, digits, '-').
+        id: String,
+        target: String,
+        /// Created paused.
+        #[arg(long)]
+        paused: bool,
+        #[command(flatten)]
+        fields: ScheduleFields,
+    },
+    List {
+        #[arg(long)]
+        limit: Option<i32>,
+    },
+    Get {
+        name: String,
+    },
+    /// Changes the fields given (only those).
+    Update {
+        name: String,
+        #[command(flatten)]
+        fields: ScheduleFields,
+    },
+    Pause {
+        name: String,
+    },
+    /// Runs again from the next due time (never at once).
+    Resume {
+        name: String,
+    },
+    /// Runs the schedule's backup now.
+    Run {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Deletes the schedule (its jobs and backups stay).
+    Delete {
+        name: String,
+    },
+}
+
+fn schedule_name(s: &str) -> String {
+    if s.starts_with("schedules/") {
+        s.to_string()
+    } else {
+        format!("schedules/{s}")
+    }
+}
+
+fn labels(v: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    let mut m = HashMap::new();
+    for l in v {
+        let (k, val) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?}: use key=value"))?;
+        m.insert(k.to_string(), val.to_string());
+    }
+    Ok(m)
+}
+
+/// The schedule these flags describe, and the update mask they make.
+fn apply(f: &ScheduleFields, s: &mut pb::Schedule) -> anyhow::Result<Vec<String>> {
+    let mut mask = Vec::new();
+    if let Some(c) = &f.cron {
+        s.cron = c.clone();
+        mask.push("cron");
+    }
+    if let Some(z) = &f.time_zone {
+        s.time_zone = z.clone();
+        mask.push("time_zone");
+    }
+    if let Some(o) = f.overlap {
+        s.overlap_policy = match o {
+            OverlapArg::Skip => pb::schedule::OverlapPolicy::Skip,
+            OverlapArg::Allow => pb::schedule::OverlapPolicy::Allow,
+        } as i32;
+        mask.push("overlap_policy");
+    }
+    if let Some(c) = f.catch_up {
+        s.catch_up = match c {
+            CatchUpArg::RunOnce => pb::schedule::CatchUp::RunOnce,
+            CatchUpArg::Skip => pb::schedule::CatchUp::Skip,
+        } as i32;
+        mask.push("catch_up");
+    }
+    let r = s.retention.get_or_insert_with(Default::default);
+    if let Some(n) = f.keep_last {
+        r.keep_last = n;
+        mask.push("retention.keep_last");
+    }
+    if let Some(a) = &f.max_age {
+        r.max_age = a.clone();
+        mask.push("retention.max_age");
+    }
+    if let Some(n) = f.min_keep {
+        r.min_keep = n;
+        mask.push("retention.min_keep");
+    }
+    if !f.labels.is_empty() {
+        s.labels = labels(&f.labels)?;
+        mask.push("labels");
+    }
+    if let Some(i) = f.incremental {
+        s.incremental = i;
+        mask.push("incremental");
+    }
+    Ok(mask.into_iter().map(str::to_string).collect())
+}
+
+fn enum_name(v: i32, overlap: bool) -> &'static str {
+    if overlap {
+        pb::schedule::OverlapPolicy::try_from(v)
+            .map(|x| x.as_str_name())
+            .unwrap_or("?")
+    } else {
+        pb::schedule::CatchUp::try_from(v)
+            .map(|x| x.as_str_name())
+            .unwrap_or("?")
+    }
+}
+
+pub fn schedule_json(s: &pb::Schedule) -> Value {
+    json!({
+        "name": s.name,
+        "target": s.target,
+        "cron": s.cron,
+        "time_zone": s.time_zone,
+        "paused": s.paused,
+        "overlap_policy": enum_name(s.overlap_policy, true),
+        "catch_up": enum_name(s.catch_up, false),
+        "retention": s.retention.as_ref().map(|r| json!({
+            "keep_last": r.keep_last, "max_age": r.max_age, "min_keep": r.min_keep,
+        })),
+        "labels": s.labels,
+        "incremental": s.incremental,
+        "next_run_times": s.next_run_times.iter().map(|t| ts(&Some(*t))).collect::<Vec<_>>(),
+        "last_job": s.last_job,
+        "last_skip": s.last_skip.as_ref().map(|k| json!({
+            "time": ts(&k.time), "reason": k.reason, "message": k.message,
+        })),
+        "create_time": ts(&s.create_time),
+        "update_time": ts(&s.update_time),
+    })
+}
+
+fn print_schedule(s: &pb::Schedule, out: Output) {
+    let v = schedule_json(s);
+    if out == Output::Json {
+        println!("{v}");
+        return;
+    }
+    for k in [
+        "name",
+        "target",
+        "cron",
+        "time_zone",
+        "paused",
+        "overlap_policy",
+        "catch_up",
+        "incremental",
+        "last_job",
+        "create_time",
+        "update_time",
+    ] {
+        match &v[k] {
+            Value::String(x) if x.is_empty() => {}
+            Value::String(x) => println!("{k:<17}{x}"),
+            Value::Null => {}
+            other => println!("{k:<17}{other}"),
+        }
+    }
+    if let Some(r) = &s.retention {
+        println!(
+            "{:<17}keep_last {} max_age {} min_keep {}",
+            "retention",
+            r.keep_last,
+            if r.max_age.is_empty() {
+                "-"
+            } else {
+                &r.max_age
+            },
+            r.min_keep
+        );
+    }
+    for t in &s.next_run_times {
+        if let Value::String(x) = ts(&Some(*t)) {
+            println!("{:<17}{x}", "next_run_time");
+        }
+    }
+    if let Some(k) = &s.last_skip {
+        if let Value::String(x) = ts(&k.time) {
+            println!("{:<17}{x} {}: {}", "last_skip", k.reason, k.message);
+        }
+    }
+}
+
+pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Result<i32> {
+    match cmd {
+        ScheduleCmd::Create {
+            id,
+            target,
+            paused,
+            fields,
+        } => {
+            let mut s = pb::Schedule {
+                target,
+                paused,
+                ..Default::default()
+            };
+            apply(&fields, &mut s)?;
+            if s.retention
+                .as_ref()
+                .is_some_and(|r| *r == pb::Retention::default())
+            {
+                s.retention = None;
+            }
+            let s = c
+                .create_schedule(pb::CreateScheduleRequest {
+                    schedule_id: id,
+                    schedule: Some(s),
+                    validate_only: fields.validate_only,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_schedule(&s, out);
+        }
+        ScheduleCmd::List { limit } => {
+            let r = c
+                .list_schedules(pb::ListSchedulesRequest {
+                    page_size: limit.unwrap_or(100),
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    Value::Array(r.schedules.iter().map(schedule_json).collect())
+                ),
+                Output::Table => {
+                    println!("{:<30}{:<20}{:<26}TARGET", "NAME", "CRON", "NEXT RUN");
+                    for s in r.schedules {
+                        let next = if s.paused {
+                            "paused".to_string()
+                        } else {
+                            match s.next_run_times.first().map(|t| ts(&Some(*t))) {
+                                Some(Value::String(x)) => x,
+                                _ => "-".into(),
+                            }
+                        };
+                        println!("{:<30}{:<20}{:<26}{}", s.name, s.cron, next, s.target);
+                    }
+                }
+            }
+        }
+        ScheduleCmd::Get { name } => {
+            let s = c
+                .get_schedule(pb::GetScheduleRequest {
+                    name: schedule_name(&name),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_schedule(&s, out);
+        }
+        ScheduleCmd::Update { name, fields } => {
+            let mut s = pb::Schedule {
+                name: schedule_name(&name),
+                ..Default::default()
+            };
+            let mask = apply(&fields, &mut s)?;
+            if mask.is_empty() {
+                anyhow::bail!(
+                    "nothing to change: give at least one field (--cron, --time-zone, ...)"
+                );
+            }
+            let s = c
+                .update_schedule(pb::UpdateScheduleRequest {
+                    schedule: Some(s),
+                    update_mask: mask,
+                    validate_only: fields.validate_only,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_schedule(&s, out);
+        }
+        ScheduleCmd::Pause { name } => {
+            let s = c
+                .pause_schedule(pb::PauseScheduleRequest {
+                    name: schedule_name(&name),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_schedule(&s, out);
+        }
+        ScheduleCmd::Resume { name } => {
+            let s = c
+                .resume_schedule(pb::ResumeScheduleRequest {
+                    name: schedule_name(&name),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_schedule(&s, out);
+        }
+        ScheduleCmd::Run { name, wait } => {
+            let j = c
+                .run_schedule(pb::RunScheduleRequest {
+                    name: schedule_name(&name),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if wait {
+                return Ok(finish(wait_job(c, &j.name, out).await?));
+            }
+            print_job(&j, out);
+        }
+        ScheduleCmd::Delete { name } => {
+            let name = schedule_name(&name);
+            c.delete_schedule(pb::DeleteScheduleRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?;
+            match out {
+                Output::Json => println!("{}", json!({"deleted": name})),
+                Output::Table => println!("deleted {name} (its jobs and backups stay)"),
+            }
+        }
+    }
+    Ok(0)
+}

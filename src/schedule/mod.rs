@@ -1,0 +1,767 @@
+//! Backup schedules: cron policies that create backup jobs through the
+//! engine (the same path as `CreateBackup`, so target locking, limits and
+//! retries apply), stored beside the jobs.
+//!
+//! - [`cron`]: crontab expressions in a time zone, with DST defined.
+//! - [`record`]: the stored schedule (below the store, like `job.rs`).
+//! - [`retention`]: which of a schedule's own backups to delete.
+//! - this file: [`Scheduler`], the one task that fires due times, and the
+//!   operations the API calls.
+//!
+//! # Firing, exactly once
+//! Each schedule keeps `fired_until`: due times up to it were dealt with.
+//! The scheduler sleeps until the earliest next due time (or a change, or
+//! a minute, to notice clock jumps). A due time's job is created with the
+//! request id `custos-schedule/{id}/{due time}`, *then* `fired_until` is
+//! stored: a crash between the two finds the same due time again and the
+//! engine's idempotency returns the job already made. Creating, updating
+//! and resuming set `fired_until` to now, so none of them fires at once.
+//!
+//! # Overlap and catch-up
+//! A due time is *missed* when several fell in the window since
+//! `fired_until` or the latest is more than [`MISFIRE_GRACE`] old (the
+//! daemon was down). `catch_up = RUN_ONCE` then runs once for the window;
+//! `SKIP` runs nothing. With `overlap = SKIP` no run starts while the
+//! schedule's last job has not ended. Every due time that did not run is
+//! recorded in `last_skip` with its reason.
+
+pub mod cron;
+pub mod record;
+pub mod retention;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use custos_adapter_core::{FieldViolation, Operation};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    engine::{Engine, EngineError, NewJob},
+    job::{JobKind, JobRecord, JobState},
+    names,
+    store::{Store, StoreError},
+};
+use cron::CronSchedule;
+pub use record::{CatchUp, Overlap, Retention, ScheduleRecord, Skip, SkipReason};
+
+/// A due time later than this when the scheduler gets to it counts as
+/// missed (the daemon was down or stalled), and `catch_up` decides.
+pub const MISFIRE_GRACE: Duration = Duration::from_secs(5);
+/// The longest the scheduler sleeps without looking at the clock again.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// How long a due time whose job could not be created waits to be tried
+/// again.
+const RETRY_FIRE: Duration = Duration::from_secs(5);
+/// How often retention looks at every schedule, besides after each run.
+pub const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
+/// Due times counted when a window is looked at (a window longer than this
+/// is reported as "at least").
+const MAX_WINDOW: usize = 10_000;
+
+/// The wall clock, so tests can drive time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// What a create or update asks for, already validated by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleSpec {
+    pub target: String,
+    pub backend: String,
+    pub resource: custos_adapter_core::Resource,
+    pub cron: String,
+    pub time_zone: String,
+    pub paused: bool,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub retention: Option<Retention>,
+    pub labels: BTreeMap<String, String>,
+    pub incremental: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("schedule {0} not found")]
+    NotFound(String),
+    #[error("schedule {0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("invalid schedule")]
+    Invalid(Vec<FieldViolation>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+struct Entry {
+    rec: ScheduleRecord,
+    cron: CronSchedule,
+    /// The first due time after `fired_until` (None: never again).
+    next: Option<DateTime<Utc>>,
+    /// Not before this (a failed fire waits).
+    hold_until: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn new(rec: ScheduleRecord) -> Result<Entry, String> {
+        let cron = CronSchedule::parse(&rec.cron, &rec.time_zone).map_err(|e| {
+            e.iter()
+                .map(|x| format!("{}: {}", x.field, x.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let next = cron.next_after(rec.fired_until);
+        Ok(Entry {
+            rec,
+            cron,
+            next,
+            hold_until: None,
+        })
+    }
+
+    fn due_at(&self) -> Option<DateTime<Utc>> {
+        if self.rec.paused {
+            return None;
+        }
+        match (self.next, self.hold_until) {
+            (Some(n), Some(h)) => Some(n.max(h)),
+            (n, _) => n,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The schedules of one daemon and the task that fires them.
+pub struct Scheduler {
+    engine: Arc<Engine>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Schedules whose stored record could not be read or parsed: listed
+    /// with the reason, never fired.
+    broken: Mutex<BTreeMap<String, String>>,
+    changed: Notify,
+    /// One change of schedules at a time (API calls and firing).
+    ops: tokio::sync::Mutex<()>,
+    shutdown: CancellationToken,
+}
+
+/// The request id of the job for one due time.
+fn fire_request_id(id: &str, due: DateTime<Utc>) -> String {
+    format!("custos-schedule/{id}/{}", due.timestamp_millis())
+}
+
+impl Scheduler {
+    /// Loads the stored schedules; call [`Scheduler::run`] to fire them.
+    pub fn new(
+        engine: Arc<Engine>,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Scheduler>, StoreError> {
+        let s = Scheduler {
+            store: engine.store().clone(),
+            engine,
+            clock,
+            entries: Mutex::new(HashMap::new()),
+            broken: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            ops: tokio::sync::Mutex::new(()),
+            shutdown,
+        };
+        for rec in s.store.schedules()? {
+            let id = rec.id.clone();
+            match Entry::new(rec) {
+                Ok(e) => {
+                    lock(&s.entries).insert(id, e);
+                }
+                Err(why) => {
+                    tracing::error!(schedule = %id, error = %why, "a stored schedule cannot be read; it will not run");
+                    lock(&s.broken).insert(id, why);
+                }
+            }
+        }
+        Ok(Arc::new(s))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// How many schedules are loaded.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // ---- reading ------------------------------------------------------------
+
+    pub fn get(&self, id: &str) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+        let entries = lock(&self.entries);
+        let e = entries
+            .get(id)
+            .ok_or_else(|| ScheduleError::NotFound(format!("schedules/{id}")))?;
+        Ok((e.rec.clone(), self.upcoming(e)))
+    }
+
+    fn upcoming(&self, e: &Entry) -> Vec<DateTime<Utc>> {
+        e.cron.upcoming(e.rec.fired_until.max(self.now()), 5)
+    }
+
+    /// Schedules by id after `after`, at most `size`; and whether more follow.
+    pub fn list(
+        &self,
+        after: Option<&str>,
+        size: usize,
+    ) -> (Vec<(ScheduleRecord, Vec<DateTime<Utc>>)>, bool) {
+        let entries = lock(&self.entries);
+        let mut ids: Vec<&String> = entries
+            .keys()
+            .filter(|k| after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        ids.sort();
+        let more = ids.len() > size;
+        let out = ids
+            .into_iter()
+            .take(size)
+            .filter_map(|id| entries.get(id))
+            .map(|e| (e.rec.clone(), self.upcoming(e)))
+            .collect();
+        (out, more)
+    }
+
+    // ---- changing -----------------------------------------------------------
+
+    /// Stores a change and makes it durable before it is reported or acted
+    /// on.
+    async fn save(&self, rec: &ScheduleRecord) -> Result<(), StoreError> {
+        self.store.put_schedule(rec)?;
+        self.store.flush().await
+    }
+
+    pub async fn create(
+        &self,
+        id: String,
+        spec: ScheduleSpec,
+    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+        let _g = self.ops.lock().await;
+        if lock(&self.entries).contains_key(&id)
+            || lock(&self.broken).contains_key(&id)
+            || self.store.get_schedule(&id)?.is_some()
+        {
+            return Err(ScheduleError::AlreadyExists(format!("schedules/{id}")));
+        }
+        let now = self.now();
+        let rec = ScheduleRecord {
+            v: record::SCHEDULE_VERSION,
+            id: id.clone(),
+            target: spec.target,
+            backend: spec.backend,
+            cron: spec.cron,
+            time_zone: spec.time_zone,
+            paused: spec.paused,
+            overlap: spec.overlap,
+            catch_up: spec.catch_up,
+            retention: spec.retention,
+            labels: spec.labels,
+            incremental: spec.incremental,
+            create_time: now,
+            update_time: now,
+            // Never fires at once.
+            fired_until: now,
+            last_job: None,
+            last_skip: None,
+        };
+        let entry = Entry::new(rec.clone())
+            .map_err(|e| ScheduleError::Invalid(vec![FieldViolation::new("schedule.cron", e)]))?;
+        self.save(&rec).await?;
+        let up = self.upcoming(&entry);
+        lock(&self.entries).insert(id.clone(), entry);
+        tracing::info!(schedule = %id, target = %rec.target, cron = %rec.cron, time_zone = %rec.time_zone, "schedule created");
+        self.changed.notify_one();
+        Ok((rec, up))
+    }
+
+    /// Applies `change` to the stored schedule, durably.
+    async fn modify(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut ScheduleRecord, DateTime<Utc>, &CronSchedule),
+    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+        let _g = self.ops.lock().await;
+        let (mut rec, cron) = {
+            let entries = lock(&self.entries);
+            let e = entries
+                .get(id)
+                .ok_or_else(|| ScheduleError::NotFound(format!("schedules/{id}")))?;
+            (e.rec.clone(), e.cron.clone())
+        };
+        let now = self.now();
+        change(&mut rec, now, &cron);
+        rec.update_time = now;
+        let entry = Entry::new(rec.clone())
+            .map_err(|e| ScheduleError::Invalid(vec![FieldViolation::new("schedule.cron", e)]))?;
+        self.save(&rec).await?;
+        let up = self.upcoming(&entry);
+        lock(&self.entries).insert(id.to_string(), entry);
+        self.changed.notify_one();
+        Ok((rec, up))
+    }
+
+    /// Replaces the writable fields with `spec`'s (the API merged the
+    /// update mask). Never fires at once.
+    pub async fn update(
+        &self,
+        id: &str,
+        spec: ScheduleSpec,
+    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+        let r = self
+            .modify(id, |rec, now, _| {
+                let was_paused = rec.paused;
+                rec.cron = spec.cron;
+                rec.time_zone = spec.time_zone;
+                rec.overlap = spec.overlap;
+                rec.catch_up = spec.catch_up;
+                rec.retention = spec.retention;
+                rec.labels = spec.labels;
+                rec.incremental = spec.incremental;
+                rec.paused = spec.paused;
+                if was_paused && !spec.paused {
+                    skip_paused_window(rec, now);
+                }
+                rec.fired_until = rec.fired_until.max(now);
+            })
+            .await?;
+        tracing::info!(schedule = %id, "schedule updated");
+        Ok(r)
+    }
+
+    pub async fn pause(
+        &self,
+        id: &str,
+    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+        let r = self
+            .modify(id, |rec, _, _| {
+                if !rec.paused {
+                    rec.paused = true;
+                }
+            })
+            .await?;
+        tracing::info!(schedule = %id, "schedule paused");
+        Ok(r)
+    }
+
+    /// Runs again from the next due time after now; the due times that
+    /// passed while paused are recorded in `last_skip`.
+    pub async fn resume(
+        &self,
+        id: &str,
+    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+        let r = self
+            .modify(id, |rec, now, _| {
+                if rec.paused {
+                    rec.paused = false;
+                    skip_paused_window(rec, now);
+                    rec.fired_until = rec.fired_until.max(now);
+                }
+            })
+            .await?;
+        tracing::info!(schedule = %id, "schedule resumed");
+        Ok(r)
+    }
+
+    /// Deletes the schedule; its jobs and backups stay.
+    pub async fn delete(&self, id: &str) -> Result<(), ScheduleError> {
+        let _g = self.ops.lock().await;
+        let known = lock(&self.entries).contains_key(id) || lock(&self.broken).contains_key(id);
+        if !known {
+            return Err(ScheduleError::NotFound(format!("schedules/{id}")));
+        }
+        self.store.remove_schedule(id)?;
+        self.store.flush().await?;
+        lock(&self.entries).remove(id);
+        lock(&self.broken).remove(id);
+        tracing::info!(schedule = %id, "schedule deleted");
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Runs the schedule's backup now, outside the cron (also when paused).
+    pub async fn run_now(&self, id: &str) -> Result<JobRecord, ScheduleError> {
+        let _g = self.ops.lock().await;
+        let mut rec = lock(&self.entries)
+            .get(id)
+            .map(|e| e.rec.clone())
+            .ok_or_else(|| ScheduleError::NotFound(format!("schedules/{id}")))?;
+        if let Some(job) = self.running_job(&rec)? {
+            return Err(ScheduleError::FailedPrecondition(format!(
+                "the schedule's last job {} has not ended (overlap_policy SKIP); wait for it, or set overlap_policy ALLOW",
+                names::job_name(job)
+            )));
+        }
+        let job = self.engine.create(new_backup_job(&rec, None)?).await?;
+        rec.last_job = Some(job.id);
+        self.save(&rec).await?;
+        self.set_record(rec);
+        tracing::info!(schedule = %id, job = %job.id, "schedule run on request");
+        Ok(job)
+    }
+
+    fn set_record(&self, rec: ScheduleRecord) {
+        if let Some(e) = lock(&self.entries).get_mut(&rec.id) {
+            e.next = e.cron.next_after(rec.fired_until);
+            e.rec = rec;
+        }
+    }
+
+    /// The schedule's last job, if the overlap policy holds runs back and
+    /// it has not ended.
+    fn running_job(&self, rec: &ScheduleRecord) -> Result<Option<Uuid>, StoreError> {
+        if rec.overlap != Overlap::Skip {
+            return Ok(None);
+        }
+        let Some(id) = rec.last_job else {
+            return Ok(None);
+        };
+        Ok(match self.engine.get(&id)? {
+            Some(j) if !j.state.is_terminal() => Some(id),
+            _ => None,
+        })
+    }
+
+    // ---- firing -------------------------------------------------------------
+
+    /// Fires due times until shutdown.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let now = self.now();
+            let next = self.tick(now).await;
+            let wait = next
+                .and_then(|t| (t - self.now()).to_std().ok())
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.changed.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Deals with every schedule due at `now`; returns the next due time
+    /// of any schedule.
+    pub async fn tick(self: &Arc<Self>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let due: Vec<String> = lock(&self.entries)
+            .iter()
+            .filter(|(_, e)| e.due_at().is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !due.is_empty() {
+            self.fire_all(due, now).await;
+        }
+        lock(&self.entries).values().filter_map(Entry::due_at).min()
+    }
+
+    /// Fires every due schedule, a bounded number at a time.
+    async fn fire_all(self: &Arc<Self>, due: Vec<String>, now: DateTime<Utc>) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(256));
+        let mut set = tokio::task::JoinSet::new();
+        for id in due {
+            let me = self.clone();
+            let limit = limit.clone();
+            set.spawn(async move {
+                let _p = limit.acquire_owned().await;
+                if let Err(e) = me.fire(&id, now).await {
+                    tracing::warn!(schedule = %id, error = %e, "a due run could not be started; trying again shortly");
+                    if let Some(en) = lock(&me.entries).get_mut(&id) {
+                        en.hold_until = chrono::Duration::from_std(RETRY_FIRE)
+                            .ok()
+                            .and_then(|d| now.checked_add_signed(d));
+                    }
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Deals with the due times of one schedule up to `now`.
+    async fn fire(&self, id: &str, now: DateTime<Utc>) -> Result<(), ScheduleError> {
+        let _g = self.ops.lock().await;
+        let Some((mut rec, cron)) = lock(&self.entries)
+            .get(id)
+            .filter(|e| !e.rec.paused)
+            .map(|e| (e.rec.clone(), e.cron.clone()))
+        else {
+            return Ok(());
+        };
+        let (count, first, latest) = window(&cron, rec.fired_until, now);
+        let Some(latest) = latest else {
+            self.set_record(rec);
+            return Ok(());
+        };
+        let late = (now - latest)
+            .to_std()
+            .map(|d| d > MISFIRE_GRACE)
+            .unwrap_or(false);
+        let missed = count > 1 || late;
+        let run = !missed || rec.catch_up == CatchUp::RunOnce;
+        if missed {
+            let n = if count >= MAX_WINDOW {
+                format!("at least {count}")
+            } else {
+                count.to_string()
+            };
+            let what = if run {
+                "catch_up RUN_ONCE: one run for the window"
+            } else {
+                "catch_up SKIP: not run"
+            };
+            rec.last_skip = Some(Skip {
+                time: latest,
+                reason: SkipReason::Missed,
+                message: format!(
+                    "{n} due time(s) from {} to {} passed while the daemon was not running them ({what})",
+                    first.unwrap_or(latest).to_rfc3339(),
+                    latest.to_rfc3339()
+                ),
+            });
+            tracing::info!(schedule = %id, missed = count, run, "missed due times");
+        }
+        if run {
+            if let Some(job) = self.running_job(&rec)? {
+                rec.last_skip = Some(Skip {
+                    time: latest,
+                    reason: SkipReason::Overlap,
+                    message: format!(
+                        "the last run {} had not ended (overlap_policy SKIP)",
+                        names::job_name(job)
+                    ),
+                });
+                tracing::info!(schedule = %id, job = %job, "due time skipped: the last run has not ended");
+            } else {
+                let job = self
+                    .engine
+                    .create(new_backup_job(&rec, Some(latest))?)
+                    .await;
+                match job {
+                    Ok(j) => {
+                        tracing::info!(schedule = %id, job = %j.id, due = %latest, "scheduled backup started");
+                        rec.last_job = Some(j.id);
+                    }
+                    // The job of this due time exists (made before a
+                    // crash, and the schedule changed since): it ran.
+                    Err(EngineError::RequestIdReused(_, name)) => {
+                        rec.last_job = names::parse_job_name(&name).ok();
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        rec.fired_until = latest;
+        self.save(&rec).await?;
+        if let Some(e) = lock(&self.entries).get_mut(id) {
+            e.hold_until = None;
+        }
+        self.set_record(rec);
+        Ok(())
+    }
+
+    // ---- retention ----------------------------------------------------------
+
+    /// Applies a schedule's retention now: starts the deletions it calls
+    /// for (as DELETE_BACKUP jobs tagged with the schedule). Returns them.
+    pub async fn apply_retention(&self, id: &str) -> Result<Vec<JobRecord>, ScheduleError> {
+        let _g = self.ops.lock().await;
+        let Some(rec) = lock(&self.entries).get(id).map(|e| e.rec.clone()) else {
+            return Ok(Vec::new());
+        };
+        let Some(ret) = rec.retention.clone().filter(Retention::is_active) else {
+            return Ok(Vec::new());
+        };
+        let name = rec.name();
+        let (jobs, _) = self.engine.list(
+            &crate::engine::JobIndex::Target(rec.target.clone()),
+            None,
+            usize::MAX,
+            |j| j.schedule.as_deref() == Some(name.as_str()),
+        )?;
+        let doomed = retention::to_delete(&jobs, &ret, self.now());
+        let mut started = Vec::new();
+        for backup_id in doomed {
+            let job = self
+                .engine
+                .create(NewJob {
+                    kind: JobKind::DeleteBackup,
+                    target: rec.target.clone(),
+                    backend: rec.backend.clone(),
+                    op: Operation::DeleteBackup {
+                        resource: resource_of(&rec)?,
+                        backup_id: backup_id.clone(),
+                    },
+                    labels: rec.labels.clone(),
+                    request_id: None,
+                    schedule: Some(name.clone()),
+                })
+                .await?;
+            tracing::info!(schedule = %id, backup = %backup_id, job = %job.id, "retention: deleting a backup");
+            started.push(job);
+        }
+        Ok(started)
+    }
+
+    /// Retention after each successful scheduled backup, and a sweep of
+    /// every schedule every [`RETENTION_SWEEP`], until shutdown.
+    pub async fn run_retention(self: Arc<Self>) {
+        let mut events = self.engine.subscribe();
+        let mut sweep = tokio::time::interval(RETENTION_SWEEP);
+        loop {
+            let ids: Vec<String> = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = sweep.tick() => lock(&self.entries).keys().cloned().collect(),
+                ev = events.recv() => match ev {
+                    Ok(ev) => {
+                        let j = &ev.job;
+                        match (&j.schedule, j.kind, j.state) {
+                            (Some(s), JobKind::Backup, JobState::Succeeded) => {
+                                s.strip_prefix("schedules/").map(|s| vec![s.to_string()]).unwrap_or_default()
+                            }
+                            _ => continue,
+                        }
+                    }
+                    // Fell behind: look at every schedule.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        lock(&self.entries).keys().cloned().collect()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            for id in ids {
+                if let Err(e) = self.apply_retention(&id).await {
+                    tracing::warn!(schedule = %id, error = %e, "retention failed; it runs again after the next backup or sweep");
+                }
+            }
+        }
+    }
+}
+
+/// Records the due times that passed while the schedule was paused.
+fn skip_paused_window(rec: &mut ScheduleRecord, now: DateTime<Utc>) {
+    let Ok(cron) = CronSchedule::parse(&rec.cron, &rec.time_zone) else {
+        return;
+    };
+    let (count, _, latest) = window(&cron, rec.fired_until, now);
+    if let Some(latest) = latest {
+        rec.last_skip = Some(Skip {
+            time: latest,
+            reason: SkipReason::Paused,
+            message: format!("{count} due time(s) passed while the schedule was paused"),
+        });
+    }
+}
+
+/// The due times in `(after, until]`: how many (counted up to
+/// [`MAX_WINDOW`]), the first and the latest.
+fn window(
+    cron: &CronSchedule,
+    after: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> (usize, Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let mut count = 0;
+    let mut first = None;
+    let mut latest = None;
+    let mut t = after;
+    while let Some(n) = cron.next_after(t) {
+        if n > until {
+            return (count, first, latest);
+        }
+        count += 1;
+        first.get_or_insert(n);
+        latest = Some(n);
+        t = n;
+        if count >= MAX_WINDOW {
+            // A huge window (an every-second schedule after a long
+            // downtime): the latest due time is what matters.
+            return (count, first, latest_due(cron, t, until).or(latest));
+        }
+    }
+    (count, first, latest)
+}
+
+/// The latest due time in `(after, until]`, found by looking back from
+/// `until` in growing strides.
+fn latest_due(
+    cron: &CronSchedule,
+    after: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let mut stride = chrono::Duration::seconds(1);
+    loop {
+        let from = until.checked_sub_signed(stride)?.max(after);
+        let mut best = None;
+        let mut t = from;
+        while let Some(n) = cron.next_after(t) {
+            if n > until {
+                break;
+            }
+            best = Some(n);
+            t = n;
+        }
+        if best.is_some() || from <= after {
+            return best;
+        }
+        stride = stride.checked_mul(4)?;
+    }
+}
+
+fn resource_of(rec: &ScheduleRecord) -> Result<custos_adapter_core::Resource, ScheduleError> {
+    names::parse_target(&rec.target)
+        .map(|t| t.resource)
+        .map_err(|e| ScheduleError::FailedPrecondition(format!("stored target: {e}")))
+}
+
+/// The backup job a schedule makes (for a due time, or run now).
+fn new_backup_job(
+    rec: &ScheduleRecord,
+    due: Option<DateTime<Utc>>,
+) -> Result<NewJob, ScheduleError> {
+    Ok(NewJob {
+        kind: JobKind::Backup,
+        target: rec.target.clone(),
+        backend: rec.backend.clone(),
+        op: Operation::CreateBackup {
+            resource: resource_of(rec)?,
+            incremental: rec.incremental,
+        },
+        labels: rec.labels.clone(),
+        request_id: due.map(|d| fire_request_id(&rec.id, d)),
+        schedule: Some(rec.name()),
+    })
+}
+
+#[cfg(test)]
+mod tests;

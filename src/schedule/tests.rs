@@ -1,0 +1,363 @@
+//! The scheduler in process, on the engine with the scripted backend and
+//! a clock the test sets: firing, never at once, overlap, catch-up after
+//! downtime, no double fire after a crash, pause/resume, retention.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, TimeZone, Utc};
+use custos_adapter_core::{Resource, ResourceKind};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::{
+    engine::JobIndex,
+    test_support::{Scripted, engine, eventually},
+};
+
+struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().unwrap() = t;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// 2026-06-01 12:00:00 UTC plus `s` seconds.
+fn at(s: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap() + chrono::Duration::seconds(s)
+}
+
+const TARGET: &str = "backends/a/serviceInstances/x";
+
+fn spec(cron: &str) -> ScheduleSpec {
+    ScheduleSpec {
+        target: TARGET.into(),
+        backend: "a".into(),
+        resource: Resource {
+            kind: ResourceKind::ServiceInstance,
+            id: "x".into(),
+        },
+        cron: cron.into(),
+        time_zone: String::new(),
+        paused: false,
+        overlap: Overlap::Skip,
+        catch_up: CatchUp::RunOnce,
+        retention: None,
+        labels: BTreeMap::new(),
+        incremental: false,
+    }
+}
+
+struct T {
+    engine: Arc<Engine>,
+    sched: Arc<Scheduler>,
+    clock: Arc<ManualClock>,
+    backend: Arc<Scripted>,
+}
+
+async fn start(dir: &std::path::Path, now: DateTime<Utc>) -> T {
+    let backend = Scripted::new();
+    let engine = engine(dir, vec![("a", backend.clone(), 8)], 8).await;
+    let clock = Arc::new(ManualClock(Mutex::new(now)));
+    let sched = Scheduler::new(engine.clone(), clock.clone(), CancellationToken::new()).unwrap();
+    T {
+        engine,
+        sched,
+        clock,
+        backend,
+    }
+}
+
+impl T {
+    /// Moves the clock to `t` and lets the scheduler act.
+    async fn tick_at(&self, t: DateTime<Utc>) {
+        self.clock.set(t);
+        self.sched.tick(t).await;
+    }
+
+    fn jobs(&self, id: &str) -> Vec<JobRecord> {
+        let name = format!("schedules/{id}");
+        self.engine
+            .list(&JobIndex::All, None, usize::MAX, |j| {
+                j.schedule.as_deref() == Some(name.as_str())
+            })
+            .unwrap()
+            .0
+    }
+
+    fn rec(&self, id: &str) -> ScheduleRecord {
+        self.sched.get(id).unwrap().0
+    }
+
+    async fn all_ended(&self, id: &str) {
+        let name = format!("schedules/{id}");
+        let e = self.engine.clone();
+        eventually("every job of the schedule ended", move || {
+            e.list(&JobIndex::All, None, usize::MAX, |j| {
+                j.schedule.as_deref() == Some(name.as_str())
+            })
+            .unwrap()
+            .0
+            .iter()
+            .all(|j| j.state.is_terminal())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn due_times_fire_once_each_and_creating_never_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    // Every second; created at a due instant: not run at once.
+    let (rec, next) = t
+        .sched
+        .create("s".into(), spec("* * * * * *"))
+        .await
+        .unwrap();
+    assert_eq!(rec.fired_until, at(0));
+    assert_eq!(next.len(), 5);
+    assert_eq!(next[0], at(1));
+    t.tick_at(at(0)).await;
+    assert!(t.jobs("s").is_empty(), "creating does not fire");
+    for s in 1..=3 {
+        t.tick_at(at(s)).await;
+        t.all_ended("s").await;
+    }
+    // The same instant again: nothing new.
+    t.tick_at(at(3)).await;
+    let jobs = t.jobs("s");
+    assert_eq!(jobs.len(), 3);
+    let mut ids: Vec<_> = jobs.iter().map(|j| j.request_id.clone().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "one request id per due time");
+    assert!(jobs.iter().all(|j| j.kind == JobKind::Backup));
+    assert_eq!(t.rec("s").last_job, Some(jobs[0].id));
+    assert!(t.rec("s").last_skip.is_none());
+}
+
+#[tokio::test]
+async fn updating_and_resuming_never_fire_at_once_and_pauses_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    t.sched
+        .create("s".into(), spec("0 * * * * *"))
+        .await
+        .unwrap();
+    t.sched.pause("s").await.unwrap();
+    assert!(t.sched.get("s").unwrap().0.paused);
+    // Three due times pass while paused.
+    t.tick_at(at(200)).await;
+    assert!(t.jobs("s").is_empty());
+    let (rec, _) = t.sched.resume("s").await.unwrap();
+    let skip = rec.last_skip.unwrap();
+    assert_eq!(skip.reason, SkipReason::Paused);
+    assert_eq!(skip.time, at(180));
+    assert!(skip.message.starts_with("3 due time"), "{}", skip.message);
+    t.tick_at(at(200)).await;
+    assert!(t.jobs("s").is_empty(), "resuming does not fire");
+    // An update at a due instant does not fire either.
+    t.clock.set(at(240));
+    t.sched.update("s", spec("* * * * * *")).await.unwrap();
+    t.tick_at(at(240)).await;
+    assert!(t.jobs("s").is_empty(), "updating does not fire");
+    t.tick_at(at(241)).await;
+    assert_eq!(t.jobs("s").len(), 1);
+}
+
+#[tokio::test]
+async fn overlap_skip_records_why_and_allow_runs_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    // The backend hangs in submit: the first run stays RUNNING.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *t.backend.submit_gate.lock().unwrap() = Some(gate.clone());
+    t.sched
+        .create("s".into(), spec("* * * * * *"))
+        .await
+        .unwrap();
+    t.tick_at(at(1)).await;
+    t.tick_at(at(2)).await;
+    assert_eq!(t.jobs("s").len(), 1);
+    let skip = t.rec("s").last_skip.unwrap();
+    assert_eq!(skip.reason, SkipReason::Overlap);
+    assert_eq!(skip.time, at(2));
+    assert!(skip.message.contains("had not ended"), "{}", skip.message);
+    // RunSchedule is refused for the same reason.
+    let e = t.sched.run_now("s").await.unwrap_err();
+    assert!(matches!(e, ScheduleError::FailedPrecondition(_)), "{e}");
+
+    let mut allow = spec("* * * * * *");
+    allow.overlap = Overlap::Allow;
+    allow.target = "backends/a/serviceInstances/y".into();
+    allow.resource.id = "y".into();
+    t.sched.create("a".into(), allow).await.unwrap();
+    t.tick_at(at(3)).await;
+    t.tick_at(at(4)).await;
+    assert_eq!(t.jobs("a").len(), 2, "ALLOW starts a run each time");
+    gate.add_permits(100);
+    t.all_ended("s").await;
+    t.all_ended("a").await;
+}
+
+#[tokio::test]
+async fn downtime_runs_once_with_run_once_and_not_at_all_with_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = start(dir.path(), at(0)).await;
+        t.sched
+            .create("once".into(), spec("0 * * * * *"))
+            .await
+            .unwrap();
+        let mut skip = spec("0 * * * * *");
+        skip.catch_up = CatchUp::Skip;
+        skip.target = "backends/a/serviceInstances/y".into();
+        skip.resource.id = "y".into();
+        t.sched.create("skip".into(), skip).await.unwrap();
+        t.engine.shutdown(Duration::from_secs(1)).await;
+    }
+    // sled needs the first handle closed before the second open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Down across three due times (12:01, 12:02, 12:03); back at 12:03:30.
+    let t = start(dir.path(), at(210)).await;
+    t.tick_at(at(210)).await;
+    t.all_ended("once").await;
+    assert_eq!(t.jobs("once").len(), 1, "RUN_ONCE: one run for the window");
+    assert_eq!(
+        t.jobs("once")[0].request_id.as_deref(),
+        Some(fire_request_id("once", at(180)).as_str())
+    );
+    let s = t.rec("once").last_skip.unwrap();
+    assert_eq!(s.reason, SkipReason::Missed);
+    assert!(s.message.contains("3 due time"), "{}", s.message);
+    assert!(t.jobs("skip").is_empty(), "SKIP: none");
+    let s = t.rec("skip").last_skip.unwrap();
+    assert_eq!((s.reason, s.time), (SkipReason::Missed, at(180)));
+    // And on time again afterwards.
+    t.tick_at(at(240)).await;
+    assert_eq!(t.jobs("skip").len(), 1);
+    assert_eq!(t.jobs("once").len(), 2);
+    t.all_ended("once").await;
+    t.all_ended("skip").await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_job_was_made_does_not_fire_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = start(dir.path(), at(0)).await;
+        t.sched
+            .create("s".into(), spec("0 * * * * *"))
+            .await
+            .unwrap();
+        // The job of 12:01 was made, and the daemon died before the
+        // schedule's fired_until was stored.
+        let rec = t.rec("s");
+        t.engine
+            .create(new_backup_job(&rec, Some(at(60))).unwrap())
+            .await
+            .unwrap();
+        t.all_ended("s").await;
+        t.engine.shutdown(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = start(dir.path(), at(61)).await;
+    assert_eq!(t.rec("s").fired_until, at(0));
+    t.tick_at(at(61)).await;
+    assert_eq!(t.jobs("s").len(), 1, "the same job, not a second");
+    assert_eq!(t.rec("s").fired_until, at(60));
+    assert_eq!(t.rec("s").last_job, Some(t.jobs("s")[0].id));
+}
+
+#[tokio::test]
+async fn retention_keeps_keep_last_and_leaves_other_backups_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    let mut s = spec("* * * * * *");
+    s.retention = Some(Retention {
+        keep_last: 2,
+        max_age: None,
+        min_keep: 1,
+    });
+    t.sched.create("s".into(), s).await.unwrap();
+    // A backup of the same target made by hand: never the schedule's to delete.
+    let by_hand = t
+        .engine
+        .create(crate::test_support::backup("a", "x"))
+        .await
+        .unwrap();
+    for i in 1..=4 {
+        t.tick_at(at(i)).await;
+        t.all_ended("s").await;
+    }
+    let started = t.sched.apply_retention("s").await.unwrap();
+    let doomed: Vec<String> = started
+        .iter()
+        .map(|j| match &j.op {
+            Operation::DeleteBackup { backup_id, .. } => backup_id.clone(),
+            _ => panic!(),
+        })
+        .collect();
+    let made: Vec<String> = t
+        .jobs("s")
+        .iter()
+        .filter(|j| j.kind == JobKind::Backup)
+        .rev()
+        .filter_map(|j| j.backup_id.clone())
+        .collect();
+    assert_eq!(made.len(), 4);
+    assert_eq!(doomed, made[..2], "the two oldest of the schedule's four");
+    t.all_ended("s").await;
+    // Deletions under way or done are not started again.
+    assert!(t.sched.apply_retention("s").await.unwrap().is_empty());
+    let deleted = t.backend.deleted.lock().unwrap().clone();
+    assert_eq!(deleted.len(), 2);
+    let hand = t.engine.get(&by_hand.id).unwrap().unwrap();
+    if let Some(b) = &hand.backup_id {
+        assert!(!deleted.contains(b), "a backup made by hand stays");
+    }
+    // The deletions are the schedule's jobs, visible as such.
+    assert!(
+        t.jobs("s")
+            .iter()
+            .filter(|j| j.kind == JobKind::DeleteBackup)
+            .all(|j| j.state == JobState::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_schedule_leaves_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    t.sched
+        .create("s".into(), spec("* * * * * *"))
+        .await
+        .unwrap();
+    t.tick_at(at(1)).await;
+    t.all_ended("s").await;
+    t.sched.delete("s").await.unwrap();
+    assert!(matches!(t.sched.get("s"), Err(ScheduleError::NotFound(_))));
+    assert_eq!(t.jobs("s").len(), 1);
+    t.tick_at(at(5)).await;
+    assert_eq!(t.jobs("s").len(), 1, "a deleted schedule does not fire");
+    assert!(matches!(
+        t.sched.create("s".into(), spec("* * * * * *")).await,
+        Ok(_)
+    ));
+    assert!(matches!(
+        t.sched.create("s".into(), spec("* * * * * *")).await,
+        Err(ScheduleError::AlreadyExists(_))
+    ));
+}

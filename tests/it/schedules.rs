@@ -1,0 +1,379 @@
+//! Backup schedules through the real daemon: on-time firing, never on
+//! create, catch-up after the daemon was down (RUN_ONCE and SKIP), no
+//! double fire across `kill -9`, retention against the VBS simulator,
+//! refused input, and the CLI.
+
+use std::{path::Path, time::Duration};
+
+use chrono::{DateTime, Utc};
+use custos::api::pb;
+use custos_cf_v3::sim::{SimConfig, Simulator};
+use custos_vbs_v2::sim::{SimConfig as VbsSimConfig, Simulator as VbsSim};
+use tonic::Code;
+
+use crate::harness::*;
+
+fn when(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
+    let t = t.unwrap();
+    DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
+}
+
+/// The due time a scheduled job was made for (from its request id).
+fn due_of(j: &pb::Job) -> DateTime<Utc> {
+    let ms: i64 = j.request_id.rsplit('/').next().unwrap().parse().unwrap();
+    DateTime::from_timestamp_millis(ms).unwrap()
+}
+
+fn schedule(target: String, cron: &str) -> pb::Schedule {
+    pb::Schedule {
+        target,
+        cron: cron.into(),
+        ..Default::default()
+    }
+}
+
+async fn create(c: &mut Client, id: &str, s: pb::Schedule) -> pb::Schedule {
+    c.create_schedule(pb::CreateScheduleRequest {
+        schedule_id: id.into(),
+        schedule: Some(s),
+        validate_only: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn jobs_of(c: &mut Client, id: &str) -> Vec<pb::Job> {
+    c.list_jobs(pb::ListJobsRequest {
+        page_size: 1000,
+        page_token: String::new(),
+        filter: format!("schedule=\"schedules/{id}\""),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .jobs
+}
+
+async fn get(c: &mut Client, id: &str) -> pb::Schedule {
+    c.get_schedule(pb::GetScheduleRequest {
+        name: format!("schedules/{id}"),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test]
+async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(50),
+            ..Default::default()
+        },
+        1,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let s = create(&mut c, "every-second", schedule(target(0), "* * * * * *")).await;
+    assert_eq!(s.name, "schedules/every-second");
+    assert_eq!(s.next_run_times.len(), 5);
+    let created = when(&s.create_time);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let jobs = jobs_of(&mut c, "every-second").await;
+    assert!((2..=5).contains(&jobs.len()), "{} jobs", jobs.len());
+    for j in &jobs {
+        let due = due_of(j);
+        assert!(due > created, "no run for the creation instant");
+        assert_eq!(due.timestamp_subsec_millis(), 0, "on whole seconds");
+        let late = when(&j.create_time) - due;
+        assert!(
+            late >= chrono::Duration::zero() && late < chrono::Duration::milliseconds(900),
+            "job made {late} after its due time"
+        );
+        assert_eq!(j.schedule, "schedules/every-second");
+        assert_eq!(j.target, target(0));
+    }
+    let s = get(&mut c, "every-second").await;
+    assert!(!s.last_job.is_empty());
+    // RunSchedule: a job now, outside the cron.
+    c.pause_schedule(pb::PauseScheduleRequest {
+        name: "schedules/every-second".into(),
+    })
+    .await
+    .unwrap();
+    let n = jobs_of(&mut c, "every-second").await.len();
+    let j = c
+        .run_schedule(pb::RunScheduleRequest {
+            name: "schedules/every-second".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(j.schedule, "schedules/every-second");
+    let j = wait_done(&mut c, &j.name, Duration::from_secs(20)).await;
+    assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(jobs_of(&mut c, "every-second").await.len(), n + 1, "paused");
+}
+
+/// Stops the daemon (kill -9) for `down`, then starts it again; returns
+/// the new daemon and the instants it went down and came back.
+async fn down_for(d: Daemon, sim: &Simulator, dir: &Path, down: Duration) -> (Daemon, DateTime<Utc>, DateTime<Utc>) {
+    let mut d = d;
+    d.kill9();
+    let stopped = Utc::now();
+    tokio::time::sleep(down).await;
+    let back = Utc::now();
+    let d = d.restart_after_kill9(sim, dir);
+    (d, stopped, back)
+}
+
+#[tokio::test]
+async fn downtime_is_caught_up_once_or_skipped_and_kill_nine_never_fires_twice() {
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(50),
+            ..Default::default()
+        },
+        2,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    create(&mut c, "once", schedule(target(0), "*/2 * * * * *")).await;
+    let mut skip = schedule(target(1), "*/2 * * * * *");
+    skip.catch_up = pb::schedule::CatchUp::Skip as i32;
+    create(&mut c, "skip", skip).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Down across at least three due times.
+    let (d, stopped, back) = down_for(d, &sim, dir.path(), Duration::from_millis(6500)).await;
+    let mut c = d.op().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let missed = |jobs: &[pb::Job]| {
+        jobs.iter()
+            .filter(|j| {
+                let due = due_of(j);
+                due > stopped && due < back
+            })
+            .count()
+    };
+    let once = jobs_of(&mut c, "once").await;
+    assert_eq!(missed(&once), 1, "RUN_ONCE: one run for the missed window");
+    let s = get(&mut c, "once").await;
+    let k = s.last_skip.unwrap();
+    assert_eq!(k.reason, "missed", "{}", k.message);
+    let skipped = jobs_of(&mut c, "skip").await;
+    assert_eq!(missed(&skipped), 0, "SKIP: none");
+    assert_eq!(get(&mut c, "skip").await.last_skip.unwrap().reason, "missed");
+
+    // kill -9 at once after fires, twice: never two jobs for a due time.
+    let mut d = d;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        d = down_for(d, &sim, dir.path(), Duration::from_millis(10)).await.0;
+    }
+    let mut c = d.op().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for id in ["once", "skip"] {
+        let jobs = jobs_of(&mut c, id).await;
+        let mut dues: Vec<i64> = jobs.iter().map(|j| due_of(j).timestamp_millis()).collect();
+        let n = dues.len();
+        dues.sort();
+        dues.dedup();
+        assert_eq!(dues.len(), n, "{id}: one job per due time");
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_the_schedules_old_backups_on_vbs_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let vbs = VbsSim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        VbsSimConfig {
+            backup_duration: Duration::from_millis(100),
+            delete_duration: Duration::from_millis(100),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ids = vbs.seed_demo();
+    let cfg = vbs.config();
+    let d = start_keystone_daemon(
+        dir.path(),
+        "vbs",
+        KeystoneBackend {
+            kind: "vbs_v2",
+            endpoint: vbs.url(),
+            auth_url: vbs.auth_url(),
+            project_id: &ids.project_id,
+            vault_id: None,
+            user: &cfg.user_name,
+            domain: &cfg.user_domain,
+            password: &cfg.password,
+        },
+    )
+    .await;
+    let mut c = d.op().await;
+    let target = format!("backends/vbs/volumes/{}", ids.volume_id);
+    let mut s = schedule(target.clone(), "* * * * * *");
+    s.retention = Some(pb::Retention {
+        keep_last: 2,
+        ..Default::default()
+    });
+    create(&mut c, "keep-two", s).await;
+    // Five or so runs, a deletion after each from the third on.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    c.pause_schedule(pb::PauseScheduleRequest {
+        name: "schedules/keep-two".into(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let jobs = jobs_of(&mut c, "keep-two").await;
+    let made: Vec<&pb::Job> = jobs
+        .iter()
+        .filter(|j| j.kind == pb::job::Kind::Backup as i32 && state(j) == "SUCCEEDED")
+        .collect();
+    assert!(made.len() >= 3, "{} backups", made.len());
+    let deletes: Vec<&pb::Job> = jobs
+        .iter()
+        .filter(|j| j.kind == pb::job::Kind::DeleteBackup as i32)
+        .collect();
+    assert!(!deletes.is_empty());
+    assert!(deletes.iter().all(|j| state(j) == "SUCCEEDED"), "{deletes:?}");
+    // On VBS: the schedule's two newest backups and the seed's, nothing else.
+    let on_vbs: Vec<String> = vbs
+        .backups()
+        .into_iter()
+        .filter(|b| b.volume_id == ids.volume_id)
+        .map(|b| b.id)
+        .collect();
+    assert!(on_vbs.contains(&ids.backup_id), "the seed's backup stays");
+    let ours: Vec<&String> = on_vbs.iter().filter(|b| **b != ids.backup_id).collect();
+    assert_eq!(ours.len(), 2, "{on_vbs:?}");
+    // The newest two of the schedule's (jobs are newest first).
+    for j in made.iter().take(2) {
+        assert!(ours.contains(&&j.backup_id), "{}", j.backup_id);
+    }
+}
+
+#[tokio::test]
+async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
+    let sim = sim(SimConfig::default(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let mut bad = schedule(target(0), "61 * * * *");
+    bad.time_zone = "Europe/Berln".into();
+    bad.retention = Some(pb::Retention {
+        keep_last: 3,
+        ..Default::default()
+    });
+    let e = c
+        .create_schedule(pb::CreateScheduleRequest {
+            schedule_id: "bad".into(),
+            schedule: Some(bad),
+            validate_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let mut v = violations(&e);
+    v.sort();
+    assert_eq!(
+        v,
+        ["schedule.cron", "schedule.retention", "schedule.time_zone"],
+        "{e:?}"
+    );
+    assert!(e.message().contains("Europe/Berln"), "{}", e.message());
+    let e = c
+        .create_schedule(pb::CreateScheduleRequest {
+            schedule_id: "Bad_Id".into(),
+            schedule: Some(schedule(target(0), "@daily")),
+            validate_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), ["schedule_id"]);
+    // validate_only creates nothing.
+    let v = c
+        .create_schedule(pb::CreateScheduleRequest {
+            schedule_id: "nightly".into(),
+            schedule: Some(schedule(target(0), "0 2 * * *")),
+            validate_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.next_run_times.len(), 5);
+    let e = c
+        .get_schedule(pb::GetScheduleRequest {
+            name: "schedules/nightly".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_custos"))
+            .args(args)
+            .env("CUSTOS_ENDPOINT", format!("http://{}", d.addr))
+            .env("CUSTOS_TOKEN", OP_TOKEN)
+            .output()
+            .unwrap()
+    };
+    let ok = |o: std::process::Output| {
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let t = target(0);
+    let out = ok(run(&[
+        "schedule",
+        "create",
+        "nightly",
+        &t,
+        "--cron",
+        "30 2 * * *",
+        "--time-zone",
+        "Europe/Berlin",
+        "-o",
+        "json",
+    ]));
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["name"], "schedules/nightly");
+    assert_eq!(s["time_zone"], "Europe/Berlin");
+    // 02:30 in Berlin is 00:30 or 01:30 UTC.
+    let first = s["next_run_times"][0].as_str().unwrap().to_string();
+    assert!(
+        first.contains("T00:30:00") || first.contains("T01:30:00"),
+        "{first}"
+    );
+    assert!(ok(run(&["schedule", "list"])).contains("schedules/nightly"));
+    let out = ok(run(&["schedule", "update", "nightly", "--cron", "0 3 * * 1-5", "-o", "json"]));
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["cron"], "0 3 * * 1-5");
+    assert_eq!(s["time_zone"], "Europe/Berlin", "untouched by the mask");
+    assert!(ok(run(&["schedule", "pause", "nightly"])).contains("paused"));
+    ok(run(&["schedule", "resume", "nightly"]));
+    let out = ok(run(&["schedule", "run", "nightly", "--wait", "-o", "json"]));
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["state"], "SUCCEEDED");
+    assert_eq!(j["schedule"], "schedules/nightly");
+    assert!(ok(run(&["job", "list", "--schedule", "nightly"])).contains(&t));
+    ok(run(&["schedule", "delete", "nightly"]));
+    let o = run(&["schedule", "get", "nightly"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NotFound"));
+    // The job stays.
+    assert!(ok(run(&["job", "list", "--schedule", "nightly"])).contains(&t));
+}
