@@ -12,6 +12,7 @@ pub mod dev;
 pub mod engine;
 pub mod job;
 pub mod names;
+pub mod schedule;
 pub mod server;
 pub mod store;
 #[cfg(test)]
