@@ -249,10 +249,10 @@ fn print_schedule(s: &pb::Schedule, out: Output) {
             println!("{:<17}{x}", "next_run_time");
         }
     }
-    if let Some(k) = &s.last_skip {
-        if let Value::String(x) = ts(&k.time) {
-            println!("{:<17}{x} {}: {}", "last_skip", k.reason, k.message);
-        }
+    if let Some(k) = &s.last_skip
+        && let Value::String(x) = ts(&k.time)
+    {
+        println!("{:<17}{x} {}: {}", "last_skip", k.reason, k.message);
     }
 }
 

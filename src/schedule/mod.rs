@@ -151,6 +151,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A schedule and its next five run times.
+pub type Listed = (ScheduleRecord, Vec<DateTime<Utc>>);
+
 /// The schedules of one daemon and the task that fires them.
 pub struct Scheduler {
     engine: Arc<Engine>,
@@ -218,7 +221,7 @@ impl Scheduler {
 
     // ---- reading ------------------------------------------------------------
 
-    pub fn get(&self, id: &str) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+    pub fn get(&self, id: &str) -> Result<Listed, ScheduleError> {
         let entries = lock(&self.entries);
         let e = entries
             .get(id)
@@ -231,11 +234,7 @@ impl Scheduler {
     }
 
     /// Schedules by id after `after`, at most `size`; and whether more follow.
-    pub fn list(
-        &self,
-        after: Option<&str>,
-        size: usize,
-    ) -> (Vec<(ScheduleRecord, Vec<DateTime<Utc>>)>, bool) {
+    pub fn list(&self, after: Option<&str>, size: usize) -> (Vec<Listed>, bool) {
         let entries = lock(&self.entries);
         let mut ids: Vec<&String> = entries
             .keys()
@@ -261,11 +260,7 @@ impl Scheduler {
         self.store.flush().await
     }
 
-    pub async fn create(
-        &self,
-        id: String,
-        spec: ScheduleSpec,
-    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+    pub async fn create(&self, id: String, spec: ScheduleSpec) -> Result<Listed, ScheduleError> {
         let _g = self.ops.lock().await;
         if lock(&self.entries).contains_key(&id)
             || lock(&self.broken).contains_key(&id)
@@ -309,7 +304,7 @@ impl Scheduler {
         &self,
         id: &str,
         change: impl FnOnce(&mut ScheduleRecord, DateTime<Utc>, &CronSchedule),
-    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+    ) -> Result<Listed, ScheduleError> {
         let _g = self.ops.lock().await;
         let (mut rec, cron) = {
             let entries = lock(&self.entries);
@@ -332,11 +327,7 @@ impl Scheduler {
 
     /// Replaces the writable fields with `spec`'s (the API merged the
     /// update mask). Never fires at once.
-    pub async fn update(
-        &self,
-        id: &str,
-        spec: ScheduleSpec,
-    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+    pub async fn update(&self, id: &str, spec: ScheduleSpec) -> Result<Listed, ScheduleError> {
         let r = self
             .modify(id, |rec, now, _| {
                 let was_paused = rec.paused;
@@ -358,10 +349,7 @@ impl Scheduler {
         Ok(r)
     }
 
-    pub async fn pause(
-        &self,
-        id: &str,
-    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+    pub async fn pause(&self, id: &str) -> Result<Listed, ScheduleError> {
         let r = self
             .modify(id, |rec, _, _| {
                 if !rec.paused {
@@ -375,10 +363,7 @@ impl Scheduler {
 
     /// Runs again from the next due time after now; the due times that
     /// passed while paused are recorded in `last_skip`.
-    pub async fn resume(
-        &self,
-        id: &str,
-    ) -> Result<(ScheduleRecord, Vec<DateTime<Utc>>), ScheduleError> {
+    pub async fn resume(&self, id: &str) -> Result<Listed, ScheduleError> {
         let r = self
             .modify(id, |rec, now, _| {
                 if rec.paused {

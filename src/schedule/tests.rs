@@ -352,10 +352,13 @@ async fn deleting_a_schedule_leaves_its_jobs() {
     assert_eq!(t.jobs("s").len(), 1);
     t.tick_at(at(5)).await;
     assert_eq!(t.jobs("s").len(), 1, "a deleted schedule does not fire");
-    assert!(matches!(
-        t.sched.create("s".into(), spec("* * * * * *")).await,
-        Ok(_)
-    ));
+    assert!(
+        t.sched
+            .create("s".into(), spec("* * * * * *"))
+            .await
+            .is_ok(),
+        "the id is free again"
+    );
     assert!(matches!(
         t.sched.create("s".into(), spec("* * * * * *")).await,
         Err(ScheduleError::AlreadyExists(_))

@@ -121,7 +121,12 @@ async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
 
 /// Stops the daemon (kill -9) for `down`, then starts it again; returns
 /// the new daemon and the instants it went down and came back.
-async fn down_for(d: Daemon, sim: &Simulator, dir: &Path, down: Duration) -> (Daemon, DateTime<Utc>, DateTime<Utc>) {
+async fn down_for(
+    d: Daemon,
+    sim: &Simulator,
+    dir: &Path,
+    down: Duration,
+) -> (Daemon, DateTime<Utc>, DateTime<Utc>) {
     let mut d = d;
     d.kill9();
     let stopped = Utc::now();
@@ -168,13 +173,18 @@ async fn downtime_is_caught_up_once_or_skipped_and_kill_nine_never_fires_twice()
     assert_eq!(k.reason, "missed", "{}", k.message);
     let skipped = jobs_of(&mut c, "skip").await;
     assert_eq!(missed(&skipped), 0, "SKIP: none");
-    assert_eq!(get(&mut c, "skip").await.last_skip.unwrap().reason, "missed");
+    assert_eq!(
+        get(&mut c, "skip").await.last_skip.unwrap().reason,
+        "missed"
+    );
 
     // kill -9 at once after fires, twice: never two jobs for a due time.
     let mut d = d;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        d = down_for(d, &sim, dir.path(), Duration::from_millis(10)).await.0;
+        d = down_for(d, &sim, dir.path(), Duration::from_millis(10))
+            .await
+            .0;
     }
     let mut c = d.op().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -245,7 +255,10 @@ async fn retention_deletes_the_schedules_old_backups_on_vbs_and_nothing_else() {
         .filter(|j| j.kind == pb::job::Kind::DeleteBackup as i32)
         .collect();
     assert!(!deletes.is_empty());
-    assert!(deletes.iter().all(|j| state(j) == "SUCCEEDED"), "{deletes:?}");
+    assert!(
+        deletes.iter().all(|j| state(j) == "SUCCEEDED"),
+        "{deletes:?}"
+    );
     // On VBS: the schedule's two newest backups and the seed's, nothing else.
     let on_vbs: Vec<String> = vbs
         .backups()
@@ -262,7 +275,9 @@ async fn retention_deletes_the_schedules_old_backups_on_vbs_and_nothing_else() {
     }
 }
 
-#[tokio::test]
+// The CLI runs as a blocking child process: the simulator needs a thread
+// of its own meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
     let sim = sim(SimConfig::default(), 1).await;
     let dir = tempfile::tempdir().unwrap();
@@ -359,7 +374,15 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
         "{first}"
     );
     assert!(ok(run(&["schedule", "list"])).contains("schedules/nightly"));
-    let out = ok(run(&["schedule", "update", "nightly", "--cron", "0 3 * * 1-5", "-o", "json"]));
+    let out = ok(run(&[
+        "schedule",
+        "update",
+        "nightly",
+        "--cron",
+        "0 3 * * 1-5",
+        "-o",
+        "json",
+    ]));
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["cron"], "0 3 * * 1-5");
     assert_eq!(s["time_zone"], "Europe/Berlin", "untouched by the mask");
