@@ -90,7 +90,8 @@ async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
         assert_eq!(due.timestamp_subsec_millis(), 0, "on whole seconds");
         let late = when(&j.create_time) - due;
         assert!(
-            late >= chrono::Duration::zero() && late < chrono::Duration::milliseconds(900),
+            // Generous: the suite shares two cores with the build.
+            late >= chrono::Duration::zero() && late < chrono::Duration::seconds(2),
             "job made {late} after its due time"
         );
         assert_eq!(j.schedule, "schedules/every-second");
@@ -157,26 +158,47 @@ async fn downtime_is_caught_up_once_or_skipped_and_kill_nine_never_fires_twice()
     // Down across at least three due times.
     let (d, stopped, back) = down_for(d, &sim, dir.path(), Duration::from_millis(6500)).await;
     let mut c = d.op().await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let missed = |jobs: &[pb::Job]| {
+    // The daemon records the window it missed in last_skip (its latest due
+    // time); RUN_ONCE runs exactly that one, SKIP none of the window.
+    let mut skips = Vec::new();
+    for id in ["once", "skip"] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let k = loop {
+            let s = get(&mut c, id).await;
+            if let Some(k) = s.last_skip.filter(|k| k.reason == "missed") {
+                break k;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id}: no missed window recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(k.message.contains("due time"), "{}", k.message);
+        skips.push(when(&k.time));
+    }
+    assert!(
+        skips
+            .iter()
+            .all(|t| *t > stopped && *t < back + chrono::Duration::seconds(5))
+    );
+    let in_window = |jobs: &[pb::Job], until: DateTime<Utc>| {
         jobs.iter()
             .filter(|j| {
                 let due = due_of(j);
-                due > stopped && due < back
+                due > stopped && due <= until
             })
-            .count()
+            .map(due_of)
+            .collect::<Vec<_>>()
     };
     let once = jobs_of(&mut c, "once").await;
-    assert_eq!(missed(&once), 1, "RUN_ONCE: one run for the missed window");
-    let s = get(&mut c, "once").await;
-    let k = s.last_skip.unwrap();
-    assert_eq!(k.reason, "missed", "{}", k.message);
-    let skipped = jobs_of(&mut c, "skip").await;
-    assert_eq!(missed(&skipped), 0, "SKIP: none");
     assert_eq!(
-        get(&mut c, "skip").await.last_skip.unwrap().reason,
-        "missed"
+        in_window(&once, skips[0]),
+        [skips[0]],
+        "RUN_ONCE: one run, for the latest due time of the missed window"
     );
+    let skipped = jobs_of(&mut c, "skip").await;
+    assert!(in_window(&skipped, skips[1]).is_empty(), "SKIP: none");
 
     // kill -9 at once after fires, twice: never two jobs for a due time.
     let mut d = d;
@@ -243,8 +265,24 @@ async fn retention_deletes_the_schedules_old_backups_on_vbs_and_nothing_else() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let jobs = jobs_of(&mut c, "keep-two").await;
+    // Wait until every run and every deletion it caused has ended (each
+    // success starts retention, which may start one more deletion).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let jobs = loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let jobs = jobs_of(&mut c, "keep-two").await;
+        if jobs.iter().all(is_terminal) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let again = jobs_of(&mut c, "keep-two").await;
+            if again.len() == jobs.len() && again.iter().all(is_terminal) {
+                break again;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs did not settle"
+        );
+    };
     let made: Vec<&pb::Job> = jobs
         .iter()
         .filter(|j| j.kind == pb::job::Kind::Backup as i32 && state(j) == "SUCCEEDED")
