@@ -13,6 +13,7 @@ pub mod engine;
 pub mod job;
 pub mod names;
 pub mod schedule;
+pub mod schedule_record;
 pub mod server;
 pub mod store;
 #[cfg(test)]

@@ -359,7 +359,7 @@ impl Service {
 /// What a validated, not yet created schedule would look like.
 fn spec_view(id: &str, s: &ScheduleSpec, now: DateTime<Utc>) -> pb::Schedule {
     let rec = ScheduleRecord {
-        v: crate::schedule::record::SCHEDULE_VERSION,
+        v: crate::schedule_record::SCHEDULE_VERSION,
         id: id.to_string(),
         target: s.target.clone(),
         backend: s.backend.clone(),

@@ -3,7 +3,8 @@
 //! retries apply), stored beside the jobs.
 //!
 //! - [`cron`]: crontab expressions in a time zone, with DST defined.
-//! - [`record`]: the stored schedule (below the store, like `job.rs`).
+//! - `crate::schedule_record`: the stored schedule (below the store, like
+//!   `job.rs`).
 //! - [`retention`]: which of a schedule's own backups to delete.
 //! - this file: [`Scheduler`], the one task that fires due times, and the
 //!   operations the API calls.
@@ -26,7 +27,6 @@
 //! recorded in `last_skip` with its reason.
 
 pub mod cron;
-pub mod record;
 pub mod retention;
 
 use std::{
@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use crate::schedule_record::{CatchUp, Overlap, Retention, ScheduleRecord, Skip, SkipReason};
 use crate::{
     engine::{Engine, EngineError, NewJob},
     job::{JobKind, JobRecord, JobState},
@@ -48,7 +49,6 @@ use crate::{
     store::{Store, StoreError},
 };
 use cron::CronSchedule;
-pub use record::{CatchUp, Overlap, Retention, ScheduleRecord, Skip, SkipReason};
 
 /// A due time later than this when the scheduler gets to it counts as
 /// missed (the daemon was down or stalled), and `catch_up` decides.
@@ -164,8 +164,10 @@ pub struct Scheduler {
     /// with the reason, never fired.
     broken: Mutex<BTreeMap<String, String>>,
     changed: Notify,
-    /// One change of schedules at a time (API calls and firing).
-    ops: tokio::sync::Mutex<()>,
+    /// One lock per schedule id: the changes of one schedule (API calls,
+    /// firing, retention) happen one at a time, different schedules'
+    /// in parallel.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     shutdown: CancellationToken,
 }
 
@@ -188,7 +190,7 @@ impl Scheduler {
             entries: Mutex::new(HashMap::new()),
             broken: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
-            ops: tokio::sync::Mutex::new(()),
+            locks: Mutex::new(HashMap::new()),
             shutdown,
         };
         for rec in s.store.schedules()? {
@@ -208,6 +210,12 @@ impl Scheduler {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Waits for the lock of schedule `id`.
+    async fn hold(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.locks).entry(id.to_string()).or_default().clone();
+        m.lock_owned().await
     }
 
     /// How many schedules are loaded.
@@ -261,7 +269,7 @@ impl Scheduler {
     }
 
     pub async fn create(&self, id: String, spec: ScheduleSpec) -> Result<Listed, ScheduleError> {
-        let _g = self.ops.lock().await;
+        let _g = self.hold(&id).await;
         if lock(&self.entries).contains_key(&id)
             || lock(&self.broken).contains_key(&id)
             || self.store.get_schedule(&id)?.is_some()
@@ -270,7 +278,7 @@ impl Scheduler {
         }
         let now = self.now();
         let rec = ScheduleRecord {
-            v: record::SCHEDULE_VERSION,
+            v: crate::schedule_record::SCHEDULE_VERSION,
             id: id.clone(),
             target: spec.target,
             backend: spec.backend,
@@ -305,7 +313,7 @@ impl Scheduler {
         id: &str,
         change: impl FnOnce(&mut ScheduleRecord, DateTime<Utc>, &CronSchedule),
     ) -> Result<Listed, ScheduleError> {
-        let _g = self.ops.lock().await;
+        let _g = self.hold(id).await;
         let (mut rec, cron) = {
             let entries = lock(&self.entries);
             let e = entries
@@ -379,7 +387,7 @@ impl Scheduler {
 
     /// Deletes the schedule; its jobs and backups stay.
     pub async fn delete(&self, id: &str) -> Result<(), ScheduleError> {
-        let _g = self.ops.lock().await;
+        let _g = self.hold(id).await;
         let known = lock(&self.entries).contains_key(id) || lock(&self.broken).contains_key(id);
         if !known {
             return Err(ScheduleError::NotFound(format!("schedules/{id}")));
@@ -395,7 +403,7 @@ impl Scheduler {
 
     /// Runs the schedule's backup now, outside the cron (also when paused).
     pub async fn run_now(&self, id: &str) -> Result<JobRecord, ScheduleError> {
-        let _g = self.ops.lock().await;
+        let _g = self.hold(id).await;
         let mut rec = lock(&self.entries)
             .get(id)
             .map(|e| e.rec.clone())
@@ -496,7 +504,7 @@ impl Scheduler {
 
     /// Deals with the due times of one schedule up to `now`.
     async fn fire(&self, id: &str, now: DateTime<Utc>) -> Result<(), ScheduleError> {
-        let _g = self.ops.lock().await;
+        let _g = self.hold(id).await;
         let Some((mut rec, cron)) = lock(&self.entries)
             .get(id)
             .filter(|e| !e.rec.paused)
@@ -581,7 +589,7 @@ impl Scheduler {
     /// Applies a schedule's retention now: starts the deletions it calls
     /// for (as DELETE_BACKUP jobs tagged with the schedule). Returns them.
     pub async fn apply_retention(&self, id: &str) -> Result<Vec<JobRecord>, ScheduleError> {
-        let _g = self.ops.lock().await;
+        let _g = self.hold(id).await;
         let Some(rec) = lock(&self.entries).get(id).map(|e| e.rec.clone()) else {
             return Ok(Vec::new());
         };

@@ -13,8 +13,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use custos_adapter_core::{ErrorKind, Operation};
 
-use super::record::Retention;
 use crate::job::{Failure, JobKind, JobRecord, JobState};
+use crate::schedule_record::Retention;
 
 /// The ids of the backups to delete now, oldest first.
 pub fn to_delete(jobs: &[JobRecord], ret: &Retention, now: DateTime<Utc>) -> Vec<String> {

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::{
     job::{DecodeError, JobKind, JobRecord, JobState},
-    schedule::record::ScheduleRecord,
+    schedule_record::ScheduleRecord,
 };
 
 /// A way to walk jobs newest first without decoding the whole history.

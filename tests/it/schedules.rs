@@ -412,6 +412,22 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
         "{first}"
     );
     assert!(ok(run(&["schedule", "list"])).contains("schedules/nightly"));
+    // validate_only on update changes nothing.
+    let v = c
+        .update_schedule(pb::UpdateScheduleRequest {
+            schedule: Some(pb::Schedule {
+                name: "schedules/nightly".into(),
+                cron: "0 4 * * *".into(),
+                ..Default::default()
+            }),
+            update_mask: vec!["cron".into()],
+            validate_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.cron, "0 4 * * *");
+    assert_eq!(get(&mut c, "nightly").await.cron, "30 2 * * *");
     let out = ok(run(&[
         "schedule",
         "update",
