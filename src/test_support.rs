@@ -113,7 +113,21 @@ impl Backend for Scripted {
         _n: Option<u32>,
         _t: &str,
     ) -> Result<BackupPage, BackendError> {
-        Ok(BackupPage::default())
+        // The backups made and not deleted, in one page.
+        let made = self.made.load(std::sync::atomic::Ordering::SeqCst);
+        let deleted = self.deleted.lock().unwrap().clone();
+        Ok(BackupPage {
+            backups: (1..=made)
+                .map(|n| format!("b-{n}"))
+                .filter(|id| !deleted.contains(id))
+                .map(|id| custos_adapter_core::BackupInfo {
+                    id,
+                    created_at: None,
+                    state: "available".into(),
+                })
+                .collect(),
+            next_page_token: String::new(),
+        })
     }
     async fn validate(&self, _op: &Operation) -> Result<String, BackendError> {
         Ok("scripted".into())

@@ -17,7 +17,8 @@ use crate::{
 };
 
 /// Schedule ids: AIP-122 style.
-const ID_RULE: &str = "1-63 lower-case letters, digits and '-', starting with a letter";
+const ID_RULE: &str =
+    "1-63 lower-case letters, digits and '-', starting with a letter and not ending with '-'";
 
 pub fn valid_schedule_id(s: &str) -> bool {
     let mut c = s.chars();
@@ -25,6 +26,7 @@ pub fn valid_schedule_id(s: &str) -> bool {
         && s.len() <= 63
         && c.next().is_some_and(|f| f.is_ascii_lowercase())
         && c.all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == '-')
+        && !s.ends_with('-')
 }
 
 /// `schedules/{id}` → id.
@@ -250,81 +252,24 @@ impl Service {
             .schedule
             .ok_or_else(|| ApiError::field("schedule", "required"))?;
         let id = schedule_id("schedule.name", &given.name)?;
-        let (current, _) = self.schedules.get(&id)?;
-        let mut merged = schedule(&current, &[]);
-        let all = r.update_mask.is_empty();
-        let mut v = Vec::new();
-        for path in &r.update_mask {
-            let known = [
-                "cron",
-                "time_zone",
-                "overlap_policy",
-                "catch_up",
-                "retention",
-                "retention.keep_last",
-                "retention.max_age",
-                "retention.min_keep",
-                "labels",
-                "incremental",
-                "paused",
-            ];
-            if path == "target" {
-                v.push(FieldViolation::new(
-                    "update_mask",
-                    "target cannot change; create another schedule",
-                ));
-            } else if !known.contains(&path.as_str()) {
-                v.push(FieldViolation::new(
-                    "update_mask",
-                    format!("unknown field {:?}", names::truncate(path)),
-                ));
-            }
-        }
-        validate::done(v)?;
-        let has = |p: &str| all || r.update_mask.iter().any(|m| m == p);
-        if has("cron") {
-            merged.cron = given.cron.clone();
-        }
-        if has("time_zone") {
-            merged.time_zone = given.time_zone.clone();
-        }
-        if has("overlap_policy") {
-            merged.overlap_policy = given.overlap_policy;
-        }
-        if has("catch_up") {
-            merged.catch_up = given.catch_up;
-        }
-        if has("labels") {
-            merged.labels = given.labels.clone();
-        }
-        if has("incremental") {
-            merged.incremental = given.incremental;
-        }
-        if has("paused") {
-            merged.paused = given.paused;
-        }
-        if has("retention") {
-            merged.retention = given.retention.clone();
-        } else {
-            let g = given.retention.clone().unwrap_or_default();
-            let m = merged.retention.get_or_insert_with(Default::default);
-            if has("retention.keep_last") {
-                m.keep_last = g.keep_last;
-            }
-            if has("retention.max_age") {
-                m.max_age = g.max_age;
-            }
-            if has("retention.min_keep") {
-                m.min_keep = g.min_keep;
-            }
-        }
-        let spec = self.schedule_spec(&merged)?;
+        let mask = update_mask(&r.update_mask, &given)?;
         if r.validate_only {
+            let (current, next) = self.schedules.get(&id)?;
+            let merged = merge(&current, &given, &mask);
+            self.schedule_spec(&merged)?;
             let mut out = merged;
-            out.name = current.name();
+            out.next_run_times = next.iter().copied().map(convert::timestamp).collect();
             return Ok(out);
         }
-        let (rec, next) = self.schedules.update(&id, spec).await?;
+        // Merged under the schedule's lock: a change that lands meanwhile
+        // (a pause) is not overwritten.
+        let (rec, next) = self
+            .schedules
+            .update(&id, |current| {
+                let merged = merge(current, &given, &mask);
+                self.schedule_spec(&merged)
+            })
+            .await?;
         Ok(schedule(&rec, &next))
     }
 
@@ -354,6 +299,107 @@ impl Service {
             next_page_token,
         })
     }
+}
+
+/// The fields an update changes: the mask as given, or (AIP-134) when it
+/// is empty, every field the request sets.
+fn update_mask(mask: &[String], given: &pb::Schedule) -> Result<Vec<String>, ApiError> {
+    const KNOWN: [&str; 11] = [
+        "cron",
+        "time_zone",
+        "overlap_policy",
+        "catch_up",
+        "retention",
+        "retention.keep_last",
+        "retention.max_age",
+        "retention.min_keep",
+        "labels",
+        "incremental",
+        "paused",
+    ];
+    let mut v = Vec::new();
+    for path in mask {
+        if path == "target" {
+            v.push(FieldViolation::new(
+                "update_mask",
+                "target cannot change; create another schedule",
+            ));
+        } else if !KNOWN.contains(&path.as_str()) {
+            v.push(FieldViolation::new(
+                "update_mask",
+                format!("unknown field {:?}", names::truncate(path)),
+            ));
+        }
+    }
+    validate::done(v)?;
+    if !mask.is_empty() {
+        return Ok(mask.to_vec());
+    }
+    let set = [
+        ("cron", !given.cron.is_empty()),
+        ("time_zone", !given.time_zone.is_empty()),
+        ("overlap_policy", given.overlap_policy != 0),
+        ("catch_up", given.catch_up != 0),
+        ("retention", given.retention.is_some()),
+        ("labels", !given.labels.is_empty()),
+        ("incremental", given.incremental),
+        ("paused", given.paused),
+    ];
+    let implied: Vec<String> = set
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(p, _)| p.to_string())
+        .collect();
+    if implied.is_empty() {
+        return Err(ApiError::field(
+            "update_mask",
+            "nothing to change: set the fields to change (and name them in update_mask)",
+        ));
+    }
+    Ok(implied)
+}
+
+/// `current` with the fields of `mask` taken from `given`.
+fn merge(current: &ScheduleRecord, given: &pb::Schedule, mask: &[String]) -> pb::Schedule {
+    let mut merged = schedule(current, &[]);
+    let has = |p: &str| mask.iter().any(|m| m == p);
+    if has("cron") {
+        merged.cron = given.cron.clone();
+    }
+    if has("time_zone") {
+        merged.time_zone = given.time_zone.clone();
+    }
+    if has("overlap_policy") {
+        merged.overlap_policy = given.overlap_policy;
+    }
+    if has("catch_up") {
+        merged.catch_up = given.catch_up;
+    }
+    if has("labels") {
+        merged.labels = given.labels.clone();
+    }
+    if has("incremental") {
+        merged.incremental = given.incremental;
+    }
+    if has("paused") {
+        merged.paused = given.paused;
+    }
+    if has("retention") {
+        merged.retention = given.retention.clone();
+    } else {
+        let g = given.retention.clone().unwrap_or_default();
+        let m = merged.retention.get_or_insert_with(Default::default);
+        if has("retention.keep_last") {
+            m.keep_last = g.keep_last;
+        }
+        if has("retention.max_age") {
+            m.max_age = g.max_age;
+        }
+        if has("retention.min_keep") {
+            m.min_keep = g.min_keep;
+        }
+    }
+    merged
 }
 
 /// What a validated, not yet created schedule would look like.
@@ -438,7 +484,7 @@ mod tests {
     fn schedule_ids() {
         assert!(valid_schedule_id("nightly-db"));
         assert!(valid_schedule_id("a"));
-        for bad in ["", "1abc", "Nightly", "a_b", "a/b", &"a".repeat(64)] {
+        for bad in ["", "1abc", "Nightly", "a_b", "a/b", "a-", &"a".repeat(64)] {
             assert!(!valid_schedule_id(bad), "{bad:?}");
         }
         assert!(schedule_id("name", "schedules/x").is_ok());

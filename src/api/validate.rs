@@ -41,8 +41,18 @@ pub fn request_id(s: &str, v: &mut Vec<FieldViolation>) -> Option<String> {
         ));
         return None;
     }
+    if s.starts_with(RESERVED_REQUEST_ID) {
+        v.push(FieldViolation::new(
+            "request_id",
+            format!("ids starting with {RESERVED_REQUEST_ID:?} are the scheduler's"),
+        ));
+        return None;
+    }
     Some(s.to_string())
 }
+
+/// The prefix of the request ids the scheduler gives its jobs.
+pub const RESERVED_REQUEST_ID: &str = "custos-";
 
 pub fn labels(
     m: &HashMap<String, String>,

@@ -92,9 +92,14 @@ pub struct NewJob {
 impl NewJob {
     /// A digest of what the request asks for, to compare retries.
     fn fingerprint(&self) -> String {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "kind": self.kind, "target": self.target, "op": self.op, "labels": self.labels,
         });
+        // Only where set, so that fingerprints stored before schedules
+        // existed still match.
+        if let Some(s) = &self.schedule {
+            v["schedule"] = serde_json::Value::String(s.clone());
+        }
         v.to_string()
     }
 }

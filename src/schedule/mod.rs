@@ -117,6 +117,10 @@ struct Entry {
     next: Option<DateTime<Utc>>,
     /// Not before this (a failed fire waits).
     hold_until: Option<DateTime<Utc>>,
+    /// When the scheduler first tried to fire the pending due time (kept
+    /// across a failed try, so a retry is not judged late because of the
+    /// wait before it).
+    first_try: Option<DateTime<Utc>>,
 }
 
 impl Entry {
@@ -133,6 +137,7 @@ impl Entry {
             cron,
             next,
             hold_until: None,
+            first_try: None,
         })
     }
 
@@ -193,14 +198,19 @@ impl Scheduler {
             locks: Mutex::new(HashMap::new()),
             shutdown,
         };
-        for rec in s.store.schedules()? {
-            let id = rec.id.clone();
-            match Entry::new(rec) {
-                Ok(e) => {
+        for stored in s.store.schedules()? {
+            let loaded = stored.and_then(|rec| {
+                let id = rec.id.clone();
+                Entry::new(rec)
+                    .map(|e| (id.clone(), e))
+                    .map_err(|why| (id, why))
+            });
+            match loaded {
+                Ok((id, e)) => {
                     lock(&s.entries).insert(id, e);
                 }
-                Err(why) => {
-                    tracing::error!(schedule = %id, error = %why, "a stored schedule cannot be read; it will not run");
+                Err((id, why)) => {
+                    tracing::error!(schedule = %id, error = %why, "a stored schedule cannot be read; it will not run (delete it, or run the release that wrote it)");
                     lock(&s.broken).insert(id, why);
                 }
             }
@@ -212,10 +222,20 @@ impl Scheduler {
         self.clock.now()
     }
 
-    /// Waits for the lock of schedule `id`.
-    async fn hold(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// Waits for the lock of schedule `id` (a lock is made only for a
+    /// schedule that exists, or is being created).
+    async fn hold(
+        &self,
+        id: &str,
+        creating: bool,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ScheduleError> {
+        let known =
+            creating || lock(&self.entries).contains_key(id) || lock(&self.broken).contains_key(id);
+        if !known {
+            return Err(ScheduleError::NotFound(format!("schedules/{id}")));
+        }
         let m = lock(&self.locks).entry(id.to_string()).or_default().clone();
-        m.lock_owned().await
+        Ok(m.lock_owned().await)
     }
 
     /// How many schedules are loaded.
@@ -230,6 +250,11 @@ impl Scheduler {
     // ---- reading ------------------------------------------------------------
 
     pub fn get(&self, id: &str) -> Result<Listed, ScheduleError> {
+        if let Some(why) = lock(&self.broken).get(id) {
+            return Err(ScheduleError::FailedPrecondition(format!(
+                "schedules/{id} is stored but cannot be read, so it does not run: {why}; delete it, or run the release that wrote it"
+            )));
+        }
         let entries = lock(&self.entries);
         let e = entries
             .get(id)
@@ -269,7 +294,7 @@ impl Scheduler {
     }
 
     pub async fn create(&self, id: String, spec: ScheduleSpec) -> Result<Listed, ScheduleError> {
-        let _g = self.hold(&id).await;
+        let _g = self.hold(&id, true).await?;
         if lock(&self.entries).contains_key(&id)
             || lock(&self.broken).contains_key(&id)
             || self.store.get_schedule(&id)?.is_some()
@@ -307,38 +332,53 @@ impl Scheduler {
         Ok((rec, up))
     }
 
-    /// Applies `change` to the stored schedule, durably.
-    async fn modify(
+    /// Applies `change` to the stored schedule under its lock, durably.
+    async fn modify<E: From<ScheduleError>>(
         &self,
         id: &str,
-        change: impl FnOnce(&mut ScheduleRecord, DateTime<Utc>, &CronSchedule),
-    ) -> Result<Listed, ScheduleError> {
-        let _g = self.hold(id).await;
-        let (mut rec, cron) = {
-            let entries = lock(&self.entries);
-            let e = entries
-                .get(id)
-                .ok_or_else(|| ScheduleError::NotFound(format!("schedules/{id}")))?;
-            (e.rec.clone(), e.cron.clone())
-        };
+        change: impl FnOnce(&mut ScheduleRecord, DateTime<Utc>) -> Result<(), E>,
+    ) -> Result<Listed, E> {
+        let _g = self.hold(id, false).await?;
+        let mut rec = lock(&self.entries)
+            .get(id)
+            .map(|e| e.rec.clone())
+            .ok_or_else(|| ScheduleError::NotFound(format!("schedules/{id}")))?;
         let now = self.now();
-        change(&mut rec, now, &cron);
+        change(&mut rec, now)?;
         rec.update_time = now;
-        let entry = Entry::new(rec.clone())
+        let mut entry = Entry::new(rec.clone())
             .map_err(|e| ScheduleError::Invalid(vec![FieldViolation::new("schedule.cron", e)]))?;
-        self.save(&rec).await?;
+        self.save(&rec).await.map_err(ScheduleError::from)?;
         let up = self.upcoming(&entry);
-        lock(&self.entries).insert(id.to_string(), entry);
+        let mut entries = lock(&self.entries);
+        if let Some(old) = entries.get(id) {
+            entry.first_try = old.first_try;
+        }
+        entries.insert(id.to_string(), entry);
+        drop(entries);
         self.changed.notify_one();
         Ok((rec, up))
     }
 
-    /// Replaces the writable fields with `spec`'s (the API merged the
-    /// update mask). Never fires at once.
-    pub async fn update(&self, id: &str, spec: ScheduleSpec) -> Result<Listed, ScheduleError> {
+    /// Changes the writable fields to what `merge` makes of the current
+    /// record (the API applies the update mask there, under this
+    /// schedule's lock, so concurrent changes are not lost). Never fires at
+    /// once: a new cron or zone counts from now; pending due times of an
+    /// unchanged cron stay due.
+    pub async fn update<E: From<ScheduleError>>(
+        &self,
+        id: &str,
+        merge: impl FnOnce(&ScheduleRecord) -> Result<ScheduleSpec, E>,
+    ) -> Result<Listed, E> {
         let r = self
-            .modify(id, |rec, now, _| {
+            .modify::<E>(id, |rec, now| {
+                let spec = merge(rec)?;
                 let was_paused = rec.paused;
+                let new_times = rec.cron != spec.cron || rec.time_zone != spec.time_zone;
+                if was_paused && !spec.paused {
+                    skip_paused_window(rec, now);
+                    rec.fired_until = rec.fired_until.max(now);
+                }
                 rec.cron = spec.cron;
                 rec.time_zone = spec.time_zone;
                 rec.overlap = spec.overlap;
@@ -347,10 +387,10 @@ impl Scheduler {
                 rec.labels = spec.labels;
                 rec.incremental = spec.incremental;
                 rec.paused = spec.paused;
-                if was_paused && !spec.paused {
-                    skip_paused_window(rec, now);
+                if new_times {
+                    rec.fired_until = rec.fired_until.max(now);
                 }
-                rec.fired_until = rec.fired_until.max(now);
+                Ok(())
             })
             .await?;
         tracing::info!(schedule = %id, "schedule updated");
@@ -359,10 +399,9 @@ impl Scheduler {
 
     pub async fn pause(&self, id: &str) -> Result<Listed, ScheduleError> {
         let r = self
-            .modify(id, |rec, _, _| {
-                if !rec.paused {
-                    rec.paused = true;
-                }
+            .modify::<ScheduleError>(id, |rec, _| {
+                rec.paused = true;
+                Ok(())
             })
             .await?;
         tracing::info!(schedule = %id, "schedule paused");
@@ -373,12 +412,13 @@ impl Scheduler {
     /// passed while paused are recorded in `last_skip`.
     pub async fn resume(&self, id: &str) -> Result<Listed, ScheduleError> {
         let r = self
-            .modify(id, |rec, now, _| {
+            .modify::<ScheduleError>(id, |rec, now| {
                 if rec.paused {
                     rec.paused = false;
                     skip_paused_window(rec, now);
                     rec.fired_until = rec.fired_until.max(now);
                 }
+                Ok(())
             })
             .await?;
         tracing::info!(schedule = %id, "schedule resumed");
@@ -387,7 +427,7 @@ impl Scheduler {
 
     /// Deletes the schedule; its jobs and backups stay.
     pub async fn delete(&self, id: &str) -> Result<(), ScheduleError> {
-        let _g = self.hold(id).await;
+        let _g = self.hold(id, false).await?;
         let known = lock(&self.entries).contains_key(id) || lock(&self.broken).contains_key(id);
         if !known {
             return Err(ScheduleError::NotFound(format!("schedules/{id}")));
@@ -396,6 +436,7 @@ impl Scheduler {
         self.store.flush().await?;
         lock(&self.entries).remove(id);
         lock(&self.broken).remove(id);
+        lock(&self.locks).remove(id);
         tracing::info!(schedule = %id, "schedule deleted");
         self.changed.notify_one();
         Ok(())
@@ -403,7 +444,7 @@ impl Scheduler {
 
     /// Runs the schedule's backup now, outside the cron (also when paused).
     pub async fn run_now(&self, id: &str) -> Result<JobRecord, ScheduleError> {
-        let _g = self.hold(id).await;
+        let _g = self.hold(id, false).await?;
         let mut rec = lock(&self.entries)
             .get(id)
             .map(|e| e.rec.clone())
@@ -451,8 +492,9 @@ impl Scheduler {
         loop {
             let now = self.now();
             let next = self.tick(now).await;
+            // A due time that passed during the tick is due now.
             let wait = next
-                .and_then(|t| (t - self.now()).to_std().ok())
+                .map(|t| (t - self.now()).to_std().unwrap_or(Duration::ZERO))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
             if wait.is_zero() {
@@ -492,6 +534,7 @@ impl Scheduler {
                 if let Err(e) = me.fire(&id, now).await {
                     tracing::warn!(schedule = %id, error = %e, "a due run could not be started; trying again shortly");
                     if let Some(en) = lock(&me.entries).get_mut(&id) {
+                        en.first_try.get_or_insert(now);
                         en.hold_until = chrono::Duration::from_std(RETRY_FIRE)
                             .ok()
                             .and_then(|d| now.checked_add_signed(d));
@@ -504,11 +547,11 @@ impl Scheduler {
 
     /// Deals with the due times of one schedule up to `now`.
     async fn fire(&self, id: &str, now: DateTime<Utc>) -> Result<(), ScheduleError> {
-        let _g = self.hold(id).await;
-        let Some((mut rec, cron)) = lock(&self.entries)
+        let _g = self.hold(id, false).await?;
+        let Some((mut rec, cron, first_try)) = lock(&self.entries)
             .get(id)
             .filter(|e| !e.rec.paused)
-            .map(|e| (e.rec.clone(), e.cron.clone()))
+            .map(|e| (e.rec.clone(), e.cron.clone(), e.first_try))
         else {
             return Ok(());
         };
@@ -517,7 +560,10 @@ impl Scheduler {
             self.set_record(rec);
             return Ok(());
         };
-        let late = (now - latest)
+        // Judged from the first try: a retry after a failure is not late
+        // because of the wait before it.
+        let seen = first_try.map_or(now, |f| f.min(now));
+        let late = (seen - latest)
             .to_std()
             .map(|d| d > MISFIRE_GRACE)
             .unwrap_or(false);
@@ -579,6 +625,7 @@ impl Scheduler {
         self.save(&rec).await?;
         if let Some(e) = lock(&self.entries).get_mut(id) {
             e.hold_until = None;
+            e.first_try = None;
         }
         self.set_record(rec);
         Ok(())
@@ -589,7 +636,7 @@ impl Scheduler {
     /// Applies a schedule's retention now: starts the deletions it calls
     /// for (as DELETE_BACKUP jobs tagged with the schedule). Returns them.
     pub async fn apply_retention(&self, id: &str) -> Result<Vec<JobRecord>, ScheduleError> {
-        let _g = self.hold(id).await;
+        let _g = self.hold(id, false).await?;
         let Some(rec) = lock(&self.entries).get(id).map(|e| e.rec.clone()) else {
             return Ok(Vec::new());
         };
@@ -597,13 +644,26 @@ impl Scheduler {
             return Ok(Vec::new());
         };
         let name = rec.name();
+        // Every job on the target: deletions by anyone count.
         let (jobs, _) = self.engine.list(
             &crate::engine::JobIndex::Target(rec.target.clone()),
             None,
             usize::MAX,
-            |j| j.schedule.as_deref() == Some(name.as_str()),
+            |_| true,
         )?;
-        let doomed = retention::to_delete(&jobs, &ret, self.now());
+        // What the backend still has: a backup deleted behind Custos' back
+        // must not count as one of the kept ones.
+        let existing = self.listed_backups(&rec).await?;
+        let doomed = retention::to_delete(
+            &retention::Inputs {
+                jobs: &jobs,
+                schedule: &name,
+                since: rec.create_time,
+                exists: &|id| existing.contains(id),
+            },
+            &ret,
+            self.now(),
+        );
         let mut started = Vec::new();
         for backup_id in doomed {
             let job = self
@@ -625,6 +685,40 @@ impl Scheduler {
             started.push(job);
         }
         Ok(started)
+    }
+
+    /// Every backup id the backend lists for the schedule's target.
+    async fn listed_backups(
+        &self,
+        rec: &ScheduleRecord,
+    ) -> Result<std::collections::HashSet<String>, ScheduleError> {
+        let entry = self.engine.backend(&rec.backend).ok_or_else(|| {
+            ScheduleError::FailedPrecondition(format!(
+                "backend {:?} is not configured",
+                rec.backend
+            ))
+        })?;
+        let resource = resource_of(rec)?;
+        let mut ids = std::collections::HashSet::new();
+        let mut token = String::new();
+        for _ in 0..1000 {
+            let page = self
+                .engine
+                .list_backups(entry, &resource, Some(1000), &token)
+                .await
+                .map_err(|e| {
+                    ScheduleError::FailedPrecondition(format!(
+                        "listing the backups of {} failed, so retention waits: {e}",
+                        rec.target
+                    ))
+                })?;
+            ids.extend(page.backups.into_iter().map(|b| b.id));
+            if page.next_page_token.is_empty() || page.next_page_token == token {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        Ok(ids)
     }
 
     /// Retention after each successful scheduled backup, and a sweep of

@@ -1,14 +1,17 @@
 //! Which of a schedule's own backups its retention deletes. Pure: the
 //! scheduler hands in the jobs the schedule made and starts the deletions.
 //!
-//! A backup counts if a BACKUP job of the schedule SUCCEEDED with its id.
-//! It is gone (or going) if a DELETE_BACKUP job of the schedule for it is
-//! not FAILED, or FAILED because the backend no longer has it. Of the rest,
+//! A backup counts if a BACKUP job of the schedule (made since the
+//! schedule was created: not a deleted namesake's) SUCCEEDED with its id,
+//! and the backend still lists it. It is gone (or going) if any
+//! DELETE_BACKUP job for it, whoever made it, is not FAILED, or FAILED
+//! because the backend no longer has it; one that failed otherwise is not
+//! tried again for [`RETRY_FAILED_DELETE`]. Of the rest,
 //! newest first, the newest `min_keep` (at least 1) always stay; the others
 //! go when beyond `keep_last` or older than `max_age`. Backups made by
 //! anything else are never looked at.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use chrono::{DateTime, Utc};
 use custos_adapter_core::{ErrorKind, Operation};
@@ -16,9 +19,33 @@ use custos_adapter_core::{ErrorKind, Operation};
 use crate::job::{Failure, JobKind, JobRecord, JobState};
 use crate::schedule_record::Retention;
 
+/// How long a deletion that failed (other than "not found") is not
+/// tried again: a refusal such as "incremental backups depend on it" does
+/// not change by itself.
+pub const RETRY_FAILED_DELETE: Duration = Duration::from_secs(24 * 3600);
+
+/// What retention looks at.
+pub struct Inputs<'a> {
+    /// Every job on the schedule's target, whoever made it.
+    pub jobs: &'a [JobRecord],
+    /// `schedules/{id}`.
+    pub schedule: &'a str,
+    /// The schedule's creation: jobs of an earlier schedule with the same
+    /// name are not its own.
+    pub since: DateTime<Utc>,
+    /// Whether the backend still lists a backup (None: not known).
+    pub exists: &'a dyn Fn(&str) -> bool,
+}
+
 /// The ids of the backups to delete now, oldest first.
-pub fn to_delete(jobs: &[JobRecord], ret: &Retention, now: DateTime<Utc>) -> Vec<String> {
-    let gone: HashSet<&str> = jobs
+pub fn to_delete(i: &Inputs<'_>, ret: &Retention, now: DateTime<Utc>) -> Vec<String> {
+    let recently = |t: Option<DateTime<Utc>>| {
+        t.and_then(|t| (now - t).to_std().ok())
+            .is_some_and(|age| age < RETRY_FAILED_DELETE)
+    };
+    // Deleted, being deleted, or refused lately: by anyone.
+    let gone: HashSet<&str> = i
+        .jobs
         .iter()
         .filter(|j| j.kind == JobKind::DeleteBackup)
         .filter(|j| {
@@ -26,25 +53,30 @@ pub fn to_delete(jobs: &[JobRecord], ret: &Retention, now: DateTime<Utc>) -> Vec
                 || j.error
                     .as_ref()
                     .is_some_and(|e| e.reason == Failure::Backend(ErrorKind::NotFound))
+                || recently(j.end_time)
         })
         .filter_map(|j| match &j.op {
             Operation::DeleteBackup { backup_id, .. } => Some(backup_id.as_str()),
             _ => None,
         })
         .collect();
-    let mut made: Vec<(&str, DateTime<Utc>)> = jobs
+    let mut made: Vec<(&str, DateTime<Utc>)> = i
+        .jobs
         .iter()
+        .filter(|j| j.schedule.as_deref() == Some(i.schedule) && j.create_time >= i.since)
         .filter(|j| j.kind == JobKind::Backup && j.state == JobState::Succeeded)
         .filter_map(|j| {
             let id = j.backup_id.as_deref().filter(|b| !b.is_empty())?;
             Some((id, j.end_time.unwrap_or(j.create_time)))
         })
-        .filter(|(id, _)| !gone.contains(id))
+        .filter(|(id, _)| !gone.contains(id) && (i.exists)(id))
         .collect();
     // Newest first; one entry per backup id.
     made.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
     let mut seen = HashSet::new();
     made.retain(|(id, _)| seen.insert(*id));
+    // A deletion refused lately stays protected only from being retried;
+    // it still counts as one of the backups that exist.
     let protect = ret.min_keep.max(1) as usize;
     let mut out: Vec<String> = made
         .iter()
@@ -94,6 +126,8 @@ mod tests {
         j.state = state;
         j.backup_id = (state == JobState::Succeeded).then(|| id.to_string());
         j.end_time = Some(now - chrono::Duration::hours(age_h));
+        j.create_time = now - chrono::Duration::hours(age_h);
+        j.schedule = Some("schedules/s".into());
         j
     }
 
@@ -109,12 +143,27 @@ mod tests {
             BTreeMap::new(),
         );
         j.state = state;
+        j.end_time = Some(Utc::now() - chrono::Duration::hours(48));
         j.error = reason.map(|r| JobError {
             reason: r,
             message: "x".into(),
             details: vec![],
         });
         j
+    }
+
+    /// Retention over `jobs`, every backup still listed.
+    fn to_delete(jobs: &[JobRecord], r: &Retention, now: DateTime<Utc>) -> Vec<String> {
+        super::to_delete(
+            &Inputs {
+                jobs,
+                schedule: "schedules/s",
+                since: DateTime::UNIX_EPOCH,
+                exists: &|_| true,
+            },
+            r,
+            now,
+        )
     }
 
     fn ret(keep_last: u32, max_age_h: Option<u64>, min_keep: u32) -> Retention {
@@ -169,5 +218,62 @@ mod tests {
             Some(Failure::Backend(ErrorKind::NotFound)),
         ));
         assert_eq!(to_delete(&jobs, &ret(1, None, 1), now), ["b2"]);
+    }
+
+    #[test]
+    fn a_backup_gone_from_the_backend_or_deleted_by_hand_does_not_count() {
+        let now = Utc::now();
+        // b0 (newest) was deleted outside Custos, b1 by a DeleteBackup
+        // call of a user: b2 is the last good backup and stays.
+        let mut jobs = vec![
+            backup("b0", 1, JobState::Succeeded, now),
+            backup("b1", 30, JobState::Succeeded, now),
+            backup("b2", 40, JobState::Succeeded, now),
+        ];
+        let mut by_hand = delete("b1", JobState::Succeeded, None);
+        by_hand.schedule = None;
+        jobs.push(by_hand);
+        let gone_b0 = super::to_delete(
+            &Inputs {
+                jobs: &jobs,
+                schedule: "schedules/s",
+                since: DateTime::UNIX_EPOCH,
+                exists: &|id| id != "b0",
+            },
+            &ret(0, Some(24), 1),
+            now,
+        );
+        assert!(gone_b0.is_empty(), "{gone_b0:?}");
+    }
+
+    #[test]
+    fn a_namesakes_backups_and_lately_refused_deletions_are_left_alone() {
+        let now = Utc::now();
+        let jobs: Vec<JobRecord> = (0..4)
+            .map(|i| backup(&format!("b{i}"), i, JobState::Succeeded, now))
+            .collect();
+        // Made by an earlier schedule of the same name (before `since`).
+        let since = now - chrono::Duration::minutes(90);
+        let mine = super::to_delete(
+            &Inputs {
+                jobs: &jobs,
+                schedule: "schedules/s",
+                since,
+                exists: &|_| true,
+            },
+            &ret(1, None, 1),
+            now,
+        );
+        assert_eq!(mine, ["b1"], "b2 and b3 were the namesake's");
+        // A deletion refused an hour ago is not tried again yet.
+        let mut jobs = jobs;
+        let mut refused = delete(
+            "b3",
+            JobState::Failed,
+            Some(Failure::Backend(ErrorKind::Invalid)),
+        );
+        refused.end_time = Some(now - chrono::Duration::hours(1));
+        jobs.push(refused);
+        assert_eq!(to_delete(&jobs, &ret(1, None, 1), now), ["b2", "b1"]);
     }
 }

@@ -170,7 +170,10 @@ async fn updating_and_resuming_never_fire_at_once_and_pauses_are_recorded() {
     assert!(t.jobs("s").is_empty(), "resuming does not fire");
     // An update at a due instant does not fire either.
     t.clock.set(at(240));
-    t.sched.update("s", spec("* * * * * *")).await.unwrap();
+    t.sched
+        .update("s", |_| Ok::<_, ScheduleError>(spec("* * * * * *")))
+        .await
+        .unwrap();
     t.tick_at(at(240)).await;
     assert!(t.jobs("s").is_empty(), "updating does not fire");
     t.tick_at(at(241)).await;
@@ -325,9 +328,8 @@ async fn retention_keeps_keep_last_and_leaves_other_backups_alone() {
     let deleted = t.backend.deleted.lock().unwrap().clone();
     assert_eq!(deleted.len(), 2);
     let hand = t.engine.get(&by_hand.id).unwrap().unwrap();
-    if let Some(b) = &hand.backup_id {
-        assert!(!deleted.contains(b), "a backup made by hand stays");
-    }
+    let b = hand.backup_id.expect("the backup made by hand has an id");
+    assert!(!deleted.contains(&b), "a backup made by hand stays");
     // The deletions are the schedule's jobs, visible as such.
     assert!(
         t.jobs("s")
@@ -363,4 +365,56 @@ async fn deleting_a_schedule_leaves_its_jobs() {
         t.sched.create("s".into(), spec("* * * * * *")).await,
         Err(ScheduleError::AlreadyExists(_))
     ));
+}
+
+#[tokio::test]
+async fn a_fire_retried_after_a_store_failure_is_not_judged_missed() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    let mut s = spec("0 * * * * *");
+    s.catch_up = CatchUp::Skip;
+    t.sched.create("s".into(), s).await.unwrap();
+    // The store cannot flush when 12:01 is due: the job is not accepted.
+    t.engine
+        .store()
+        .faults
+        .fail_flushes
+        .store(1, Ordering::SeqCst);
+    t.tick_at(at(60)).await;
+    assert!(t.jobs("s").is_empty());
+    assert_eq!(t.rec("s").fired_until, at(0), "not dealt with yet");
+    // Tried again after the wait: on time as far as catch_up goes.
+    t.tick_at(at(66)).await;
+    t.all_ended("s").await;
+    assert_eq!(
+        t.jobs("s").len(),
+        1,
+        "SKIP must not drop a run that a store error delayed"
+    );
+    assert!(t.rec("s").last_skip.is_none());
+}
+
+#[tokio::test]
+async fn an_update_merges_under_the_lock_and_keeps_a_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    t.sched
+        .create("s".into(), spec("0 * * * * *"))
+        .await
+        .unwrap();
+    // A client read the schedule (not paused), then someone paused it,
+    // then the client's update of the cron lands: the merge sees the pause.
+    t.sched.pause("s").await.unwrap();
+    let (rec, _) = t
+        .sched
+        .update("s", |current| {
+            let mut s = spec("30 * * * * *");
+            s.paused = current.paused;
+            Ok::<_, ScheduleError>(s)
+        })
+        .await
+        .unwrap();
+    assert!(rec.paused);
+    assert_eq!(rec.cron, "30 * * * * *");
 }

@@ -422,6 +422,9 @@ impl Store {
     }
 }
 
+/// A stored schedule, or its id and why it cannot be read.
+pub type StoredSchedule = Result<ScheduleRecord, (String, String)>;
+
 fn schedule_key(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
     k.push(b'c');
@@ -450,12 +453,16 @@ impl Store {
         Ok(self.db.remove(schedule_key(id))?.is_some())
     }
 
-    /// Every schedule, by id; unreadable ones are reported, not skipped.
-    pub fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+    /// Every schedule, by id; one that cannot be read comes as its id and
+    /// the reason, so that one bad record cannot hide the others.
+    pub fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix([b'c']) {
-            let (_, v) = kv?;
-            out.push(ScheduleRecord::decode(&v).map_err(StoreError::Corrupt)?);
+            let (k, v) = kv?;
+            out.push(
+                ScheduleRecord::decode(&v)
+                    .map_err(|why| (String::from_utf8_lossy(&k[1..]).into_owned(), why)),
+            );
         }
         Ok(out)
     }

@@ -428,6 +428,33 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
         .into_inner();
     assert_eq!(v.cron, "0 4 * * *");
     assert_eq!(get(&mut c, "nightly").await.cron, "30 2 * * *");
+    // No mask (AIP-134): only the fields set change; a pause stays.
+    c.pause_schedule(pb::PauseScheduleRequest {
+        name: "schedules/nightly".into(),
+    })
+    .await
+    .unwrap();
+    let u = c
+        .update_schedule(pb::UpdateScheduleRequest {
+            schedule: Some(pb::Schedule {
+                name: "schedules/nightly".into(),
+                cron: "45 2 * * *".into(),
+                ..Default::default()
+            }),
+            update_mask: vec![],
+            validate_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(u.cron, "45 2 * * *");
+    assert!(u.paused, "still paused");
+    assert_eq!(u.time_zone, "Europe/Berlin");
+    // The scheduler's request ids are not the clients'.
+    let mut r = backup_req(0, "custos-schedule/nightly/1800000000000");
+    r.target = t.clone();
+    let e = c.create_backup(r).await.unwrap_err();
+    assert_eq!(violations(&e), ["request_id"]);
     let out = ok(run(&[
         "schedule",
         "update",
@@ -442,6 +469,7 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
     assert_eq!(s["time_zone"], "Europe/Berlin", "untouched by the mask");
     assert!(ok(run(&["schedule", "pause", "nightly"])).contains("paused"));
     ok(run(&["schedule", "resume", "nightly"]));
+    assert!(!get(&mut c, "nightly").await.paused);
     let out = ok(run(&["schedule", "run", "nightly", "--wait", "-o", "json"]));
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["state"], "SUCCEEDED");

@@ -224,8 +224,10 @@ impl VbsV2 {
     /// Whether the backend time `t` is at or after the intent (less the
     /// clock skew). Without a recorded time, any change counts.
     fn after_intent(&self, recorded_at: Option<DateTime<Utc>>, t: Option<&str>) -> bool {
+        // Without a recorded time nothing can be placed after it: the
+        // conservative answer.
         let Some(at) = recorded_at else {
-            return true;
+            return false;
         };
         let Some(t) = t.and_then(parse_time) else {
             return false;
@@ -334,7 +336,8 @@ impl VbsV2 {
                     detail: Some(format!("{} ({volume_id})", handle.display)),
                 }])))
             }
-            s if started || moved => Ok(Progress::Succeeded {
+            s @ (volume_status::AVAILABLE | volume_status::IN_USE) if started || moved => {
+                Ok(Progress::Succeeded {
                 message: if s == volume_status::AVAILABLE {
                     format!("backup {backup_id} restored into volume {volume_id}")
                 } else {
@@ -343,7 +346,10 @@ impl VbsV2 {
                     )
                 },
                 backup_id: None,
-            }),
+            })
+            }
+            // Anything else (someone deleting, extending or migrating the
+            // volume): wait for it to settle, or for the operation timeout.
             s => Ok(Progress::Running {
                 message: format!(
                     "restore of backup {backup_id} accepted; volume {volume_id} is still {s}, waiting for the restore to show"
@@ -418,7 +424,7 @@ impl VbsV2 {
                 handle(true)
             }
             volume_status::AVAILABLE | volume_status::ERROR_RESTORING | volume_status::ERROR
-                if backup_moved && recent && was_free =>
+                if backup_moved && recent && was_free && ended_together(&v, &b) =>
             {
                 // The restore ran and ended before this look; the poll
                 // reads how.
@@ -439,6 +445,24 @@ impl VbsV2 {
             )),
         }
     }
+}
+
+/// How far apart the volume's and the backup's `updated_at` may be for
+/// both to be the end of one restore (Cinder writes them moments apart).
+const ENDED_TOGETHER: Duration = Duration::from_secs(10);
+
+/// Whether the volume and the backup last changed at about the same time,
+/// as the end of one restore leaves them (someone else's restore of the
+/// backup into another volume, plus an unrelated change of this volume,
+/// would not).
+fn ended_together(v: &Volume, b: &Backup) -> bool {
+    let (Some(vt), Some(bt)) = (
+        v.updated_at.as_deref().and_then(parse_time),
+        b.updated_at.as_deref().and_then(parse_time),
+    ) else {
+        return false;
+    };
+    (vt - bt).abs().to_std().is_ok_and(|d| d <= ENDED_TOGETHER)
 }
 
 /// The `marker` of a `backups_links` next link (the link itself may point

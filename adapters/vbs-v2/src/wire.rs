@@ -254,15 +254,33 @@ impl Fault {
         }
     }
 
-    /// Reads a fault body; `None` for anything else (a proxy's page, other
-    /// JSON).
+    /// Reads a fault body; `None` for anything else (a proxy's page, JSON
+    /// of another shape or with a name Cinder does not use).
     pub fn parse(body: &[u8]) -> Option<Fault> {
+        const NAMES: [&str; 12] = [
+            "badRequest",
+            "unauthorized",
+            "forbidden",
+            "itemNotFound",
+            "badMethod",
+            "conflictingRequest",
+            "overLimit",
+            "badMediaType",
+            "notImplemented",
+            "serviceUnavailable",
+            "computeFault",
+            // keystonemiddleware's 401.
+            "error",
+        ];
         let v: Value = serde_json::from_slice(body).ok()?;
         let obj = v.as_object()?;
         if obj.len() != 1 {
             return None;
         }
         let (name, inner) = obj.iter().next()?;
+        if !NAMES.contains(&name.as_str()) {
+            return None;
+        }
         let inner = inner.as_object()?;
         let code = u16::try_from(inner.get("code")?.as_u64()?).ok()?;
         let message = inner.get("message")?.as_str()?.to_string();
@@ -368,6 +386,10 @@ mod tests {
         assert_eq!(Fault::parse(o.to_json().to_string().as_bytes()), Some(o));
         assert!(Fault::parse(b"<html>502</html>").is_none());
         assert!(Fault::parse(br#"{"a":{"code":1,"message":"x"},"b":{}}"#).is_none());
+        assert!(
+            Fault::parse(br#"{"proxyError":{"code":404,"message":"no route"}}"#).is_none(),
+            "a name Cinder does not use"
+        );
         assert!(
             Fault::parse(br#"{"error":{"code":401,"title":"Unauthorized","message":"x"}}"#)
                 .is_some()

@@ -459,3 +459,30 @@ async fn a_crash_after_the_restore_was_sent_is_reconciled_once_whatever_its_stag
     };
     assert!(why.contains(&vol) && why.contains("Check volume"), "{why}");
 }
+
+/// A submit that never arrived, while someone restored our backup into
+/// another volume and, at another time, changed our volume: not ours.
+#[tokio::test]
+async fn someone_elses_restore_of_the_backup_plus_a_change_of_the_volume_is_not_ours() {
+    let t = start(|_| {}).await;
+    // A generous clock skew, so both foreign changes count as "after the
+    // intent" and only their timing tells them apart.
+    let vbs = VbsV2::new(t.sim.adapter_config(Duration::from_secs(2)))
+        .unwrap()
+        .with_clock_skew(Duration::from_secs(300));
+    let vol = t.ids.volume_id.clone();
+    t.sim.add_volume("spare", "spare", 10, "available");
+    let op = restore(SEED_BACKUP, &vol);
+    let mut intent = vbs.prepare(&op).await.unwrap();
+    intent.recorded_at = Some(Utc::now());
+    // Someone's restore of the seed backup into "spare" ended a minute ago;
+    // our volume was just touched (detached, renamed...).
+    t.sim
+        .foreign_restore_done(SEED_BACKUP, "spare", Duration::from_secs(60));
+    t.sim.set_volume_status(&vol, "available");
+    match vbs.reconcile(&op, &intent).await.unwrap() {
+        Reconciled::Unknown(why) => assert!(why.contains("Check volume"), "{why}"),
+        other => panic!("someone else's restore taken for ours: {other:?}"),
+    }
+    assert_eq!(t.sim.counters().restore_submits, 0);
+}
