@@ -165,8 +165,8 @@ pub struct Scheduler {
     store: Store,
     clock: Arc<dyn Clock>,
     entries: Mutex<HashMap<String, Entry>>,
-    /// Schedules whose stored record could not be read or parsed: listed
-    /// with the reason, never fired.
+    /// Schedules whose stored record could not be read or parsed: never
+    /// fired; `get` says why, `delete` removes them.
     broken: Mutex<BTreeMap<String, String>>,
     changed: Notify,
     /// One lock per schedule id: the changes of one schedule (API calls,

@@ -418,3 +418,29 @@ async fn an_update_merges_under_the_lock_and_keeps_a_pause() {
     assert!(rec.paused);
     assert_eq!(rec.cron, "30 * * * * *");
 }
+
+#[tokio::test]
+async fn an_unreadable_schedule_is_reported_and_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    t.sched
+        .create("good".into(), spec("0 * * * * *"))
+        .await
+        .unwrap();
+    // A record from a newer release.
+    let mut newer = t.rec("good");
+    newer.id = "newer".into();
+    newer.v = crate::schedule_record::SCHEDULE_VERSION + 1;
+    t.engine.store().put_schedule(&newer).unwrap();
+    t.engine.store().flush().await.unwrap();
+    let again =
+        Scheduler::new(t.engine.clone(), t.clock.clone(), CancellationToken::new()).unwrap();
+    assert_eq!(again.len(), 1, "the good one is loaded");
+    match again.get("newer") {
+        Err(ScheduleError::FailedPrecondition(m)) => assert!(m.contains("newer release"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // It can be deleted.
+    again.delete("newer").await.unwrap();
+    assert!(t.engine.store().get_schedule("newer").unwrap().is_none());
+}
