@@ -127,6 +127,9 @@ pub struct JobRecord {
     pub fingerprint: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub next_attempt_time: Option<DateTime<Utc>>,
+    /// Who asked for it: a client token's name, or `schedules/{id}`.
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 impl JobRecord {
@@ -160,6 +163,7 @@ impl JobRecord {
             fingerprint: None,
             labels,
             next_attempt_time: None,
+            created_by: None,
         }
     }
 }

@@ -238,6 +238,7 @@ pub fn backup(backend: &str, instance: &str) -> NewJob {
         labels: BTreeMap::new(),
         request_id: None,
         schedule: None,
+        created_by: None,
     }
 }
 

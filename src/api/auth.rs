@@ -75,14 +75,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Refuses the call unless the caller has `role` (operators may do all).
+/// The audit record of a mutating call: who (the token's name), what
+/// (the RPC), on what (the target or name) and the job it made, if any.
+pub fn audit(caller: &Caller, method: &str, object: &str, job: Option<&str>) {
+    tracing::info!(
+        target: "custos::audit",
+        caller = %caller.name,
+        method,
+        object,
+        job = job.unwrap_or(""),
+        "audit"
+    );
+}
+
+/// Refuses the call unless the caller has `role` (operators may do all);
+/// returns who is calling.
 #[allow(clippy::result_large_err)]
-pub fn require<T>(req: &Request<T>, role: Role) -> Result<(), Status> {
+pub fn require<T>(req: &Request<T>, role: Role) -> Result<Caller, Status> {
     let Some(caller) = req.extensions().get::<Caller>() else {
         return Err(Status::unauthenticated("no caller"));
     };
     match (role, caller.role) {
-        (_, Role::Operator) | (Role::Reader, Role::Reader) => Ok(()),
+        (_, Role::Operator) | (Role::Reader, Role::Reader) => Ok(caller.clone()),
         (Role::Operator, Role::Reader) => Err(Status::permission_denied(format!(
             "token {:?} has the reader role; this call needs an operator token",
             caller.name
@@ -139,6 +153,6 @@ mod tests {
             tonic::Code::PermissionDenied
         );
         let r = a.check(req(Some("Bearer op-token"))).unwrap();
-        assert!(require(&r, Role::Operator).is_ok());
+        assert_eq!(require(&r, Role::Operator).unwrap().name, "ops");
     }
 }

@@ -128,5 +128,6 @@ pub fn job(j: &JobRecord) -> pb::Job {
         restore,
         next_attempt_time: j.next_attempt_time.map(timestamp),
         validate_only: false,
+        created_by: j.created_by.clone().unwrap_or_default(),
     }
 }

@@ -32,7 +32,7 @@ use crate::{
     names::{self, Target},
     schedule::Scheduler,
 };
-use auth::require;
+use auth::{Caller, require};
 use filter::JobFilter;
 
 /// The generated code.
@@ -134,8 +134,17 @@ impl Service {
         Ok((t, entry))
     }
 
-    async fn create(&self, new: NewJob) -> Result<Response<pb::Job>, Status> {
+    /// Creates a job for `caller` and writes the audit line.
+    async fn create(
+        &self,
+        caller: &Caller,
+        method: &str,
+        mut new: NewJob,
+    ) -> Result<Response<pb::Job>, Status> {
+        new.created_by = Some(caller.name.clone());
+        let target = new.target.clone();
         let rec = self.engine.create(new).await.map_err(ApiError::from)?;
+        auth::audit(caller, method, &target, Some(&names::job_name(rec.id)));
         Ok(Response::new(convert::job(&rec)))
     }
 
@@ -214,7 +223,7 @@ impl BackupService for Service {
         &self,
         req: Request<pb::CreateBackupRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let r = req.into_inner();
         let (t, entry) = self.target("target", &r.target)?;
         capability(entry, "create backups", |c| c.create_backup)?;
@@ -237,15 +246,20 @@ impl BackupService for Service {
             incremental: r.incremental,
         };
         self.check(entry, &op)?;
-        self.create(NewJob {
-            kind: JobKind::Backup,
-            target: t.name(),
-            backend: t.backend,
-            op,
-            labels,
-            request_id,
-            schedule: None,
-        })
+        self.create(
+            &caller,
+            "CreateBackup",
+            NewJob {
+                kind: JobKind::Backup,
+                target: t.name(),
+                backend: t.backend,
+                op,
+                labels,
+                request_id,
+                schedule: None,
+                created_by: None,
+            },
+        )
         .await
     }
 
@@ -281,7 +295,7 @@ impl BackupService for Service {
         &self,
         req: Request<pb::DeleteBackupRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let r = req.into_inner();
         let (t, entry) = self.target("target", &r.target)?;
         let mut v: Vec<FieldViolation> = Vec::new();
@@ -294,20 +308,25 @@ impl BackupService for Service {
             backup_id: r.backup_id,
         };
         self.check(entry, &op)?;
-        self.create(NewJob {
-            kind: JobKind::DeleteBackup,
-            target: t.name(),
-            backend: t.backend,
-            op,
-            labels: BTreeMap::new(),
-            request_id,
-            schedule: None,
-        })
+        self.create(
+            &caller,
+            "DeleteBackup",
+            NewJob {
+                kind: JobKind::DeleteBackup,
+                target: t.name(),
+                backend: t.backend,
+                op,
+                labels: BTreeMap::new(),
+                request_id,
+                schedule: None,
+                created_by: None,
+            },
+        )
         .await
     }
 
     async fn restore(&self, req: Request<pb::RestoreRequest>) -> Result<Response<pb::Job>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let r = req.into_inner();
         let (t, entry) = self.target("target", &r.target)?;
         capability(entry, "restore", |c| c.restore)?;
@@ -331,15 +350,20 @@ impl BackupService for Service {
             job.validate_only = true;
             return Ok(Response::new(job));
         }
-        self.create(NewJob {
-            kind: JobKind::Restore,
-            target: t.name(),
-            backend: t.backend,
-            op,
-            labels,
-            request_id,
-            schedule: None,
-        })
+        self.create(
+            &caller,
+            "Restore",
+            NewJob {
+                kind: JobKind::Restore,
+                target: t.name(),
+                backend: t.backend,
+                op,
+                labels,
+                request_id,
+                schedule: None,
+                created_by: None,
+            },
+        )
         .await
     }
 
@@ -503,9 +527,15 @@ impl BackupService for Service {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let id = Self::job_id(&req.get_ref().name)?;
         let rec = self.engine.cancel(&id).await.map_err(ApiError::from)?;
+        auth::audit(
+            &caller,
+            "CancelJob",
+            &rec.target,
+            Some(&names::job_name(id)),
+        );
         Ok(Response::new(convert::job(&rec)))
     }
 
@@ -513,10 +543,10 @@ impl BackupService for Service {
         &self,
         req: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        require(&req, Role::Operator)?;
-        Ok(Response::new(
-            self.do_create_schedule(req.into_inner()).await?,
-        ))
+        let caller = require(&req, Role::Operator)?;
+        let s = self.do_create_schedule(req.into_inner()).await?;
+        auth::audit(&caller, "CreateSchedule", &s.name, None);
+        Ok(Response::new(s))
     }
 
     async fn get_schedule(
@@ -541,19 +571,20 @@ impl BackupService for Service {
         &self,
         req: Request<pb::UpdateScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        require(&req, Role::Operator)?;
-        Ok(Response::new(
-            self.do_update_schedule(req.into_inner()).await?,
-        ))
+        let caller = require(&req, Role::Operator)?;
+        let s = self.do_update_schedule(req.into_inner()).await?;
+        auth::audit(&caller, "UpdateSchedule", &s.name, None);
+        Ok(Response::new(s))
     }
 
     async fn delete_schedule(
         &self,
         req: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
         self.schedules.delete(&id).await.map_err(ApiError::from)?;
+        auth::audit(&caller, "DeleteSchedule", &req.get_ref().name, None);
         Ok(Response::new(pb::DeleteScheduleResponse {}))
     }
 
@@ -561,9 +592,10 @@ impl BackupService for Service {
         &self,
         req: Request<pb::PauseScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
         let (rec, next) = self.schedules.pause(&id).await.map_err(ApiError::from)?;
+        auth::audit(&caller, "PauseSchedule", &rec.name(), None);
         Ok(Response::new(schedules::schedule(&rec, &next)))
     }
 
@@ -571,9 +603,10 @@ impl BackupService for Service {
         &self,
         req: Request<pb::ResumeScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
         let (rec, next) = self.schedules.resume(&id).await.map_err(ApiError::from)?;
+        auth::audit(&caller, "ResumeSchedule", &rec.name(), None);
         Ok(Response::new(schedules::schedule(&rec, &next)))
     }
 
@@ -581,9 +614,19 @@ impl BackupService for Service {
         &self,
         req: Request<pb::RunScheduleRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        require(&req, Role::Operator)?;
+        let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
-        let job = self.schedules.run_now(&id).await.map_err(ApiError::from)?;
+        let job = self
+            .schedules
+            .run_now(&id, &caller.name)
+            .await
+            .map_err(ApiError::from)?;
+        auth::audit(
+            &caller,
+            "RunSchedule",
+            &req.get_ref().name,
+            Some(&names::job_name(job.id)),
+        );
         Ok(Response::new(convert::job(&job)))
     }
 }

@@ -253,6 +253,7 @@ pub fn job_json(j: &pb::Job) -> Value {
             })).collect::<Vec<_>>(),
         })),
         "schedule": j.schedule,
+        "created_by": j.created_by,
         "request_id": j.request_id,
         "labels": j.labels,
         "validate_only": j.validate_only,
@@ -276,6 +277,8 @@ fn print_job(j: &pb::Job, out: Output) {
                 "start_time",
                 "end_time",
                 "attempts",
+                "schedule",
+                "created_by",
                 "request_id",
             ] {
                 let val = &v[k];

@@ -87,6 +87,8 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     pub request_id: Option<String>,
     pub schedule: Option<String>,
+    /// Who asked (a client token's name, or `schedules/{id}`).
+    pub created_by: Option<String>,
 }
 
 impl NewJob {
@@ -339,6 +341,7 @@ impl Engine {
                     );
                     rec.request_id = new.request_id.clone();
                     rec.schedule = new.schedule.clone();
+                    rec.created_by = new.created_by.clone();
                     rec.fingerprint = Some(fingerprint.clone());
                     // Into `live` before the store, so a reader that finds
                     // the record in the store also finds it here (and sees

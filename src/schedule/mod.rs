@@ -443,7 +443,7 @@ impl Scheduler {
     }
 
     /// Runs the schedule's backup now, outside the cron (also when paused).
-    pub async fn run_now(&self, id: &str) -> Result<JobRecord, ScheduleError> {
+    pub async fn run_now(&self, id: &str, caller: &str) -> Result<JobRecord, ScheduleError> {
         let _g = self.hold(id, false).await?;
         let mut rec = lock(&self.entries)
             .get(id)
@@ -455,7 +455,9 @@ impl Scheduler {
                 names::job_name(job)
             )));
         }
-        let job = self.engine.create(new_backup_job(&rec, None)?).await?;
+        let mut new = new_backup_job(&rec, None)?;
+        new.created_by = Some(caller.to_string());
+        let job = self.engine.create(new).await?;
         rec.last_job = Some(job.id);
         self.save(&rec).await?;
         self.set_record(rec);
@@ -679,6 +681,7 @@ impl Scheduler {
                     labels: rec.labels.clone(),
                     request_id: None,
                     schedule: Some(name.clone()),
+                    created_by: Some(name.clone()),
                 })
                 .await?;
             tracing::info!(schedule = %id, backup = %backup_id, job = %job.id, "retention: deleting a backup");
@@ -847,6 +850,7 @@ fn new_backup_job(
         labels: rec.labels.clone(),
         request_id: due.map(|d| fire_request_id(&rec.id, d)),
         schedule: Some(rec.name()),
+        created_by: Some(rec.name()),
     })
 }
 

@@ -164,3 +164,56 @@ async fn refuses_to_start_without_tokens_or_with_unknown_keys() {
 fn idx(s: &str, pat: &str) -> usize {
     s.find(pat).unwrap()
 }
+
+/// Every mutating call leaves an audit line (token name, method, target,
+/// job), and the job keeps who asked for it; `custos job get` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_calls_are_audited_and_jobs_say_who_asked() {
+    let sim = sim(SimConfig::default(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let j = start_backup(&mut c, 0, "").await;
+    assert_eq!(j.created_by, "ops");
+    let j = wait_done(&mut c, &j.name, std::time::Duration::from_secs(20)).await;
+    assert_eq!(j.created_by, "ops", "kept");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let logs = d.logs();
+        if let Some(l) = logs
+            .lines()
+            .find(|l| l.contains("custos::audit") && l.contains(&j.name))
+        {
+            break l.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no audit line:\n{logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(line.contains("caller=ops"), "{line}");
+    assert!(line.contains("CreateBackup"), "{line}");
+    assert!(line.contains(&target(0)), "{line}");
+    assert!(!line.contains(OP_TOKEN), "never the token itself: {line}");
+    // A read does not write one.
+    let before = d.logs().matches("custos::audit").count();
+    c.get_job(pb::GetJobRequest {
+        name: j.name.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.logs().matches("custos::audit").count(), before);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custos"))
+        .args(["job", "get", &j.name])
+        .env("CUSTOS_ENDPOINT", format!("http://{}", d.addr))
+        .env("CUSTOS_TOKEN", OP_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("created_by") && l.ends_with("ops")),
+        "{text}"
+    );
+}

@@ -95,6 +95,7 @@ async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
             "job made {late} after its due time"
         );
         assert_eq!(j.schedule, "schedules/every-second");
+        assert_eq!(j.created_by, "schedules/every-second");
         assert_eq!(j.target, target(0));
     }
     let s = get(&mut c, "every-second").await;
@@ -114,6 +115,7 @@ async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
         .unwrap()
         .into_inner();
     assert_eq!(j.schedule, "schedules/every-second");
+    assert_eq!(j.created_by, "ops", "RunSchedule: the caller");
     let j = wait_done(&mut c, &j.name, Duration::from_secs(20)).await;
     assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
     tokio::time::sleep(Duration::from_millis(1500)).await;
