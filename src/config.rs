@@ -28,8 +28,10 @@ pub enum ConfigError {
 fn default_listen() -> String {
     "127.0.0.1:50051".into()
 }
+/// Where the store lives when the config does not say (the systemd
+/// unit's `StateDirectory`).
 fn default_data_dir() -> PathBuf {
-    PathBuf::from("./custos-data")
+    PathBuf::from("/var/lib/custos")
 }
 fn default_job_history() -> Dur {
     Dur(Duration::from_secs(30 * 86_400))
@@ -260,12 +262,54 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// Reads and checks a config file. Relative paths in it (`data_dir`,
+    /// every `*_file`) are taken from the file's folder, not from wherever
+    /// the daemon was started.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    /// Makes the relative paths of the config relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        for t in &mut self.tokens {
+            if let Some(f) = &mut t.token_file {
+                fix(f);
+            }
+        }
+        for b in &mut self.backends {
+            let files: Vec<&mut Option<PathBuf>> = match &mut b.auth {
+                AuthConfig::Uaa {
+                    client_secret_file,
+                    password_file,
+                    ..
+                } => vec![client_secret_file, password_file],
+                AuthConfig::Token { token_file, .. } => vec![token_file],
+                AuthConfig::Keystone {
+                    password_file,
+                    application_credential_secret_file,
+                    ..
+                } => vec![password_file, application_credential_secret_file],
+            };
+            for f in files.into_iter().flatten() {
+                fix(f);
+            }
+        }
     }
 
     /// Parses and checks a config text; `path` is only for messages.

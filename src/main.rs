@@ -39,6 +39,7 @@ async fn main() -> ExitCode {
             listen,
             job_seconds,
         } => simulate(&kind, listen, job_seconds).await,
+        Command::Config(cli::ConfigCmd::Check { file }) => config_check(&file),
         cmd => cli::run_client(cmd, args.client).await,
     };
     match result {
@@ -98,6 +99,38 @@ async fn serve(
     .await?;
     drop(dev_env);
     Ok(0)
+}
+
+/// `custos config check FILE`: every problem, or a summary; exit 1 on
+/// problems.
+fn config_check(file: &Path) -> anyhow::Result<i32> {
+    let cfg = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            // The error names the file (and the key and line) itself.
+            println!("{e}");
+            return Ok(1);
+        }
+    };
+    let problems = server::check_config(&cfg);
+    if problems.is_empty() {
+        println!(
+            "{}: OK ({} token(s), backends: {}; data_dir {})",
+            file.display(),
+            cfg.tokens.len(),
+            cfg.backends
+                .iter()
+                .map(|b| format!("{} ({})", b.name, b.kind))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.data_dir.display()
+        );
+        return Ok(0);
+    }
+    for p in &problems {
+        println!("{}: {p}", file.display());
+    }
+    Ok(1)
 }
 
 async fn simulate(

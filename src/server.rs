@@ -12,7 +12,7 @@ use crate::{
         auth::{Auth, Caller},
     },
     backends,
-    config::{Config, resolve_secret},
+    config::{Config, TokenConfig, resolve_secret},
     engine::{BackendEntry, Engine, EngineSettings},
     schedule::{Scheduler, SystemClock},
     store::Store,
@@ -23,6 +23,75 @@ use crate::{
 pub struct Mode {
     /// Serve without client tokens (everyone is an operator).
     pub insecure: bool,
+}
+
+/// One `[[tokens]]` entry: its secret value and who it makes the caller.
+fn client_token(config: &Config, t: &TokenConfig) -> anyhow::Result<(String, Caller)> {
+    let value = resolve_secret(
+        "token",
+        &t.token,
+        &t.token_env,
+        &t.token_file,
+        config.allow_inline_secrets,
+    )
+    .map_err(|e| anyhow::anyhow!("token {:?}: {e}", t.name))?
+    .ok_or_else(|| anyhow::anyhow!("token {:?}: set token_env or token_file", t.name))?;
+    if value.expose().len() < 16 {
+        anyhow::bail!(
+            "token {:?}: a client token must be at least 16 characters",
+            t.name
+        );
+    }
+    Ok((
+        value.expose().to_string(),
+        Caller {
+            name: t.name.clone(),
+            role: t.role,
+        },
+    ))
+}
+
+/// Everything `run` would refuse in a loaded config, all at once (for
+/// `custos config check`): tokens, backends with their secrets, the data
+/// dir. Nothing is started and no backend is called.
+pub fn check_config(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if config.tokens.is_empty() {
+        problems.push(
+            "no [[tokens]]: the daemon refuses to serve an open API (unless started with --insecure)"
+                .to_string(),
+        );
+    }
+    let mut names = std::collections::HashSet::new();
+    for t in &config.tokens {
+        if !names.insert(&t.name) {
+            problems.push(format!("token {:?}: the name is used twice", t.name));
+        }
+        if let Err(e) = client_token(config, t) {
+            problems.push(e.to_string());
+        }
+    }
+    for b in &config.backends {
+        if let Err(e) = backends::build(b, config.allow_inline_secrets) {
+            problems.push(e.to_string());
+        }
+    }
+    let d = &config.data_dir;
+    if d.exists() && !d.is_dir() {
+        problems.push(format!(
+            "data_dir {}: exists and is not a folder",
+            d.display()
+        ));
+    } else if !d.exists() {
+        let parent = d.parent().filter(|p| !p.as_os_str().is_empty());
+        if parent.is_some_and(|p| !p.exists()) {
+            problems.push(format!(
+                "data_dir {}: neither it nor its parent folder exists",
+                d.display()
+            ));
+        }
+    }
+    problems
 }
 
 /// Serves until `shutdown` is cancelled, then drains and returns.
@@ -45,28 +114,8 @@ pub async fn run(
     }
     let mut tokens = HashMap::new();
     for t in &config.tokens {
-        let value = resolve_secret(
-            "token",
-            &t.token,
-            &t.token_env,
-            &t.token_file,
-            config.allow_inline_secrets,
-        )
-        .map_err(|e| anyhow::anyhow!("token {:?}: {e}", t.name))?
-        .ok_or_else(|| anyhow::anyhow!("token {:?}: set token_env or token_file", t.name))?;
-        if value.expose().len() < 16 {
-            anyhow::bail!(
-                "token {:?}: a client token must be at least 16 characters",
-                t.name
-            );
-        }
-        tokens.insert(
-            value.expose().to_string(),
-            Caller {
-                name: t.name.clone(),
-                role: t.role,
-            },
-        );
+        let (value, caller) = client_token(&config, t)?;
+        tokens.insert(value, caller);
     }
     let auth = Auth::new(tokens, mode.insecure);
 

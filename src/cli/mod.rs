@@ -85,6 +85,17 @@ pub enum Command {
     /// Backup schedules: cron policies with time zones and retention.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Checks a config file without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Unknown keys, bad values, missing environment variables, secret
+    /// files that are missing or readable by others: each named, all at
+    /// once. Exit 0 when the daemon would start with it.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -586,6 +597,8 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Serve { .. } | Command::Simulate { .. } => bail!("not a client command"),
+        Command::Serve { .. } | Command::Simulate { .. } | Command::Config(_) => {
+            bail!("not a client command")
+        }
     }
 }

@@ -217,3 +217,94 @@ async fn mutating_calls_are_audited_and_jobs_say_who_asked() {
         "{text}"
     );
 }
+
+/// `custos config check`: every problem at once, named; relative paths
+/// are the config file's folder's; exit 0 only for a config that starts.
+#[test]
+fn config_check_names_every_problem_and_passes_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |file: &str, envs: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_custos"));
+        // From another folder: relative paths must not depend on it.
+        c.current_dir(std::env::temp_dir())
+            .args(["config", "check"])
+            .arg(dir.path().join(file));
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "s3cret").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let body = |token_env: &str| {
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+data_dir = "data"
+[[tokens]]
+name = "ops"
+role = "operator"
+token_env = "{token_env}"
+[[backends]]
+name = "cf"
+kind = "cf_v3"
+endpoint = "http://127.0.0.1:1"
+[backends.auth]
+type = "uaa"
+client_id = "custos"
+client_secret_file = "secret.txt"
+"#
+        )
+    };
+    std::fs::write(dir.path().join("two.toml"), body("CUSTOS_CHECK_UNSET")).unwrap();
+    let (code, out) = check("two.toml", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("token_env") && out.contains("CUSTOS_CHECK_UNSET"),
+        "{out}"
+    );
+    assert!(
+        out.contains("client_secret_file") && out.contains("readable by others"),
+        "{out}"
+    );
+    // Fixed: OK, with the data dir next to the file.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (code, out) = check("two.toml", &[("CUSTOS_CHECK_SET", "")]);
+    assert_eq!(code, Some(1), "still unset: {out}");
+    std::fs::write(dir.path().join("good.toml"), body("CUSTOS_CHECK_SET")).unwrap();
+    let (code, out) = check(
+        "good.toml",
+        &[("CUSTOS_CHECK_SET", "a-client-token-of-24-chars")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("OK"), "{out}");
+    let data = dir.path().join("data");
+    assert!(out.contains(&data.display().to_string()), "{out}");
+    // An unknown key and a bad duration: named with their line.
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        "listen = \"127.0.0.1:0\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let (code, out) = check("keys.toml", &[]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("bogus") && out.contains("line 2"), "{out}");
+    std::fs::write(dir.path().join("dur.toml"), "job_history = \"5 parsecs\"\n").unwrap();
+    let (code, out) = check("dur.toml", &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("not a duration") && out.contains("line 1"),
+        "{out}"
+    );
+}
