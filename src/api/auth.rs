@@ -15,18 +15,31 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// The token table; `open` admits everyone as an operator (`--insecure`,
+/// The token table, kept as SHA-256 digests (the tokens themselves are not
+/// kept in memory); `open` admits everyone as an operator (`--insecure`,
 /// or `--dev` without tokens).
 #[derive(Clone)]
 pub struct Auth {
-    tokens: Arc<HashMap<String, Caller>>,
+    tokens: Arc<Vec<([u8; 32], Caller)>>,
     open: bool,
+}
+
+fn digest(token: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl Auth {
     pub fn new(tokens: HashMap<String, Caller>, open: bool) -> Auth {
         Auth {
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(
+                tokens
+                    .into_iter()
+                    .map(|(t, c)| (digest(t.as_bytes()), c))
+                    .collect(),
+            ),
             open,
         }
     }
@@ -53,10 +66,12 @@ impl Auth {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim().to_string())
             .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?;
-        // Compare against every token without stopping early.
+        // Digests compared in constant time, against every token, without
+        // stopping early.
+        let presented = digest(presented.as_bytes());
         let mut found: Option<&Caller> = None;
         for (tok, caller) in self.tokens.iter() {
-            if constant_time_eq(tok.as_bytes(), presented.as_bytes()) {
+            if bool::from(subtle::ConstantTimeEq::ct_eq(&tok[..], &presented[..])) {
                 found = Some(caller);
             }
         }
@@ -66,13 +81,6 @@ impl Auth {
         req.extensions_mut().insert(caller);
         Ok(req)
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The audit record of a mutating call: who (the token's name), what

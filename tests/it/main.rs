@@ -15,5 +15,6 @@ mod faults;
 mod flows;
 mod limits;
 mod schedules;
+mod secrets;
 mod validation;
 mod vbs;

@@ -152,9 +152,14 @@ async fn downtime_is_caught_up_once_or_skipped_and_kill_nine_never_fires_twice()
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
-    create(&mut c, "once", schedule(target(0), "*/2 * * * * *")).await;
+    // Overlap ALLOW: under load a run may outlast two seconds, and an
+    // overlap skip would replace the "missed" record this test reads.
+    let mut once = schedule(target(0), "*/2 * * * * *");
+    once.overlap_policy = pb::schedule::OverlapPolicy::Allow as i32;
+    create(&mut c, "once", once).await;
     let mut skip = schedule(target(1), "*/2 * * * * *");
     skip.catch_up = pb::schedule::CatchUp::Skip as i32;
+    skip.overlap_policy = pb::schedule::OverlapPolicy::Allow as i32;
     create(&mut c, "skip", skip).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Down across at least three due times.

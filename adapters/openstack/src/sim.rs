@@ -36,6 +36,8 @@ struct Ks {
     tokens: HashMap<String, DateTime<Utc>>,
     /// Tokens accepted without Keystone (a fixed `type = "token"`).
     static_tokens: Vec<String>,
+    /// Every token issued, revoked or not (for tests that look for leaks).
+    issued: Vec<String>,
 }
 
 /// Shared Keystone state; cheap to clone.
@@ -61,6 +63,7 @@ impl KeystoneSim {
                 lifetime: Duration::from_secs(86_400),
                 tokens: HashMap::new(),
                 static_tokens: Vec::new(),
+                issued: Vec::new(),
             })),
             grants: Arc::new(AtomicU64::new(0)),
             rejected: Arc::new(AtomicU64::new(0)),
@@ -98,6 +101,11 @@ impl KeystoneSim {
     /// Tokens issued so far.
     pub fn grants(&self) -> u64 {
         self.grants.load(Ordering::SeqCst)
+    }
+
+    /// Every token issued so far, revoked ones included.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.ks).issued.clone()
     }
 
     /// Requests refused for a missing, unknown or expired token.
@@ -183,6 +191,7 @@ async fn issue(State(k): State<KeystoneSim>, body: axum::body::Bytes) -> Respons
     let expires =
         Utc::now() + chrono::Duration::from_std(ks.lifetime).unwrap_or(chrono::Duration::hours(24));
     ks.tokens.insert(token.clone(), expires);
+    ks.issued.push(token.clone());
     drop(ks);
     k.grants.fetch_add(1, Ordering::SeqCst);
     let body = json!({"token": {
