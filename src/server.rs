@@ -158,6 +158,32 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     api::set_serving(&health, true).await;
+    // NOT_SERVING while the store cannot make writes durable (jobs could
+    // not be accepted), SERVING again once it can; never after shutdown
+    // began.
+    {
+        let mut writable = engine.store().writable();
+        let health = health.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = writable.changed() => if r.is_err() { return },
+                    _ = stop.cancelled() => return,
+                }
+                let ok = *writable.borrow_and_update();
+                if stop.is_cancelled() {
+                    return;
+                }
+                if ok {
+                    tracing::info!("the store is writable again: serving");
+                } else {
+                    tracing::error!("the store cannot be written: health NOT_SERVING");
+                }
+                api::set_serving(&health, ok).await;
+            }
+        });
+    }
     let router = api::router(
         Service::new(engine.clone(), scheduler.clone(), shutdown.clone()),
         auth,

@@ -121,6 +121,9 @@ pub struct Store {
     db: sled::Db,
     flush_tx: mpsc::UnboundedSender<Waiter>,
     stats: Arc<FlushStats>,
+    /// Whether the last flush succeeded (false while the store cannot make
+    /// writes durable).
+    writable: Arc<tokio::sync::watch::Sender<bool>>,
     #[cfg(test)]
     pub(crate) faults: Arc<TestFaults>,
 }
@@ -207,11 +210,19 @@ impl Store {
         let gate = Some((faults.flush_gate.clone(), faults.fail_flushes.clone()));
         #[cfg(not(test))]
         let gate = None;
-        tokio::spawn(flusher(db.clone(), rx, stats.clone(), gate));
+        let writable = Arc::new(tokio::sync::watch::Sender::new(true));
+        tokio::spawn(flusher(
+            db.clone(),
+            rx,
+            stats.clone(),
+            writable.clone(),
+            gate,
+        ));
         let store = Store {
             db,
             flush_tx,
             stats,
+            writable,
             #[cfg(test)]
             faults,
         };
@@ -219,6 +230,12 @@ impl Store {
             .build_indexes()
             .map_err(|e| open_err(format!("indexing the stored jobs failed: {e}")))?;
         Ok(store)
+    }
+
+    /// Follows whether the store can make writes durable: false after a
+    /// flush failed, true again after one succeeded.
+    pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.writable.subscribe()
     }
 
     pub fn flush_stats(&self) -> &FlushStats {
@@ -486,6 +503,7 @@ async fn flusher(
     db: sled::Db,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
     stats: Arc<FlushStats>,
+    writable: Arc<tokio::sync::watch::Sender<bool>>,
     gate: Option<(
         Arc<tokio::sync::RwLock<()>>,
         Arc<std::sync::atomic::AtomicU32>,
@@ -514,6 +532,15 @@ async fn flusher(
             }
             _ => r,
         };
+        let ok = r.is_ok();
+        writable.send_if_modified(|w| {
+            let changed = *w != ok;
+            *w = ok;
+            changed
+        });
+        if !ok {
+            tracing::error!(error = ?r.as_ref().err(), "the store could not make writes durable");
+        }
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
             .waiters
@@ -533,6 +560,31 @@ mod tests {
         let mut r = crate::test_support::record();
         r.request_id = request_id.map(str::to_string);
         r
+    }
+
+    #[tokio::test]
+    async fn writability_follows_the_flushes() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.writable();
+        assert!(*w.borrow());
+        store.faults.fail_flushes.store(1, Ordering::SeqCst);
+        let changed = |w: &mut tokio::sync::watch::Receiver<bool>| {
+            let mut w = w.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::from_secs(5), w.changed())
+                    .await
+                    .expect("no change announced")
+                    .unwrap();
+                *w.borrow()
+            }
+        };
+        assert!(store.flush().await.is_err());
+        assert!(!changed(&mut w).await, "a failed flush makes it unwritable");
+        w.borrow_and_update();
+        store.flush().await.unwrap();
+        assert!(changed(&mut w).await, "and a good one writable again");
     }
 
     #[tokio::test]
