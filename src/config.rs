@@ -71,6 +71,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `error`, `warn`, `info` (default), `debug`, `trace`, or a filter
+    /// such as `info,custos::engine=debug`; `RUST_LOG` overrides it.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// Finished jobs are pruned after this long.
     #[serde(default = "default_job_history")]
     pub job_history: Dur,
@@ -323,6 +327,19 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        if let Some(l) = &self.log_level {
+            // A bare word would be taken as a module name: only levels,
+            // or `module=level` directives.
+            const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+            let directives_ok = l.split(',').map(str::trim).all(|d| {
+                LEVELS.contains(&d.to_ascii_lowercase().as_str()) || d.contains('=')
+            });
+            if !directives_ok || tracing_subscriber::EnvFilter::try_new(l).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "log_level {l:?}: use error, warn, info, debug or trace, or directives like info,custos::engine=debug"
+                )));
+            }
+        }
         if self.tls.is_some() {
             return Err(ConfigError::Invalid(
                 "[tls] is not supported by this release yet; remove it or terminate TLS in front of the daemon".into(),
@@ -382,6 +399,7 @@ impl Config {
             metrics_listen: None,
             data_dir: default_data_dir(),
             log_format: LogFormat::Text,
+            log_level: None,
             job_history: default_job_history(),
             shutdown_timeout: default_shutdown_timeout(),
             allow_inline_secrets: false,

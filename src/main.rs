@@ -10,9 +10,13 @@ use custos::{
     dev, server,
 };
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr: `RUST_LOG` if set, else the config's `log_level`, else
+/// info.
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    });
     // Colours only on a terminal: a log file or journald gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -63,7 +67,7 @@ async fn serve(
         None if dev => Config::empty(),
         None => anyhow::bail!("give --config FILE, or --dev to try Custos with simulators"),
     };
-    init_logging(cfg.log_format);
+    init_logging(cfg.log_format, cfg.log_level.as_deref());
     let dev_env = if dev {
         let env = dev::start(listen.as_deref().unwrap_or(&cfg.listen)).await?;
         // A config file given with --dev adds its backends and tokens.
@@ -138,7 +142,7 @@ async fn simulate(
     listen: std::net::SocketAddr,
     job_seconds: f64,
 ) -> anyhow::Result<i32> {
-    init_logging(LogFormat::Text);
+    init_logging(LogFormat::Text, None);
     match kind {
         "cf_v3" => {
             let cfg = custos_cf_v3::sim::SimConfig {

@@ -29,6 +29,7 @@ use custos_adapter_core::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub use crate::store::JobIndex;
@@ -154,6 +155,19 @@ pub struct Engine {
     settings: EngineSettings,
     /// This engine, for background tasks that must not keep it alive.
     me: std::sync::Weak<Engine>,
+}
+
+/// The one info line of a job's state change.
+fn log_state(j: &JobRecord) {
+    tracing::info!(
+        job = %j.id,
+        kind = j.kind.as_str(),
+        target = %j.target,
+        backend = %j.backend,
+        state = j.state.as_str(),
+        detail = %j.message,
+        "job state"
+    );
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -393,6 +407,7 @@ impl Engine {
     async fn accept(self: &Arc<Self>, rec: JobRecord) -> Result<JobRecord, EngineError> {
         match self.store.flush().await {
             Ok(()) => {
+                log_state(&rec);
                 self.publish(&rec, 1);
                 self.supervise(rec.id, rec.target.clone());
                 Ok(rec)
@@ -560,12 +575,13 @@ impl Engine {
         let Some(entry) = self.entry(id) else {
             return Ok(None);
         };
-        let (rec, seq) = {
+        let (rec, seq, was) = {
             let mut l = lock(&entry);
             if l.rec.state.is_terminal() {
                 return Ok(None);
             }
             let before = l.rec.clone();
+            let was = before.state;
             if !change(&mut l.rec) {
                 return Ok(None);
             }
@@ -575,8 +591,11 @@ impl Engine {
                 return Err(e);
             }
             l.seq += 1;
-            (l.rec.clone(), l.seq)
+            (l.rec.clone(), l.seq, was)
         };
+        if rec.state != was {
+            log_state(&rec);
+        }
         if let Err(e) = self.store.flush().await {
             // Written but not yet durable: publish it once a flush
             // succeeds, so readers never see a state older than the store's
@@ -660,6 +679,15 @@ impl Engine {
     /// restarts a driver that stopped on a store error or panicked (after a
     /// backoff), and releases the job's target once the job has ended.
     fn supervise(self: &Arc<Self>, id: Uuid, target: String) {
+        // Every line the job's driver logs carries the job, its target and
+        // its backend.
+        let backend = self
+            .get(&id)
+            .ok()
+            .flatten()
+            .map(|j| j.backend)
+            .unwrap_or_default();
+        let span = tracing::info_span!("job", job = %id, target = %target, backend = %backend);
         let token = self.shutdown.child_token();
         {
             let mut d = lock(&self.drivers);
@@ -672,7 +700,9 @@ impl Engine {
         self.tasks.spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
             loop {
-                let run = tokio::spawn(driver::drive(engine.clone(), id, token.clone()));
+                let run = tokio::spawn(
+                    driver::drive(engine.clone(), id, token.clone()).instrument(span.clone()),
+                );
                 let why = match run.await {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),

@@ -308,3 +308,61 @@ client_secret_file = "secret.txt"
         "{out}"
     );
 }
+
+/// `log_format = "json"`: one `job state` line per state change, each
+/// with the job, target, backend and state; lines logged while the job
+/// runs carry its span (job, target, backend). A bad `log_level` is
+/// refused by name.
+#[tokio::test]
+async fn every_state_change_is_logged_once_with_the_jobs_fields() {
+    let sim = sim(SimConfig::default(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = Opts {
+        extra: "log_format = \"json\"\nlog_level = \"info\"\n".into(),
+        ..Default::default()
+    };
+    let d = Daemon::start(&sim, dir.path(), &o);
+    let mut c = d.op().await;
+    let j = start_backup(&mut c, 0, "").await;
+    let j = wait_done(&mut c, &j.name, std::time::Duration::from_secs(20)).await;
+    assert_eq!(state(&j), "SUCCEEDED");
+    let id = j.name.strip_prefix("jobs/").unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = d
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| {
+                v["fields"]["message"] == "job state" && v["fields"]["job"] == id.as_str()
+            })
+            .collect();
+        if lines.len() >= 3 || tokio::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let states: Vec<&str> = lines
+        .iter()
+        .map(|v| v["fields"]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["PENDING", "RUNNING", "SUCCEEDED"], "{lines:?}");
+    for v in &lines {
+        assert_eq!(v["fields"]["target"], target(0).as_str());
+        assert_eq!(v["fields"]["backend"], "cf");
+        assert_eq!(v["level"], "INFO");
+    }
+    // Logged from the job's task: inside its span.
+    assert_eq!(lines[2]["span"]["job"], id.as_str(), "{:?}", lines[2]);
+    assert_eq!(lines[2]["span"]["target"], target(0).as_str());
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "log_level = \"loud\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_custos"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("log_level"));
+}
