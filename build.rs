@@ -20,5 +20,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto"), include],
         )?;
     println!("cargo:rerun-if-changed=proto");
+    // The commit, for `custos --version` (a source tarball says "unknown").
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CUSTOS_GIT_COMMIT={commit}");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
     Ok(())
 }

@@ -331,9 +331,10 @@ impl Config {
             // A bare word would be taken as a module name: only levels,
             // or `module=level` directives.
             const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-            let directives_ok = l.split(',').map(str::trim).all(|d| {
-                LEVELS.contains(&d.to_ascii_lowercase().as_str()) || d.contains('=')
-            });
+            let directives_ok = l
+                .split(',')
+                .map(str::trim)
+                .all(|d| LEVELS.contains(&d.to_ascii_lowercase().as_str()) || d.contains('='));
             if !directives_ok || tracing_subscriber::EnvFilter::try_new(l).is_err() {
                 return Err(ConfigError::Invalid(format!(
                     "log_level {l:?}: use error, warn, info, debug or trace, or directives like info,custos::engine=debug"

@@ -44,6 +44,11 @@ async fn main() -> ExitCode {
             job_seconds,
         } => simulate(&kind, listen, job_seconds).await,
         Command::Config(cli::ConfigCmd::Check { file }) => config_check(&file),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "custos", &mut std::io::stdout());
+            Ok(0)
+        }
         cmd => cli::run_client(cmd, args.client).await,
     };
     match result {

@@ -14,7 +14,11 @@ mod schedule;
 pub use schedule::ScheduleCmd;
 
 #[derive(Parser, Debug)]
-#[command(name = "custos", version, about = "Multi-cloud backup orchestrator")]
+#[command(
+    name = "custos",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CUSTOS_GIT_COMMIT"), ")"),
+    about = "Multi-cloud backup orchestrator"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -88,6 +92,12 @@ pub enum Command {
     /// Checks a config file without starting anything.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Prints a shell completion script (e.g. `custos completions bash >
+    /// /etc/bash_completion.d/custos`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -597,7 +607,10 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Serve { .. } | Command::Simulate { .. } | Command::Config(_) => {
+        Command::Serve { .. }
+        | Command::Simulate { .. }
+        | Command::Config(_)
+        | Command::Completions { .. } => {
             bail!("not a client command")
         }
     }

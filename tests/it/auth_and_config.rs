@@ -366,3 +366,40 @@ async fn every_state_change_is_logged_once_with_the_jobs_fields() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("log_level"));
 }
+
+/// The packaged example config is complete and valid (with its secrets in
+/// the environment), `--version` names the commit, and completions print.
+#[test]
+fn the_example_config_checks_and_the_binary_describes_itself() {
+    let bin = env!("CARGO_BIN_EXE_custos");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/custos.toml");
+    let out = Command::new(bin)
+        .args(["config", "check", example])
+        .env("CUSTOS_OPS_TOKEN", "an-operator-token-0123")
+        .env("CUSTOS_READ_TOKEN", "a-reader-token-0123456")
+        .env("CF_CLIENT_SECRET", "x")
+        .env("CBR_PASSWORD", "y")
+        .env("VBS_APP_CRED_SECRET", "z")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("cf_v3") && text.contains("cbr_v3") && text.contains("vbs_v2"));
+    let v = Command::new(bin).arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.contains(env!("CARGO_PKG_VERSION")) && v.contains("commit"),
+        "{v}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let c = Command::new(bin)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(c.status.success());
+        assert!(
+            String::from_utf8_lossy(&c.stdout).contains("schedule"),
+            "{shell}"
+        );
+    }
+}
