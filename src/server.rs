@@ -94,6 +94,17 @@ pub fn check_config(config: &Config) -> Vec<String> {
     problems
 }
 
+/// The loud warning for bearer tokens sent in clear text over a network:
+/// this release serves plaintext gRPC only, so on a non-loopback address
+/// a TLS proxy must be in front.
+fn plaintext_warning(addr: std::net::SocketAddr, tokens: bool) -> Option<String> {
+    (tokens && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "SERVING PLAINTEXT gRPC ON {addr}: client tokens cross the network in clear text. Terminate TLS in front of the daemon (or listen on 127.0.0.1 behind a local proxy)"
+        )
+    })
+}
+
 /// Serves until `shutdown` is cancelled, then drains and returns.
 pub async fn run(
     config: Config,
@@ -191,6 +202,9 @@ pub async fn run(
     )?;
 
     let addr = listener.local_addr()?;
+    if let Some(w) = plaintext_warning(addr, !config.tokens.is_empty()) {
+        tracing::warn!("{w}");
+    }
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backends = config.backends.len(), "custos serving");
     let stop = shutdown.clone();
     let health2 = health.clone();
@@ -270,5 +284,22 @@ async fn wait_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plaintext_tokens_off_loopback_are_warned_about() {
+        let w = |a: &str, t| super::plaintext_warning(a.parse().unwrap(), t);
+        assert!(w("0.0.0.0:50051", true).unwrap().contains("clear text"));
+        assert!(w("10.1.2.3:50051", true).is_some());
+        assert!(w("[::]:50051", true).is_some());
+        assert!(w("127.0.0.1:50051", true).is_none());
+        assert!(w("[::1]:50051", true).is_none());
+        assert!(
+            w("0.0.0.0:50051", false).is_none(),
+            "no tokens, nothing to leak"
+        );
     }
 }
