@@ -16,5 +16,6 @@ pub mod schedule;
 pub mod schedule_record;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;

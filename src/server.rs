@@ -16,6 +16,7 @@ use crate::{
     engine::{BackendEntry, Engine, EngineSettings},
     schedule::{Scheduler, SystemClock},
     store::Store,
+    telemetry,
 };
 
 /// How the daemon was started.
@@ -120,9 +121,16 @@ pub async fn run(
     if config.tokens.is_empty() {
         tracing::warn!("SERVING WITHOUT AUTHENTICATION (--insecure): every caller is an operator");
     }
-    if let Some(m) = &config.metrics_listen {
-        tracing::warn!(metrics_listen = %m, "metrics are not served by this release yet");
-    }
+    // Metrics: the recorder first, so that everything below is counted.
+    let metrics = match &config.metrics_listen {
+        Some(m) => {
+            let (listener, addr) = telemetry::bind(m).await?;
+            // One line that scripts and tests can wait for.
+            println!("custos: metrics on {addr}");
+            Some((listener, telemetry::install()?))
+        }
+        None => None,
+    };
     let mut tokens = HashMap::new();
     for t in &config.tokens {
         let (value, caller) = client_token(&config, t)?;
@@ -156,6 +164,23 @@ pub async fn run(
         tracing::info!(jobs = resumed, "resumed unfinished jobs");
     }
     spawn_pruner(engine.clone(), shutdown.clone());
+    if let Some((listener, handle)) = metrics {
+        telemetry::serve(listener, handle, shutdown.clone());
+        // The store's size, now and every minute.
+        let store = engine.store().clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(n) = store.size_on_disk() {
+                    telemetry::store_size(n);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     let scheduler = Scheduler::new(
         engine.clone(),
         Arc::new(SystemClock),

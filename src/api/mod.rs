@@ -430,6 +430,7 @@ impl BackupService for Service {
         let engine = self.engine.clone();
         let stop = self.shutdown.clone();
         tokio::spawn(async move {
+            let _open = crate::telemetry::WatchStream::open();
             if tx.send(Ok(convert::job(&first))).await.is_err() || first.state.is_terminal() {
                 return;
             }
@@ -491,6 +492,7 @@ impl BackupService for Service {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let stop = self.shutdown.clone();
         tokio::spawn(async move {
+            let _open = crate::telemetry::WatchStream::open();
             loop {
                 let ev = tokio::select! {
                     ev = events.recv() => ev,

@@ -395,6 +395,14 @@ impl Driver<'_> {
                 .await
                 .map_err(|e| StepError::Backend(e, Doing::Reconciling))?
         };
+        crate::telemetry::reconcile(
+            &self.entry.name,
+            match &r {
+                Reconciled::NotSubmitted => "not_submitted",
+                Reconciled::Submitted(_) => "submitted",
+                Reconciled::Unknown(_) => "unknown",
+            },
+        );
         match r {
             Reconciled::NotSubmitted => {
                 let timing = self.entry.timing;
@@ -565,6 +573,7 @@ impl Driver<'_> {
             .ok()
             .and_then(|d| Utc::now().checked_add_signed(d));
         tracing::debug!(job = %self.id, error = %e, ?delay, "retryable failure while {what}");
+        crate::telemetry::retry(&self.entry.name);
         let of = if e.kind == ErrorKind::Busy {
             "until the operation timeout".to_string()
         } else {

@@ -157,8 +157,9 @@ pub struct Engine {
     me: std::sync::Weak<Engine>,
 }
 
-/// The one info line of a job's state change.
+/// The one info line (and the metrics) of a job's state change.
 fn log_state(j: &JobRecord) {
+    crate::telemetry::job_state(j);
     tracing::info!(
         job = %j.id,
         kind = j.kind.as_str(),

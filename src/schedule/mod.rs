@@ -592,6 +592,9 @@ impl Scheduler {
                 ),
             });
             tracing::info!(schedule = %id, missed = count, run, "missed due times");
+            if !run {
+                crate::telemetry::schedule_skip(id, "missed");
+            }
         }
         if run {
             if let Some(job) = self.running_job(&rec)? {
@@ -604,6 +607,7 @@ impl Scheduler {
                     ),
                 });
                 tracing::info!(schedule = %id, job = %job, "due time skipped: the last run has not ended");
+                crate::telemetry::schedule_skip(id, "overlap");
             } else {
                 let job = self
                     .engine
@@ -612,6 +616,7 @@ impl Scheduler {
                 match job {
                     Ok(j) => {
                         tracing::info!(schedule = %id, job = %j.id, due = %latest, "scheduled backup started");
+                        crate::telemetry::schedule_run(id);
                         rec.last_job = Some(j.id);
                     }
                     // The job of this due time exists (made before a

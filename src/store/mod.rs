@@ -238,6 +238,11 @@ impl Store {
         self.writable.subscribe()
     }
 
+    /// The store's size on disk, in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     pub fn flush_stats(&self) -> &FlushStats {
         &self.stats
     }

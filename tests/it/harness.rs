@@ -109,6 +109,8 @@ client_secret_env = "CUSTOS_IT_CF_SECRET"
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
+    /// `metrics_listen`'s address, once the daemon printed it.
+    metrics: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     pub log: PathBuf,
     pub config: PathBuf,
 }
@@ -140,8 +142,13 @@ impl Daemon {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let metrics = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let m2 = metrics.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("custos: metrics on ") {
+                    *m2.lock().unwrap() = Some(a.trim().to_string());
+                }
                 if let Some(a) = line.strip_prefix("custos: listening on ") {
                     let _ = tx.send(a.trim().to_string());
                 }
@@ -151,6 +158,7 @@ impl Daemon {
             Ok(addr) => Ok(Daemon {
                 child,
                 addr,
+                metrics,
                 log,
                 config: config.to_path_buf(),
             }),
@@ -159,6 +167,21 @@ impl Daemon {
                 let _ = child.wait();
                 Err(std::fs::read_to_string(&log).unwrap_or_default())
             }
+        }
+    }
+
+    /// The metrics address the daemon printed (waits up to 10 s for it).
+    pub fn metrics_addr(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = self.metrics.lock().unwrap().clone() {
+                return a;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon printed no metrics address"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

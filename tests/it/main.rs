@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod flows;
 mod limits;
+mod metrics;
 mod schedules;
 mod secrets;
 mod validation;
