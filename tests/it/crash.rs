@@ -108,6 +108,14 @@ async fn sigterm_stops_gracefully_and_jobs_resume() {
     let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
     let mut c = d.op().await;
     let a = start_backup(&mut c, 0, "").await;
+    // A watch stream open across the drain.
+    let mut watch = c
+        .watch_job(pb::WatchJobRequest {
+            name: a.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = d.child.id().to_string();
     assert!(
@@ -117,6 +125,21 @@ async fn sigterm_stops_gracefully_and_jobs_resume() {
             .unwrap()
             .success()
     );
+    // The stream ends cleanly and soon, with UNAVAILABLE saying why.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    })
+    .await
+    .expect("the watch stream ended with the daemon");
+    // The job was still running: the stream was cut by the drain.
+    let e = ended.expect("the daemon ended the stream with a status");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     let status = d.child.wait().unwrap();
     assert!(status.success(), "graceful exit: {status:?}\n{}", d.logs());
     let config = d.config.clone();
