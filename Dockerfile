@@ -18,6 +18,6 @@ USER custos
 VOLUME /var/lib/custos
 EXPOSE 50051
 # Listen on all interfaces inside the container: set listen = "0.0.0.0:50051"
-# in the mounted config (and keep TLS in front until [tls] lands).
+# in the mounted config, with [tls] (or TLS in front).
 ENTRYPOINT ["/usr/local/bin/custos"]
 CMD ["serve", "--config", "/etc/custos/custos.toml"]

@@ -87,14 +87,52 @@ pub struct Config {
     pub allow_inline_secrets: bool,
     #[serde(default)]
     pub limits: Limits,
-    /// TLS is not in this release: a `[tls]` table is refused rather than
-    /// silently serving plaintext.
+    /// TLS on the gRPC listener (and mutual TLS with `client_ca_file`).
     #[serde(default)]
-    pub tls: Option<toml::Value>,
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+}
+
+/// `[tls]`: PEM files; the key file must be readable by its owner only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Clients must present a certificate signed by this CA (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The PEM contents of `[tls]`, read and checked.
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: Secret,
+    pub client_ca: Option<String>,
+}
+
+impl TlsConfig {
+    /// Reads the files (the key's permissions checked like a secret's).
+    pub fn read(&self) -> Result<TlsFiles, ConfigError> {
+        let read = |key: &str, p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::Invalid(format!("tls.{key}: cannot read {}: {e}", p.display()))
+            })
+        };
+        check_secret_file("tls.key", &self.key_file)?;
+        Ok(TlsFiles {
+            cert: read("cert_file", &self.cert_file)?,
+            key: Secret::new(read("key_file", &self.key_file)?),
+            client_ca: self
+                .client_ca_file
+                .as_ref()
+                .map(|p| read("client_ca_file", p))
+                .transpose()?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -291,6 +329,13 @@ impl Config {
             }
         };
         fix(&mut self.data_dir);
+        if let Some(t) = &mut self.tls {
+            fix(&mut t.cert_file);
+            fix(&mut t.key_file);
+            if let Some(c) = &mut t.client_ca_file {
+                fix(c);
+            }
+        }
         for t in &mut self.tokens {
             if let Some(f) = &mut t.token_file {
                 fix(f);
@@ -340,11 +385,6 @@ impl Config {
                     "log_level {l:?}: use error, warn, info, debug or trace, or directives like info,custos::engine=debug"
                 )));
             }
-        }
-        if self.tls.is_some() {
-            return Err(ConfigError::Invalid(
-                "[tls] is not supported by this release yet; remove it or terminate TLS in front of the daemon".into(),
-            ));
         }
         if self.limits.max_running_jobs == 0 || self.limits.per_backend_running_jobs == 0 {
             return Err(ConfigError::Invalid(

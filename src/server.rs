@@ -26,6 +26,21 @@ pub struct Mode {
     pub insecure: bool,
 }
 
+/// The listener's TLS from `[tls]`: the certificate and key, and with
+/// `client_ca_file` the CA whose certificates clients must present.
+fn server_tls(t: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let files = t.read()?;
+    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(
+        files.cert.as_bytes(),
+        files.key.expose().as_bytes(),
+    ));
+    if let Some(ca) = &files.client_ca {
+        cfg = cfg.client_ca_root(Certificate::from_pem(ca.as_bytes()));
+    }
+    Ok(cfg)
+}
+
 /// One `[[tokens]]` entry: its secret value and who it makes the caller.
 fn client_token(config: &Config, t: &TokenConfig) -> anyhow::Result<(String, Caller)> {
     let value = resolve_secret(
@@ -76,6 +91,11 @@ pub fn check_config(config: &Config) -> Vec<String> {
         if let Err(e) = backends::build(b, config.allow_inline_secrets) {
             problems.push(e.to_string());
         }
+    }
+    if let Some(t) = &config.tls
+        && let Err(e) = t.read()
+    {
+        problems.push(e.to_string());
     }
     let d = &config.data_dir;
     if d.exists() && !d.is_dir() {
@@ -220,14 +240,21 @@ pub async fn run(
             }
         });
     }
+    let tls = match &config.tls {
+        Some(t) => Some(server_tls(t)?),
+        None => None,
+    };
     let router = api::router(
         Service::new(engine.clone(), scheduler.clone(), shutdown.clone()),
         auth,
         health_service,
+        tls,
     )?;
 
     let addr = listener.local_addr()?;
-    if let Some(w) = plaintext_warning(addr, !config.tokens.is_empty()) {
+    if config.tls.is_none()
+        && let Some(w) = plaintext_warning(addr, !config.tokens.is_empty())
+    {
         tracing::warn!("{w}");
     }
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backends = config.backends.len(), "custos serving");

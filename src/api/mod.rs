@@ -71,6 +71,7 @@ pub fn router(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> anyhow::Result<tonic::transport::server::Router> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -80,7 +81,11 @@ pub fn router(
     let v1 = reflection().build_v1()?;
     let v1alpha = reflection().build_v1alpha()?;
     let svc = BackupServiceServer::with_interceptor(svc, move |req| auth.check(req));
-    Ok(tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        server = server.tls_config(t)?;
+    }
+    Ok(server
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)

@@ -42,6 +42,16 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// For an https:// endpoint: the CA that signed the daemon's
+    /// certificate (default: the system's roots).
+    #[arg(long, global = true, env = "CUSTOS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate, for a daemon that asks for one (mTLS).
+    #[arg(long, global = true, env = "CUSTOS_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, global = true, env = "CUSTOS_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,10 +207,35 @@ type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status>
 type Client =
     BackupServiceClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
+/// TLS for an https:// endpoint: `--ca-file` or the system's roots, and
+/// a client certificate when given.
+fn client_tls(opts: &ClientOpts) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut tls = ClientTlsConfig::new();
+    tls = match &opts.ca_file {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(c), Some(k)) = (&opts.cert_file, &opts.key_file) {
+        tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
+    }
+    Ok(tls)
+}
+
 async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(opts.endpoint.clone())
+    let mut endpoint = Channel::from_shared(opts.endpoint.clone())
         .with_context(|| format!("bad endpoint {:?}", opts.endpoint))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if opts.endpoint.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(client_tls(opts)?)
+            .context("the TLS settings")?;
+    } else if opts.ca_file.is_some() || opts.cert_file.is_some() {
+        bail!("--ca-file/--cert-file need an https:// endpoint");
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", opts.endpoint))?;

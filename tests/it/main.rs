@@ -17,5 +17,6 @@ mod limits;
 mod metrics;
 mod schedules;
 mod secrets;
+mod tls;
 mod validation;
 mod vbs;
