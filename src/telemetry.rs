@@ -15,6 +15,8 @@
 //! | `custos_schedule_runs_total` | counter | schedule |
 //! | `custos_schedule_skips_total` | counter | schedule, reason |
 //! | `custos_store_size_bytes` | gauge | |
+//! | `custos_backend_calls_total` | counter | backend, operation, outcome |
+//! | `custos_backend_call_duration_seconds` | histogram | backend, operation |
 
 use std::net::SocketAddr;
 
@@ -30,12 +32,21 @@ const DURATION_BUCKETS: [f64; 12] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
 ];
 
+/// Backend call buckets, in seconds: 5 ms to a minute.
+const CALL_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
 /// Installs the process's recorder (once).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("custos_job_duration_seconds".into()),
             &DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("custos_backend_call_duration_seconds".into()),
+            &CALL_BUCKETS,
         )?
         .install_recorder()?)
 }
@@ -123,6 +134,43 @@ pub fn schedule_run(schedule: &str) {
 pub fn schedule_skip(schedule: &str, reason: &'static str) {
     counter!("custos_schedule_skips_total", "schedule" => schedule.to_string(), "reason" => reason)
         .increment(1);
+}
+
+/// Runs one call to a backend (`prepare`, `submit`, `poll`, `reconcile`,
+/// `list_backups`, `validate`) and counts it with its outcome (`ok`, or
+/// the error's kind) and its duration.
+pub async fn timed<T>(
+    backend: &str,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, custos_adapter_core::BackendError>>,
+) -> Result<T, custos_adapter_core::BackendError> {
+    let start = std::time::Instant::now();
+    let r = call.await;
+    let outcome = match &r {
+        Ok(_) => "ok",
+        Err(e) => kind_label(e.kind),
+    };
+    counter!("custos_backend_calls_total", "backend" => backend.to_string(), "operation" => operation, "outcome" => outcome)
+        .increment(1);
+    histogram!("custos_backend_call_duration_seconds", "backend" => backend.to_string(), "operation" => operation)
+        .record(start.elapsed().as_secs_f64());
+    r
+}
+
+fn kind_label(k: custos_adapter_core::ErrorKind) -> &'static str {
+    use custos_adapter_core::ErrorKind as K;
+    match k {
+        K::Unauthorized => "unauthorized",
+        K::Forbidden => "forbidden",
+        K::NotFound => "not_found",
+        K::Invalid => "invalid",
+        K::Busy => "busy",
+        K::Throttled => "throttled",
+        K::Transient => "transient",
+        K::Permanent => "permanent",
+        K::Unsupported => "unsupported",
+        K::OutcomeUnknown => "outcome_unknown",
+    }
 }
 
 pub fn store_size(bytes: u64) {

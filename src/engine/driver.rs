@@ -24,6 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::telemetry::timed;
+
 use super::{BackendEntry, Engine, end, set_message};
 use crate::{
     job::{Failure, JobError, JobRecord, JobState, Phase},
@@ -272,11 +274,13 @@ impl Driver<'_> {
     async fn prepare(&mut self, job: &JobRecord) -> Result<Flow, StepError> {
         let mut intent = {
             let _p = self.engine.permits(self.entry).await;
-            self.entry
-                .backend
-                .prepare(&job.op)
-                .await
-                .map_err(|e| StepError::Backend(e, Doing::Preparing))?
+            timed(
+                &self.entry.name,
+                "prepare",
+                self.entry.backend.prepare(&job.op),
+            )
+            .await
+            .map_err(|e| StepError::Backend(e, Doing::Preparing))?
         };
         intent.recorded_at = Some(Utc::now());
         // The intent is durable before the submit is sent; a job cancelled
@@ -305,7 +309,12 @@ impl Driver<'_> {
         let intent = job.intent.clone().unwrap_or_default();
         let result = {
             let _p = self.engine.permits(self.entry).await;
-            self.entry.backend.submit(&job.op, &intent).await
+            timed(
+                &self.entry.name,
+                "submit",
+                self.entry.backend.submit(&job.op, &intent),
+            )
+            .await
         };
         // Whatever happened, this intent has been used.
         self.fresh_intent = false;
@@ -389,11 +398,13 @@ impl Driver<'_> {
         let intent = job.intent.clone().unwrap_or_default();
         let r = {
             let _p = self.engine.permits(self.entry).await;
-            self.entry
-                .backend
-                .reconcile(&job.op, &intent)
-                .await
-                .map_err(|e| StepError::Backend(e, Doing::Reconciling))?
+            timed(
+                &self.entry.name,
+                "reconcile",
+                self.entry.backend.reconcile(&job.op, &intent),
+            )
+            .await
+            .map_err(|e| StepError::Backend(e, Doing::Reconciling))?
         };
         crate::telemetry::reconcile(
             &self.entry.name,
@@ -488,11 +499,13 @@ impl Driver<'_> {
         };
         let progress = {
             let _p = self.engine.permits(self.entry).await;
-            self.entry
-                .backend
-                .poll(&job.op, &intent, &handle)
-                .await
-                .map_err(|e| StepError::Backend(e, Doing::Polling))?
+            timed(
+                &self.entry.name,
+                "poll",
+                self.entry.backend.poll(&job.op, &intent, &handle),
+            )
+            .await
+            .map_err(|e| StepError::Backend(e, Doing::Polling))?
         };
         self.retry.reset();
         match progress {

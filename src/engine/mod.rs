@@ -240,10 +240,12 @@ impl Engine {
         page_token: &str,
     ) -> Result<BackupPage, BackendError> {
         let _p = self.permits(entry).await;
-        entry
-            .backend
-            .list_backups(resource, page_size, page_token)
-            .await
+        crate::telemetry::timed(
+            &entry.name,
+            "list_backups",
+            entry.backend.list_backups(resource, page_size, page_token),
+        )
+        .await
     }
 
     pub async fn validate(
@@ -252,7 +254,7 @@ impl Engine {
         op: &Operation,
     ) -> Result<String, BackendError> {
         let _p = self.permits(entry).await;
-        entry.backend.validate(op).await
+        crate::telemetry::timed(&entry.name, "validate", entry.backend.validate(op)).await
     }
 
     /// A per-backend permit, then a global one: a backend at its limit
