@@ -3,7 +3,7 @@
 //! Keystone passwords, one of them wrong), every configured secret and
 //! every Keystone token the simulators issued is looked for in the
 //! daemon's log, in the jobs as the API returns them (messages, errors),
-//! and in every file of the data dir.
+//! in the errors of synchronous calls, and in every file of the data dir.
 
 use std::{path::Path, time::Duration};
 
@@ -209,6 +209,24 @@ password_file = "{wrong_pw}"
         jobs_text.contains("Keystone refused"),
         "the wrong password failed its job: {jobs_text}"
     );
+    // Synchronous calls that fail on the backend with the wrong password:
+    // their errors too.
+    let e = c
+        .list_backups(pb::ListBackupsRequest {
+            target: format!("backends/vbs-wrong/volumes/{}", vbs_ids.volume_id),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("Keystone"), "{e:?}");
+    jobs_text.push_str(&format!("{e:?}\n"));
+    let mut v = restore(
+        format!("backends/vbs-wrong/volumes/{}", vbs_ids.volume_id),
+        &vbs_ids.backup_id,
+    );
+    v.validate_only = true;
+    let e = c.restore(v).await.unwrap_err();
+    jobs_text.push_str(&format!("{e:?}\n"));
     let listed = c
         .list_jobs(pb::ListJobsRequest {
             page_size: 1000,
