@@ -59,6 +59,20 @@ fn spec(cron: &str) -> ScheduleSpec {
     }
 }
 
+/// The same spec on the second instance (another target).
+fn on_instance_y(s: &mut ScheduleSpec) {
+    s.target = "backends/a/serviceInstances/y".into();
+    s.resource.id = "y".into();
+}
+
+/// Stops the engine and waits for sled to let go of the data dir, so the
+/// next `start` on it is a restart.
+async fn stop(t: T) {
+    t.engine.shutdown(Duration::from_secs(1)).await;
+    drop(t);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
 struct T {
     engine: Arc<Engine>,
     sched: Arc<Scheduler>,
@@ -204,8 +218,7 @@ async fn overlap_skip_records_why_and_allow_runs_anyway() {
 
     let mut allow = spec("* * * * * *");
     allow.overlap = Overlap::Allow;
-    allow.target = "backends/a/serviceInstances/y".into();
-    allow.resource.id = "y".into();
+    on_instance_y(&mut allow);
     t.sched.create("a".into(), allow).await.unwrap();
     t.tick_at(at(3)).await;
     t.tick_at(at(4)).await;
@@ -226,13 +239,10 @@ async fn downtime_runs_once_with_run_once_and_not_at_all_with_skip() {
             .unwrap();
         let mut skip = spec("0 * * * * *");
         skip.catch_up = CatchUp::Skip;
-        skip.target = "backends/a/serviceInstances/y".into();
-        skip.resource.id = "y".into();
+        on_instance_y(&mut skip);
         t.sched.create("skip".into(), skip).await.unwrap();
-        t.engine.shutdown(Duration::from_secs(1)).await;
+        stop(t).await;
     }
-    // sled needs the first handle closed before the second open.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     // Down across three due times (12:01, 12:02, 12:03); back at 12:03:30.
     let t = start(dir.path(), at(210)).await;
     t.tick_at(at(210)).await;
@@ -273,9 +283,8 @@ async fn a_crash_after_the_job_was_made_does_not_fire_it_again() {
             .await
             .unwrap();
         t.all_ended("s").await;
-        t.engine.shutdown(Duration::from_secs(1)).await;
+        stop(t).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let t = start(dir.path(), at(61)).await;
     assert_eq!(t.rec("s").fired_until, at(0));
     t.tick_at(at(61)).await;

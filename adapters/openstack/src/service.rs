@@ -123,6 +123,20 @@ impl ServiceClient {
         ))
     }
 
+    /// `DELETE backups/{id}`, the same on every OpenStack-style backup API
+    /// (a failure follows the submit rule, as `call` applies it).
+    pub async fn delete_backup(&self, backup_id: &str) -> Result<(), BackendError> {
+        self.call(
+            Method::DELETE,
+            &format!("backups/{backup_id}"),
+            &[],
+            None,
+            "deleting the backup",
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// A GET whose answer is JSON of type `T`, retried with backoff while it
     /// fails in a retryable way (an unreadable answer counts as one).
     pub async fn get_json<T: DeserializeOwned>(

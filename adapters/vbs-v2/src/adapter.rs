@@ -884,15 +884,7 @@ impl Backend for VbsV2 {
                 })
             }
             Operation::DeleteBackup { backup_id, .. } => {
-                self.api
-                    .call(
-                        Method::DELETE,
-                        &format!("backups/{backup_id}"),
-                        &[],
-                        None,
-                        "deleting the backup",
-                    )
-                    .await?;
+                self.api.delete_backup(backup_id).await?;
                 Ok(RemoteHandle {
                     display: format!("deletion of backup {backup_id}"),
                     state: to_json(&HandleState::Delete {
