@@ -229,3 +229,79 @@ impl DevEnv {
         )
     }
 }
+
+/// `custos simulate --kind KIND`: one simulator, seeded, until a signal.
+pub async fn simulate(
+    kind: &str,
+    listen: std::net::SocketAddr,
+    job_seconds: f64,
+) -> anyhow::Result<i32> {
+    match kind {
+        "cf_v3" => {
+            let cfg = custos_cf_v3::sim::SimConfig {
+                job_duration: std::time::Duration::from_secs_f64(job_seconds.max(0.0)),
+                ..Default::default()
+            };
+            let sim = custos_cf_v3::sim::Simulator::start(listen, cfg.clone()).await?;
+            let ids = sim.seed_demo();
+            println!("custos: cf_v3 simulator listening on {}", sim.url());
+            println!("  UAA client: {} / {}", cfg.client_id, cfg.client_secret);
+            println!("  service instances: {}", ids.join(", "));
+            crate::server::shutdown_on_signal().cancelled().await;
+            Ok(0)
+        }
+        "cbr_v3" => {
+            let d = std::time::Duration::from_secs_f64(job_seconds.max(0.0));
+            let cfg = custos_cbr_v3::sim::SimConfig {
+                restore_duration: d,
+                backup_duration: d,
+                ..Default::default()
+            };
+            let sim = custos_cbr_v3::sim::Simulator::start(listen, cfg.clone()).await?;
+            let ids = sim.seed_demo();
+            println!("custos: cbr_v3 simulator listening on {}", sim.url());
+            println!("  auth_url: {}", sim.auth_url());
+            println!("  project_id: {}", ids.project_id);
+            println!(
+                "  user: {} (domain {}) / password {}",
+                cfg.user_name, cfg.user_domain, cfg.password
+            );
+            println!("  vault: {}", ids.vault_id);
+            println!(
+                "  server {} with volumes {} (40 GB), {} (100 GB)",
+                ids.server_id, ids.system_volume_id, ids.data_volume_id
+            );
+            println!(
+                "  server backup {} (children {}, {}); disk backup {}",
+                ids.server_backup_id, ids.system_child_id, ids.data_child_id, ids.disk_backup_id
+            );
+            crate::server::shutdown_on_signal().cancelled().await;
+            Ok(0)
+        }
+        "vbs_v2" => {
+            let d = std::time::Duration::from_secs_f64(job_seconds.max(0.0));
+            let cfg = custos_vbs_v2::sim::SimConfig {
+                restore_duration: d,
+                backup_duration: d,
+                ..Default::default()
+            };
+            let sim = custos_vbs_v2::sim::Simulator::start(listen, cfg.clone()).await?;
+            let ids = sim.seed_demo();
+            println!("custos: vbs_v2 simulator listening on {}", sim.url());
+            println!("  auth_url: {}", sim.auth_url());
+            println!("  project_id: {}", ids.project_id);
+            println!(
+                "  user: {} (domain {}) / password {}",
+                cfg.user_name, cfg.user_domain, cfg.password
+            );
+            println!(
+                "  volumes: {} (10 GiB, available), {} (10 GiB, in-use), {} (1 GiB, available)",
+                ids.volume_id, ids.in_use_volume_id, ids.small_volume_id
+            );
+            println!("  backup {} of {}", ids.backup_id, ids.volume_id);
+            crate::server::shutdown_on_signal().cancelled().await;
+            Ok(0)
+        }
+        other => anyhow::bail!("unknown --kind {other:?}: use cf_v3, cbr_v3 or vbs_v2"),
+    }
+}

@@ -8,6 +8,7 @@ pub mod api;
 pub mod backends;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "sim")]
 pub mod dev;
 pub mod engine;
 pub mod job;
@@ -19,3 +20,4 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+pub mod tls;

@@ -7,8 +7,12 @@ use clap::Parser;
 use custos::{
     cli::{self, Cli, Command},
     config::{Config, LogFormat},
-    dev, server,
+    server,
 };
+
+/// What `serve --dev` and `simulate` say in a build without simulators.
+#[cfg(not(feature = "sim"))]
+const NO_SIM: &str = "this custos was built without the simulators (cargo feature `sim`, on by default); `serve --dev` and `simulate` need them";
 
 /// Logs to stderr: `RUST_LOG` if set, else the config's `log_level`, else
 /// info.
@@ -42,7 +46,17 @@ async fn main() -> ExitCode {
             kind,
             listen,
             job_seconds,
-        } => simulate(&kind, listen, job_seconds).await,
+        } => {
+            init_logging(LogFormat::Text, None);
+            #[cfg(feature = "sim")]
+            let r = custos::dev::simulate(&kind, listen, job_seconds).await;
+            #[cfg(not(feature = "sim"))]
+            let r = {
+                let _ = (kind, listen, job_seconds);
+                Err(anyhow::anyhow!(NO_SIM))
+            };
+            r
+        }
         Command::Config(cli::ConfigCmd::Check { file }) => config_check(&file),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -73,8 +87,13 @@ async fn serve(
         None => anyhow::bail!("give --config FILE, or --dev to try Custos with simulators"),
     };
     init_logging(cfg.log_format, cfg.log_level.as_deref());
+    #[cfg(not(feature = "sim"))]
+    if dev {
+        anyhow::bail!(NO_SIM);
+    }
+    #[cfg(feature = "sim")]
     let dev_env = if dev {
-        let env = dev::start(listen.as_deref().unwrap_or(&cfg.listen)).await?;
+        let env = custos::dev::start(listen.as_deref().unwrap_or(&cfg.listen)).await?;
         // A config file given with --dev adds its backends and tokens.
         let mut merged = env.config.clone();
         merged.backends.append(&mut cfg.backends);
@@ -91,6 +110,7 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    #[cfg(feature = "sim")]
     if let Some(env) = &dev_env {
         println!("{}", env.banner(addr));
     }
@@ -106,6 +126,7 @@ async fn serve(
         shutdown,
     )
     .await?;
+    #[cfg(feature = "sim")]
     drop(dev_env);
     Ok(0)
 }
@@ -140,80 +161,4 @@ fn config_check(file: &Path) -> anyhow::Result<i32> {
         println!("{}: {p}", file.display());
     }
     Ok(1)
-}
-
-async fn simulate(
-    kind: &str,
-    listen: std::net::SocketAddr,
-    job_seconds: f64,
-) -> anyhow::Result<i32> {
-    init_logging(LogFormat::Text, None);
-    match kind {
-        "cf_v3" => {
-            let cfg = custos_cf_v3::sim::SimConfig {
-                job_duration: std::time::Duration::from_secs_f64(job_seconds.max(0.0)),
-                ..Default::default()
-            };
-            let sim = custos_cf_v3::sim::Simulator::start(listen, cfg.clone()).await?;
-            let ids = sim.seed_demo();
-            println!("custos: cf_v3 simulator listening on {}", sim.url());
-            println!("  UAA client: {} / {}", cfg.client_id, cfg.client_secret);
-            println!("  service instances: {}", ids.join(", "));
-            server::shutdown_on_signal().cancelled().await;
-            Ok(0)
-        }
-        "cbr_v3" => {
-            let d = std::time::Duration::from_secs_f64(job_seconds.max(0.0));
-            let cfg = custos_cbr_v3::sim::SimConfig {
-                restore_duration: d,
-                backup_duration: d,
-                ..Default::default()
-            };
-            let sim = custos_cbr_v3::sim::Simulator::start(listen, cfg.clone()).await?;
-            let ids = sim.seed_demo();
-            println!("custos: cbr_v3 simulator listening on {}", sim.url());
-            println!("  auth_url: {}", sim.auth_url());
-            println!("  project_id: {}", ids.project_id);
-            println!(
-                "  user: {} (domain {}) / password {}",
-                cfg.user_name, cfg.user_domain, cfg.password
-            );
-            println!("  vault: {}", ids.vault_id);
-            println!(
-                "  server {} with volumes {} (40 GB), {} (100 GB)",
-                ids.server_id, ids.system_volume_id, ids.data_volume_id
-            );
-            println!(
-                "  server backup {} (children {}, {}); disk backup {}",
-                ids.server_backup_id, ids.system_child_id, ids.data_child_id, ids.disk_backup_id
-            );
-            server::shutdown_on_signal().cancelled().await;
-            Ok(0)
-        }
-        "vbs_v2" => {
-            let d = std::time::Duration::from_secs_f64(job_seconds.max(0.0));
-            let cfg = custos_vbs_v2::sim::SimConfig {
-                restore_duration: d,
-                backup_duration: d,
-                ..Default::default()
-            };
-            let sim = custos_vbs_v2::sim::Simulator::start(listen, cfg.clone()).await?;
-            let ids = sim.seed_demo();
-            println!("custos: vbs_v2 simulator listening on {}", sim.url());
-            println!("  auth_url: {}", sim.auth_url());
-            println!("  project_id: {}", ids.project_id);
-            println!(
-                "  user: {} (domain {}) / password {}",
-                cfg.user_name, cfg.user_domain, cfg.password
-            );
-            println!(
-                "  volumes: {} (10 GiB, available), {} (10 GiB, in-use), {} (1 GiB, available)",
-                ids.volume_id, ids.in_use_volume_id, ids.small_volume_id
-            );
-            println!("  backup {} of {}", ids.backup_id, ids.volume_id);
-            server::shutdown_on_signal().cancelled().await;
-            Ok(0)
-        }
-        other => anyhow::bail!("unknown --kind {other:?}: use cf_v3, cbr_v3 or vbs_v2"),
-    }
 }

@@ -17,6 +17,7 @@ use crate::{
     schedule::{Scheduler, SystemClock},
     store::Store,
     telemetry,
+    tls::Tls,
 };
 
 /// How the daemon was started.
@@ -24,21 +25,6 @@ use crate::{
 pub struct Mode {
     /// Serve without client tokens (everyone is an operator).
     pub insecure: bool,
-}
-
-/// The listener's TLS from `[tls]`: the certificate and key, and with
-/// `client_ca_file` the CA whose certificates clients must present.
-fn server_tls(t: &crate::config::TlsConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let files = t.read()?;
-    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(
-        files.cert.as_bytes(),
-        files.key.expose().as_bytes(),
-    ));
-    if let Some(ca) = &files.client_ca {
-        cfg = cfg.client_ca_root(Certificate::from_pem(ca.as_bytes()));
-    }
-    Ok(cfg)
 }
 
 /// One `[[tokens]]` entry: its secret value and who it makes the caller.
@@ -93,7 +79,10 @@ pub fn check_config(config: &Config) -> Vec<String> {
         }
     }
     if let Some(t) = &config.tls
-        && let Err(e) = t.read()
+        && let Err(e) = t
+            .read()
+            .map_err(anyhow::Error::from)
+            .and_then(|f| crate::tls::server_config(&f))
     {
         problems.push(e.to_string());
     }
@@ -116,12 +105,12 @@ pub fn check_config(config: &Config) -> Vec<String> {
 }
 
 /// The loud warning for bearer tokens sent in clear text over a network:
-/// this release serves plaintext gRPC only, so on a non-loopback address
-/// a TLS proxy must be in front.
+/// without `[tls]` on a non-loopback address
+/// the fix is `[tls]`, or a TLS proxy in front.
 fn plaintext_warning(addr: std::net::SocketAddr, tokens: bool) -> Option<String> {
     (tokens && !addr.ip().is_loopback()).then(|| {
         format!(
-            "SERVING PLAINTEXT gRPC ON {addr}: client tokens cross the network in clear text. Terminate TLS in front of the daemon (or listen on 127.0.0.1 behind a local proxy)"
+            "SERVING PLAINTEXT gRPC ON {addr}: client tokens cross the network in clear text. Configure [tls] (or terminate TLS in a proxy and listen on 127.0.0.1)"
         )
     })
 }
@@ -241,14 +230,17 @@ pub async fn run(
         });
     }
     let tls = match &config.tls {
-        Some(t) => Some(server_tls(t)?),
+        Some(t) => {
+            let tls = Tls::load(t.clone())?;
+            tls.watch(shutdown.clone());
+            Some(tls)
+        }
         None => None,
     };
     let router = api::router(
         Service::new(engine.clone(), scheduler.clone(), shutdown.clone()),
         auth,
         health_service,
-        tls,
     )?;
 
     let addr = listener.local_addr()?;
@@ -265,7 +257,19 @@ pub async fn run(
         // Tell load balancers first, then stop accepting.
         api::set_serving(&health2, false).await;
     };
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let serve = async {
+        match tls {
+            Some(tls) => {
+                let incoming = tls.incoming(listener, shutdown.clone());
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                    .await
+            }
+        }
+    };
     // Graceful shutdown waits for clients to close their connections; a
     // client that keeps one open (an idle channel, a watch) must not keep
     // the daemon up past the deadline.

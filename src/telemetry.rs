@@ -17,6 +17,12 @@
 //! | `custos_store_size_bytes` | gauge | |
 //! | `custos_backend_calls_total` | counter | backend, operation, outcome |
 //! | `custos_backend_call_duration_seconds` | histogram | backend, operation |
+//! | `custos_tls_reloads_total` | counter | outcome |
+//!
+//! The HTTP requests under each backend call and the token fetches are
+//! counted in `custos_adapter_core::observe` (`custos_backend_http_*`,
+//! `custos_backend_token_refreshes_total`), labelled by the scope
+//! [`timed`] opens.
 
 use std::net::SocketAddr;
 
@@ -46,6 +52,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(
             Matcher::Full("custos_backend_call_duration_seconds".into()),
+            &CALL_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("custos_backend_http_request_duration_seconds".into()),
             &CALL_BUCKETS,
         )?
         .install_recorder()?)
@@ -145,7 +155,7 @@ pub async fn timed<T>(
     call: impl std::future::Future<Output = Result<T, custos_adapter_core::BackendError>>,
 ) -> Result<T, custos_adapter_core::BackendError> {
     let start = std::time::Instant::now();
-    let r = call.await;
+    let r = custos_adapter_core::observe::scope(backend, operation, call).await;
     let outcome = match &r {
         Ok(_) => "ok",
         Err(e) => kind_label(e.kind),
@@ -171,6 +181,11 @@ fn kind_label(k: custos_adapter_core::ErrorKind) -> &'static str {
         K::Unsupported => "unsupported",
         K::OutcomeUnknown => "outcome_unknown",
     }
+}
+
+/// A reload of the listener's TLS files: `ok` or `error`.
+pub fn tls_reload(ok: bool) {
+    counter!("custos_tls_reloads_total", "outcome" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 pub fn store_size(bytes: u64) {

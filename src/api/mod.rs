@@ -71,7 +71,6 @@ pub fn router(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> anyhow::Result<tonic::transport::server::Router> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -81,11 +80,7 @@ pub fn router(
     let v1 = reflection().build_v1()?;
     let v1alpha = reflection().build_v1alpha()?;
     let svc = BackupServiceServer::with_interceptor(svc, move |req| auth.check(req));
-    let mut server = tonic::transport::Server::builder();
-    if let Some(t) = tls {
-        server = server.tls_config(t)?;
-    }
-    Ok(server
+    Ok(tonic::transport::Server::builder()
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)

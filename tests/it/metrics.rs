@@ -113,5 +113,47 @@ async fn metrics_count_what_happened() {
         "{text}"
     );
     assert!(sample(&text, "custos_store_size_bytes", &[]).is_some_and(|b| b > 0.0));
+    // The HTTP under the calls: every request the simulator received, by
+    // status; the submits answered 202; the token fetches.
+    let sum = |name: &str, want: &[(&str, &str)]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| {
+                want.iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let counters = sim.counters();
+    assert_eq!(
+        sum("custos_backend_http_requests_total", &[("backend", "cf")]),
+        counters.requests as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sum(
+            "custos_backend_http_requests_total",
+            &[("operation", "submit"), ("status", "202")]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum(
+            "custos_backend_http_request_duration_seconds_count",
+            &[("backend", "cf")]
+        ),
+        counters.requests as f64
+    );
+    assert_eq!(
+        sum(
+            "custos_backend_token_refreshes_total",
+            &[("backend", "cf"), ("outcome", "ok")]
+        ),
+        counters.token_grants as f64,
+        "{text}"
+    );
+    assert!(counters.token_grants >= 1);
     drop(watch);
 }

@@ -7,6 +7,7 @@
 //! daemon.
 
 pub mod adapter;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod wire;
 

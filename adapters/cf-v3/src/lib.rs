@@ -2,6 +2,7 @@
 //! extension): the adapter ([`CfV3`]) and a simulator of the API ([`sim`]).
 
 mod adapter;
+#[cfg(feature = "sim")]
 pub mod sim;
 mod wire;
 

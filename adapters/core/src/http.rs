@@ -57,11 +57,16 @@ pub async fn send_capped(
     idempotent: bool,
     limit: usize,
 ) -> Result<Reply, BackendError> {
-    let mut resp = req
-        .send()
-        .await
-        .map_err(|e| transport_error(&e, what, idempotent))?;
+    let start = std::time::Instant::now();
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            crate::observe::http_request(None, start.elapsed());
+            return Err(transport_error(&e, what, idempotent));
+        }
+    };
     let status = resp.status();
+    crate::observe::http_request(Some(status.as_u16()), start.elapsed());
     let headers = resp.headers().clone();
     let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
     if resp.content_length().is_some_and(|n| n > limit_u64) {

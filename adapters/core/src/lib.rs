@@ -21,6 +21,7 @@ pub mod backoff;
 pub mod conformance;
 pub mod error;
 pub mod http;
+pub mod observe;
 mod secret;
 #[cfg(feature = "sim")]
 pub mod sim;

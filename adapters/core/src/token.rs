@@ -67,7 +67,9 @@ impl TokenCache {
         {
             return Ok(c.value.clone());
         }
-        let token = fetch().await?;
+        let token = fetch().await;
+        crate::observe::token_refresh(token.is_ok());
+        let token = token?;
         // 80 % of the lifetime, in integer arithmetic; a lifetime so long
         // that the instant overflows is one that never needs a refresh.
         let refresh_at = token

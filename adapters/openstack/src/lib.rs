@@ -9,6 +9,7 @@
 
 pub mod keystone;
 pub mod service;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use keystone::{Credentials, Keystone, KeystoneAuth};

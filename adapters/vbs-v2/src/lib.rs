@@ -8,7 +8,9 @@
 //! daemon.
 
 pub mod adapter;
+#[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
 mod sim_config;
 pub mod wire;
 
