@@ -152,3 +152,61 @@ async fn sigterm_stops_gracefully_and_jobs_resume() {
     );
     assert_eq!(sim.counters().backup_submits, 1);
 }
+
+/// A Kubernetes-style gRPC probe watching health sees the drain: both the
+/// overall service (`""`) and `custos.v1.BackupService` turn NOT_SERVING on
+/// SIGTERM, and the daemon still exits cleanly within `shutdown_timeout`
+/// although the probes keep their streams open.
+#[tokio::test]
+async fn health_turns_not_serving_during_the_drain() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let sim = sim(SimConfig::default(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The harness's config has shutdown_timeout = "2s".
+    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(ch);
+    let mut probes = Vec::new();
+    for service in ["", "custos.v1.BackupService"] {
+        let mut s = h
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = s.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        probes.push((service, s));
+    }
+    let started = std::time::Instant::now();
+    let pid = d.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (service, s) in &mut probes {
+        let next = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .unwrap_or_else(|_| panic!("{service:?}: no health change during the drain"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status(), ServingStatus::NotServing, "{service:?}");
+    }
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", d.logs());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "exited within shutdown_timeout (and some slack): {:?}",
+        started.elapsed()
+    );
+}
