@@ -1,4 +1,5 @@
-//! Resource names (`backends/{backend}/serviceInstances/{guid}`, `jobs/{uuid}`)
+//! Resource names (`backends/{backend}/serviceInstances/{guid}`, its
+//! backups `…/backups/{backup}`, `jobs/{uuid}`)
 //! parsed into parts, with the reason when they are malformed.
 
 use custos_adapter_core::{Resource, ResourceKind};
@@ -85,6 +86,39 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     })
 }
 
+/// Parses a backup's name, `backends/{backend}/{collection}/{id}/backups/{backup}`,
+/// into its target and the backend's backup id.
+pub fn parse_backup_name(s: &str) -> Result<(Target, String), String> {
+    if s.is_empty() {
+        return Err(
+            "required; a name like backends/{backend}/serviceInstances/{guid}/backups/{backup}"
+                .into(),
+        );
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err(format!("longer than {MAX_NAME_LEN} characters"));
+    }
+    let Some((target, backup)) = s.rsplit_once("/backups/") else {
+        return Err(format!(
+            "{:?} is not of the form backends/{{backend}}/{{collection}}/{{id}}/backups/{{backup}}",
+            truncate(s)
+        ));
+    };
+    let t = parse_target(target)?;
+    if !valid_id(backup) {
+        return Err(format!(
+            "backup id {:?} must be 1-{MAX_ID_LEN} letters, digits or -._~",
+            truncate(backup)
+        ));
+    }
+    Ok((t, backup.to_string()))
+}
+
+/// A backup's resource name.
+pub fn backup_name(target: &str, backup_id: &str) -> String {
+    format!("{target}/backups/{backup_id}")
+}
+
 /// GUIDs (CF service instances, OpenStack servers and volumes) are case
 /// insensitive: a hyphenated UUID is lower-cased, so that two spellings of
 /// one target are one target (one job at a time). Other ids are kept as
@@ -140,6 +174,31 @@ pub fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_names() {
+        let (t, b) = parse_backup_name(
+            "backends/cf/serviceInstances/ABCDEF01-0000-4000-8000-000000000001/backups/b-1",
+        )
+        .unwrap();
+        assert_eq!(t.backend, "cf");
+        assert_eq!(t.resource.id, "abcdef01-0000-4000-8000-000000000001");
+        assert_eq!(b, "b-1");
+        assert_eq!(
+            backup_name(&t.name(), &b),
+            "backends/cf/serviceInstances/abcdef01-0000-4000-8000-000000000001/backups/b-1"
+        );
+        for bad in [
+            "",
+            "backends/cf/serviceInstances/x",
+            "backends/cf/serviceInstances/x/backups/",
+            "backends/cf/serviceInstances/x/backups/a/b",
+            "backends/cf/things/x/backups/b",
+            "backends/cf/serviceInstances/x/backups/b c",
+        ] {
+            assert!(parse_backup_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn targets() {

@@ -56,6 +56,7 @@ pub fn capabilities(c: Capabilities) -> pb::Capabilities {
 
 pub fn backup(b: BackupInfo, target: &str) -> pb::Backup {
     pb::Backup {
+        name: crate::names::backup_name(target, &b.id),
         id: b.id,
         target: target.to_string(),
         create_time: b.created_at.map(timestamp),

@@ -111,6 +111,13 @@ impl Service {
     /// kind of resource; returns the backend with it.
     fn target(&self, field: &str, s: &str) -> Result<(Target, &BackendEntry), ApiError> {
         let t = names::parse_target(s).map_err(|e| ApiError::field(field, e))?;
+        let entry = self.entry(field, &t)?;
+        Ok((t, entry))
+    }
+
+    /// The configured backend of `t`, which must have `t`'s kind of
+    /// resource; else the error names `field`.
+    fn entry(&self, field: &str, t: &Target) -> Result<&BackendEntry, ApiError> {
         let Some(entry) = self.engine.backend(&t.backend) else {
             return Err(ApiError::NotFound(format!(
                 "backend {:?} is not configured (ListBackends shows the configured ones)",
@@ -131,7 +138,7 @@ impl Service {
                 ),
             ));
         }
-        Ok((t, entry))
+        Ok(entry)
     }
 
     /// Creates a job for `caller` and writes the audit line.
@@ -291,12 +298,53 @@ impl BackupService for Service {
         }))
     }
 
+    async fn get_backup(
+        &self,
+        req: Request<pb::GetBackupRequest>,
+    ) -> Result<Response<pb::Backup>, Status> {
+        require(&req, Role::Reader)?;
+        let r = req.into_inner();
+        let (t, backup_id) =
+            names::parse_backup_name(&r.name).map_err(|e| ApiError::field("name", e))?;
+        let entry = self.entry("name", &t)?;
+        capability(entry, "list backups", |c| c.list_backups)?;
+        let name = t.name();
+        match self
+            .engine
+            .get_backup(entry, &t.resource, &backup_id)
+            .await
+            .map_err(ApiError::Backend)?
+        {
+            Some(b) => Ok(Response::new(convert::backup(b, &name))),
+            None => Err(ApiError::NotFound(format!(
+                "{} not found",
+                names::backup_name(&name, &backup_id)
+            ))
+            .into()),
+        }
+    }
+
     async fn delete_backup(
         &self,
         req: Request<pb::DeleteBackupRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let caller = require(&req, Role::Operator)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        // `name` stands for `target` and `backup_id`.
+        if !r.name.is_empty() {
+            let (t, id) =
+                names::parse_backup_name(&r.name).map_err(|e| ApiError::field("name", e))?;
+            let same = |given: &str, from_name: &str| given.is_empty() || given == from_name;
+            if !same(&names::normalise_target(&r.target), &t.name()) || !same(&r.backup_id, &id) {
+                return Err(ApiError::field(
+                    "name",
+                    "names another backup than target and backup_id; give one or the other",
+                )
+                .into());
+            }
+            r.target = t.name();
+            r.backup_id = id;
+        }
         let (t, entry) = self.target("target", &r.target)?;
         let mut v: Vec<FieldViolation> = Vec::new();
         validate::required_id("backup_id", &r.backup_id, &mut v);

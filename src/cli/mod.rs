@@ -138,6 +138,8 @@ pub enum BackupCmd {
         #[arg(long)]
         limit: Option<i32>,
     },
+    /// One backup, by its name (`TARGET/backups/ID`, as `backup list -o json` shows).
+    Get { name: String },
     Delete {
         target: String,
         backup_id: String,
@@ -506,6 +508,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     target,
                     backup_id,
                     request_id: request_id.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -514,6 +517,30 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 return Ok(finish(wait_job(&mut c, &j.name, out).await?));
             }
             print_job(&j, out);
+            Ok(0)
+        }
+        Command::Backup(BackupCmd::Get { name }) => {
+            let b = c
+                .get_backup(pb::GetBackupRequest { name })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({"name": b.name, "id": b.id, "target": b.target, "create_time": ts(&b.create_time), "state": b.state})
+                ),
+                Output::Table => {
+                    println!("name:     {}", b.name);
+                    println!("id:       {}", b.id);
+                    println!("target:   {}", b.target);
+                    println!("created:  {}", ts(&b.create_time).as_str().unwrap_or("-"));
+                    println!(
+                        "state:    {}",
+                        if b.state.is_empty() { "-" } else { &b.state }
+                    );
+                }
+            }
             Ok(0)
         }
         Command::Restore(a) => {

@@ -25,7 +25,8 @@ use std::{
 
 use chrono::Utc;
 use custos_adapter_core::{
-    Backend, BackendError, BackupPage, FieldViolation, Operation, Resource, backoff::Backoff,
+    Backend, BackendError, BackupInfo, BackupPage, FieldViolation, Operation, Resource,
+    backoff::Backoff,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -244,6 +245,22 @@ impl Engine {
             &entry.name,
             "list_backups",
             entry.backend.list_backups(resource, page_size, page_token),
+        )
+        .await
+    }
+
+    /// One backup of `resource` (a synchronous call to the backend).
+    pub async fn get_backup(
+        &self,
+        entry: &BackendEntry,
+        resource: &Resource,
+        backup_id: &str,
+    ) -> Result<Option<BackupInfo>, BackendError> {
+        let _p = self.permits(entry).await;
+        crate::telemetry::timed(
+            &entry.name,
+            "get_backup",
+            entry.backend.get_backup(resource, backup_id),
         )
         .await
     }

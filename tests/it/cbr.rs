@@ -165,6 +165,32 @@ async fn backup_create_list_and_delete() {
         listed.backups.iter().any(|b| b.id == j.backup_id),
         "{listed:?}"
     );
+    // GetBackup by the name ListBackups gave; another id is NOT_FOUND.
+    let listed_one = listed
+        .backups
+        .iter()
+        .find(|b| b.id == j.backup_id)
+        .unwrap()
+        .clone();
+    let got = c
+        .get_backup(pb::GetBackupRequest {
+            name: listed_one.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, listed_one);
+    assert_eq!(
+        got.name,
+        format!("{}/backups/{}", server(&ids), j.backup_id)
+    );
+    let e = c
+        .get_backup(pb::GetBackupRequest {
+            name: format!("{}/backups/{}", server(&ids), uuid::Uuid::new_v4()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     let del = c
         .delete_backup(pb::DeleteBackupRequest {
             target: server(&ids),

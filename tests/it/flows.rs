@@ -51,6 +51,37 @@ async fn backup_list_and_restore_in_every_form() {
         .into_inner();
     assert!(list.backups.iter().any(|b| b.id == done.backup_id));
     assert_eq!(list.backups[0].id, done.backup_id, "newest first");
+    // GetBackup by the name ListBackups gives (CF has no GET of one
+    // backup: the adapter looks through the list), and through the CLI.
+    let name = format!("{}/backups/{}", target(0), done.backup_id);
+    assert_eq!(list.backups[0].name, name);
+    let got = c
+        .get_backup(pb::GetBackupRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, list.backups[0]);
+    let e = c
+        .get_backup(pb::GetBackupRequest {
+            name: format!("{}/backups/no-such-backup", target(0)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let endpoint = format!("http://{}", d.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_custos"))
+            .args(["backup", "get", &name, "-o", "json"])
+            .env("CUSTOS_ENDPOINT", endpoint)
+            .env("CUSTOS_TOKEN", OP_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], done.backup_id.as_str());
 
     // Restore from that backup.
     let mut r = restore_req(0);

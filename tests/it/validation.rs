@@ -119,16 +119,34 @@ async fn bad_input_names_the_field() {
         .delete_backup(pb::DeleteBackupRequest {
             target: target(0),
             backup_id: String::new(),
-            request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(violations(&e), vec!["backup_id"]);
+    // A backup's name that says another backup than target and backup_id.
     let e = c
         .delete_backup(pb::DeleteBackupRequest {
             target: target(0),
             backup_id: "seed-0".into(),
-            request_id: String::new(),
+            name: format!("{}/backups/seed-1", target(0)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["name"]);
+    for bad in ["backends/cf/serviceInstances", "jobs/x"] {
+        let e = c
+            .get_backup(pb::GetBackupRequest { name: bad.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(violations(&e), vec!["name"], "{bad}");
+    }
+    let e = c
+        .delete_backup(pb::DeleteBackupRequest {
+            target: target(0),
+            backup_id: "seed-0".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -188,6 +188,33 @@ async fn backups_are_made_listed_across_pages_and_deleted() {
     assert_eq!(seen.len(), 7, "{seen:?}");
     assert!(seen.contains(&full.backup_id) && seen.contains(&inc.backup_id));
 
+    // GetBackup by name: the incremental one; not under another volume;
+    // not an id VBS does not have.
+    let name = format!("{}/backups/{}", vol(&ids.volume_id), inc.backup_id);
+    let b = c
+        .get_backup(pb::GetBackupRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (b.name.as_str(), b.id.as_str()),
+        (name.as_str(), inc.backup_id.as_str())
+    );
+    assert_eq!(b.state, "available");
+    assert!(b.create_time.is_some());
+    for other in [
+        format!("{}/backups/{}", vol(&ids.small_volume_id), inc.backup_id),
+        format!("{}/backups/{}", vol(&ids.volume_id), uuid::Uuid::new_v4()),
+    ] {
+        let e = c
+            .get_backup(pb::GetBackupRequest {
+                name: other.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{other}: {e:?}");
+    }
+
     let del = |id: &str| pb::DeleteBackupRequest {
         target: vol(&ids.volume_id),
         backup_id: id.into(),
@@ -207,7 +234,12 @@ async fn backups_are_made_listed_across_pages_and_deleted() {
         j.message
     );
     for id in [&inc.backup_id, &full.backup_id] {
-        let j = c.delete_backup(del(id)).await.unwrap().into_inner();
+        // By the backup's name (the other way to say target and id).
+        let by_name = pb::DeleteBackupRequest {
+            name: format!("{}/backups/{id}", vol(&ids.volume_id)),
+            ..Default::default()
+        };
+        let j = c.delete_backup(by_name).await.unwrap().into_inner();
         let j = wait_done(&mut c, &j.name, T).await;
         assert_eq!(state(&j), "SUCCEEDED", "{}", j.message);
         assert!(vbs.backup(id).is_none());

@@ -652,6 +652,26 @@ impl Backend for CbrV3 {
         v
     }
 
+    async fn get_backup(
+        &self,
+        resource: &Resource,
+        backup_id: &str,
+    ) -> Result<Option<BackupInfo>, BackendError> {
+        if !valid_id(backup_id) {
+            return Ok(None);
+        }
+        match self.backup(backup_id).await {
+            Ok(b) if b.resource_id == resource.id => Ok(Some(BackupInfo {
+                created_at: parse_time(&b.created_at),
+                id: b.id,
+                state: b.status,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn list_backups(
         &self,
         resource: &Resource,

@@ -217,6 +217,9 @@ pub enum Reconciled {
     Unknown(String),
 }
 
+/// The most pages of backups the default [`Backend::get_backup`] reads.
+pub const GET_BACKUP_MAX_PAGES: usize = 20;
+
 /// A backup as a backend lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupInfo {
@@ -325,6 +328,32 @@ pub trait Backend: Send + Sync + 'static {
         page_size: Option<u32>,
         page_token: &str,
     ) -> Result<BackupPage, BackendError>;
+
+    /// One backup of `resource`; `None` when the resource has no backup
+    /// with this id (including one that exists but belongs to another
+    /// resource). The default looks through [`Backend::list_backups`], up
+    /// to [`GET_BACKUP_MAX_PAGES`] pages; backends that can read a single
+    /// backup override it.
+    async fn get_backup(
+        &self,
+        resource: &Resource,
+        backup_id: &str,
+    ) -> Result<Option<BackupInfo>, BackendError> {
+        let mut token = String::new();
+        for _ in 0..GET_BACKUP_MAX_PAGES {
+            let page = self.list_backups(resource, Some(1000), &token).await?;
+            if let Some(b) = page.backups.into_iter().find(|b| b.id == backup_id) {
+                return Ok(Some(b));
+            }
+            if page.next_page_token.is_empty() || page.next_page_token == token {
+                return Ok(None);
+            }
+            token = page.next_page_token;
+        }
+        Err(BackendError::permanent(format!(
+            "backup {backup_id:?} not among the first {GET_BACKUP_MAX_PAGES} pages of backups; list them instead"
+        )))
+    }
 
     /// Preflight with the backend (target and backup exist, ...) without
     /// changing anything. Returns a description of what would run.
