@@ -130,6 +130,51 @@ pub struct JobRecord {
     /// Who asked for it: a client token's name, or `schedules/{id}`.
     #[serde(default)]
     pub created_by: Option<String>,
+    /// What happened to the job, oldest first: its creation, every change
+    /// of state or phase, every retry; at most [`MAX_EVENTS`] (the first
+    /// and the newest are kept).
+    #[serde(default)]
+    pub events: Vec<JobEvent>,
+}
+
+/// The most events a job keeps.
+pub const MAX_EVENTS: usize = 32;
+/// An event's message is cut after this many characters.
+const MAX_EVENT_MESSAGE: usize = 512;
+
+/// One entry of a job's history (short keys: every record carries these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    #[serde(rename = "t")]
+    pub time: DateTime<Utc>,
+    #[serde(rename = "s")]
+    pub state: JobState,
+    #[serde(rename = "p")]
+    pub phase: Phase,
+    #[serde(rename = "m")]
+    pub message: String,
+}
+
+impl JobRecord {
+    /// Adds an event for the job as it is now, at `time`; past
+    /// [`MAX_EVENTS`] the oldest after the first is dropped.
+    pub fn record_event(&mut self, time: DateTime<Utc>) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.remove(1);
+        }
+        self.events.push(JobEvent {
+            time,
+            state: self.state,
+            phase: self.phase,
+            message: if self.message.chars().count() > MAX_EVENT_MESSAGE {
+                let mut m: String = self.message.chars().take(MAX_EVENT_MESSAGE).collect();
+                m.push('…');
+                m
+            } else {
+                self.message.clone()
+            },
+        });
+    }
 }
 
 impl JobRecord {
@@ -140,7 +185,7 @@ impl JobRecord {
         op: Operation,
         labels: BTreeMap<String, String>,
     ) -> JobRecord {
-        JobRecord {
+        let mut rec = JobRecord {
             v: RECORD_VERSION,
             id: Uuid::now_v7(),
             kind,
@@ -164,7 +209,10 @@ impl JobRecord {
             labels,
             next_attempt_time: None,
             created_by: None,
-        }
+            events: Vec::new(),
+        };
+        rec.record_event(rec.create_time);
+        rec
     }
 }
 

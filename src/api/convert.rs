@@ -130,5 +130,25 @@ pub fn job(j: &JobRecord) -> pb::Job {
         next_attempt_time: j.next_attempt_time.map(timestamp),
         validate_only: false,
         created_by: j.created_by.clone().unwrap_or_default(),
+        events: j
+            .events
+            .iter()
+            .map(|e| pb::JobEvent {
+                time: Some(timestamp(e.time)),
+                state: state(e.state) as i32,
+                phase: phase(e.phase).into(),
+                message: e.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn phase(p: crate::job::Phase) -> &'static str {
+    use crate::job::Phase;
+    match p {
+        Phase::Queued => "queued",
+        Phase::Submitting => "submitting",
+        Phase::Polling => "polling",
+        Phase::Done => "done",
     }
 }

@@ -10,6 +10,7 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
 use crate::api::pb::{self, backup_service_client::BackupServiceClient};
 
+mod describe;
 mod schedule;
 pub use schedule::ScheduleCmd;
 
@@ -181,6 +182,11 @@ pub struct RestoreArgs {
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
     Get {
+        job: String,
+    },
+    /// Everything about a job: its fields, restore parameters, the error
+    /// with the backend's own words, and its history of events.
+    Describe {
         job: String,
     },
     Watch {
@@ -597,6 +603,20 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 .map_err(status_err)?
                 .into_inner();
             print_job(&j, out);
+            Ok(0)
+        }
+        Command::Job(JobCmd::Describe { job }) => {
+            let j = c
+                .get_job(pb::GetJobRequest {
+                    name: job_name(&job),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => print_job(&j, out),
+                Output::Table => print!("{}", describe::describe(&j, chrono::Utc::now())),
+            }
             Ok(0)
         }
         Command::Job(JobCmd::Watch { job }) => {

@@ -605,6 +605,13 @@ impl Engine {
             if !change(&mut l.rec) {
                 return Ok(None);
             }
+            // The history: changes of state or phase, and retries.
+            if l.rec.state != before.state
+                || l.rec.phase != before.phase
+                || l.rec.attempts > before.attempts
+            {
+                l.rec.record_event(Utc::now());
+            }
             // Written under the lock so that store order = change order.
             if let Err(e) = self.store.put_job(&l.rec) {
                 l.rec = before;

@@ -8,6 +8,7 @@ mod auth_and_config;
 mod cbr;
 mod contract;
 mod crash;
+mod describe;
 mod dev_mode;
 mod engine;
 mod errors;
