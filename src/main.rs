@@ -70,7 +70,8 @@ async fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("custos: {e:#}");
-            ExitCode::from(2)
+            // An RPC's code chooses (`cli::exit`); anything else is 2.
+            ExitCode::from(cli::exit::for_error(&e).clamp(1, 255) as u8)
         }
     }
 }

@@ -11,14 +11,19 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use crate::api::pb::{self, backup_service_client::BackupServiceClient};
 
 mod describe;
+pub mod exit;
+mod follow;
+mod pages;
 mod schedule;
+use pages::{Pages, Paging};
 pub use schedule::ScheduleCmd;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "custos",
     version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CUSTOS_GIT_COMMIT"), ")"),
-    about = "Multi-cloud backup orchestrator"
+    about = "Multi-cloud backup orchestrator",
+    after_help = exit::HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -53,6 +58,11 @@ pub struct ClientOpts {
     /// The client certificate's key.
     #[arg(long, global = true, env = "CUSTOS_KEY_FILE", requires = "cert_file")]
     pub key_file: Option<PathBuf>,
+    /// With --wait and `job watch`: how long to keep trying to reach the
+    /// daemon after losing it (a restart, a dropped stream) before giving
+    /// up with exit 5; the job itself goes on.
+    #[arg(long, global = true, value_parser = crate::config::parse_duration, default_value = "5m")]
+    pub reconnect_timeout: Duration,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,9 +131,10 @@ pub enum ConfigCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum BackupCmd {
+    /// Starts a backup of TARGET.
     Create {
         target: String,
-        #[arg(long)]
+        #[arg(long, help = REQUEST_ID_HELP)]
         request_id: Option<String>,
         /// key=value, repeatable.
         #[arg(long = "label")]
@@ -131,25 +142,38 @@ pub enum BackupCmd {
         /// Only what changed since the target's last backup (vbs_v2).
         #[arg(long)]
         incremental: bool,
-        #[arg(long)]
+        #[arg(long, help = WAIT_HELP)]
         wait: bool,
     },
+    /// Lists TARGET's backups (first page unless --all or --limit).
     List {
         target: String,
-        #[arg(long)]
-        limit: Option<i32>,
+        #[command(flatten)]
+        paging: Paging,
     },
     /// One backup, by its name (`TARGET/backups/ID`, as `backup list -o json` shows).
     Get { name: String },
+    /// Deletes a backup; asks first on a terminal, else needs --yes.
     Delete {
         target: String,
         backup_id: String,
-        #[arg(long)]
+        #[arg(long, help = REQUEST_ID_HELP)]
         request_id: Option<String>,
-        #[arg(long)]
+        #[arg(long, help = WAIT_HELP)]
         wait: bool,
+        /// Delete without asking (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
+
+const REQUEST_ID_HELP: &str = "Idempotency key (default: a fresh UUID). Printed first as `request_id: ID` \
+(on stderr with -o json, so stdout stays parseable); running the same command again with \
+--request-id ID answers the first job and never starts a second one";
+
+const WAIT_HELP: &str = "Print the job's name (`job: NAME`; on stderr with -o json), then follow \
+it to its end, reconnecting across daemon restarts (see --reconnect-timeout); Ctrl-C stops \
+watching, not the job. Exit code by outcome (see custos --help)";
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -173,9 +197,9 @@ pub struct RestoreArgs {
     pub resource_id: Option<String>,
     #[arg(long)]
     pub validate_only: bool,
-    #[arg(long)]
+    #[arg(long, help = REQUEST_ID_HELP)]
     pub request_id: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = WAIT_HELP)]
     pub wait: bool,
 }
 
@@ -189,12 +213,15 @@ pub enum JobCmd {
     Describe {
         job: String,
     },
+    /// Follows a job to its end (reconnecting like --wait); exit code by
+    /// outcome.
     Watch {
         job: String,
     },
     Cancel {
         job: String,
     },
+    /// Lists jobs, newest first (first page unless --all or --limit).
     List {
         #[arg(long)]
         state: Option<String>,
@@ -205,14 +232,14 @@ pub enum JobCmd {
         /// Jobs a schedule made (`schedules/{id}` or the id).
         #[arg(long)]
         schedule: Option<String>,
-        #[arg(long)]
-        limit: Option<i32>,
+        #[command(flatten)]
+        paging: Paging,
     },
 }
 
 /// The interceptor that adds the bearer token.
 type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
-type Client =
+pub(crate) type Client =
     BackupServiceClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
 /// TLS for an https:// endpoint: `--ca-file` or the system's roots, and
@@ -232,7 +259,7 @@ fn client_tls(opts: &ClientOpts) -> anyhow::Result<tonic::transport::ClientTlsCo
     Ok(tls)
 }
 
-async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     let mut endpoint = Channel::from_shared(opts.endpoint.clone())
         .with_context(|| format!("bad endpoint {:?}", opts.endpoint))?
         .connect_timeout(Duration::from_secs(5));
@@ -264,15 +291,65 @@ async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     Ok(BackupServiceClient::with_interceptor(channel, intercept))
 }
 
+/// A failed RPC as an error that keeps its code (for the exit code).
 fn status_err(s: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
-    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    let mut message = s.message().to_string();
     if let Some(br) = s.get_details_bad_request() {
         for v in br.field_violations {
-            msg.push_str(&format!("\n  {}: {}", v.field, v.description));
+            message.push_str(&format!("\n  {}: {}", v.field, v.description));
         }
     }
-    anyhow::anyhow!(msg)
+    anyhow::Error::new(exit::RpcError {
+        code: s.code(),
+        message,
+    })
+}
+
+/// A line about the command itself (the request id, the job being
+/// waited for): on stdout with the table output, on stderr otherwise so
+/// that stdout stays one parseable document.
+fn note(out: Output, line: &str) {
+    if out == Output::Table {
+        println!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// The request id to send: the one given, else a fresh UUID v4; printed
+/// before the request is sent, so that a request whose answer is lost
+/// can be retried with it.
+fn request_id_for(given: Option<String>, out: Output) -> String {
+    let id = given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    note(out, &format!("request_id: {id}"));
+    id
+}
+
+/// Asks before a destructive command: `--yes`, or "y" on a terminal.
+/// Without a terminal to ask on, refuses (a script must say `--yes`).
+fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(exit::Usage(format!(
+            "{question}: not confirmed, nothing was done; stdin is not a terminal to ask on, \
+             so pass --yes to confirm"
+        ))
+        .into());
+    }
+    eprint!("{question}? [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if matches!(answer.trim().to_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(exit::Usage("not confirmed; nothing was done".into()).into())
+    }
 }
 
 fn job_name(s: &str) -> String {
@@ -366,50 +443,86 @@ fn print_job(j: &pb::Job, out: Output) {
     }
 }
 
-/// Follows a job to its end; returns whether it succeeded.
-async fn wait_job(client: &mut Client, name: &str, out: Output) -> anyhow::Result<bool> {
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            name: name.to_string(),
-        })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+/// Follows a job to its end (across daemon restarts, see `follow`),
+/// prints it, and returns the exit code of its outcome.
+async fn wait_job(
+    client: Client,
+    opts: &ClientOpts,
+    name: &str,
+    out: Output,
+) -> anyhow::Result<i32> {
     let tty = std::io::stderr().is_terminal() && out == Output::Table;
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    let mut last: Option<pb::Job> = None;
-    while let Some(j) = stream.message().await.map_err(status_err)? {
-        match &bar {
-            Some(b) => b.set_message(format!("{} {}", state_name(j.state), j.message)),
-            None if out == Output::Table => {
-                eprintln!("{} {}", state_name(j.state), j.message)
-            }
-            None => {}
+    let followed = follow::follow(opts, client, name, opts.reconnect_timeout, |j| match &bar {
+        Some(b) => b.set_message(format!("{} {}", state_name(j.state), j.message)),
+        None if out == Output::Table => {
+            eprintln!("{} {}", state_name(j.state), j.message)
         }
-        last = Some(j);
-    }
+        None => {}
+    })
+    .await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let Some(j) = last else {
-        bail!("the watch ended without a job");
-    };
-    print_job(&j, out);
-    Ok(j.state == pb::job::State::Succeeded as i32)
+    match followed? {
+        follow::Followed::Ended(j) => {
+            print_job(&j, out);
+            Ok(exit::for_job(&j))
+        }
+        follow::Followed::Lost { last, error } => {
+            let state = last
+                .as_ref()
+                .map(|j| format!(" (last seen {} {})", state_name(j.state), j.message))
+                .unwrap_or_default();
+            eprintln!(
+                "custos: gave up after {} without reaching the daemon ({error}); \
+                 the outcome of {name}{state} is unknown here; look again with: custos job watch {name}",
+                humantime::format_duration(opts.reconnect_timeout)
+            );
+            Ok(exit::OUTCOME_UNKNOWN)
+        }
+        follow::Followed::Interrupted => {
+            eprintln!(
+                "custos: stopped watching; {name} goes on. Watch it again with: custos job watch {name}"
+            );
+            Ok(exit::INTERRUPTED)
+        }
+    }
 }
 
-/// The exit code of a waited-for job: 0 if it succeeded.
-fn finish(ok: bool) -> i32 {
-    if ok { 0 } else { 1 }
+/// After a mutating call answered with a job: with `--wait`, names the
+/// job first and follows it; else prints it.
+async fn created(c: Client, opts: &ClientOpts, j: pb::Job, wait: bool) -> anyhow::Result<i32> {
+    let out = opts.output;
+    if wait && !j.validate_only {
+        note(out, &format!("job: {}", j.name));
+        return wait_job(c, opts, &j.name, out).await;
+    }
+    print_job(&j, out);
+    Ok(exit::OK)
 }
 
 /// Runs a client command; returns the process exit code.
 pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
     let out = opts.output;
+    // Destructive commands are confirmed before anything is sent.
+    match &cmd {
+        Command::Backup(BackupCmd::Delete {
+            target,
+            backup_id,
+            yes,
+            ..
+        }) => confirm(&format!("delete backup {backup_id} of {target}"), *yes)?,
+        Command::Schedule(ScheduleCmd::Delete { name, yes }) => confirm(
+            &format!("delete schedule {}", schedule::schedule_name(name)),
+            *yes,
+        )?,
+        _ => {}
+    }
     let mut c = connect(&opts).await?;
     match cmd {
         Command::Backends => {
@@ -462,33 +575,33 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             let j = c
                 .create_backup(pb::CreateBackupRequest {
                     target,
-                    request_id: request_id.unwrap_or_default(),
+                    request_id: request_id_for(request_id, out),
                     labels: map,
                     incremental,
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if wait {
-                return Ok(finish(wait_job(&mut c, &j.name, out).await?));
-            }
-            print_job(&j, out);
-            Ok(0)
+            created(c, &opts, j, wait).await
         }
-        Command::Backup(BackupCmd::List { target, limit }) => {
-            let r = c
-                .list_backups(pb::ListBackupsRequest {
-                    target,
-                    page_size: limit.unwrap_or(0),
-                    page_token: String::new(),
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+        Command::Backup(BackupCmd::List { target, paging }) => {
+            let mut pages = Pages::new(paging);
+            let mut backups = Vec::new();
+            while let Some((page_size, page_token)) = pages.next_request() {
+                let r = c
+                    .list_backups(pb::ListBackupsRequest {
+                        target: target.clone(),
+                        page_size,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                pages.add(r.backups, r.next_page_token, &mut backups)?;
+            }
             match out {
                 Output::Json => {
-                    let v: Vec<Value> = r
-                        .backups
+                    let v: Vec<Value> = backups
                         .iter()
                         .map(|b| json!({"id": b.id, "target": b.target, "create_time": ts(&b.create_time), "state": b.state}))
                         .collect();
@@ -496,10 +609,13 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 }
                 Output::Table => {
                     println!("{:<40}CREATED", "ID");
-                    for b in r.backups {
+                    for b in backups {
                         println!("{:<40}{}", b.id, ts(&b.create_time).as_str().unwrap_or("-"));
                     }
                 }
+            }
+            if pages.more() {
+                eprintln!("{}", pages.hint("backups"));
             }
             Ok(0)
         }
@@ -508,22 +624,19 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             backup_id,
             request_id,
             wait,
+            yes: _,
         }) => {
             let j = c
                 .delete_backup(pb::DeleteBackupRequest {
                     target,
                     backup_id,
-                    request_id: request_id.unwrap_or_default(),
+                    request_id: request_id_for(request_id, out),
                     ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if wait {
-                return Ok(finish(wait_job(&mut c, &j.name, out).await?));
-            }
-            print_job(&j, out);
-            Ok(0)
+            created(c, &opts, j, wait).await
         }
         Command::Backup(BackupCmd::Get { name }) => {
             let b = c
@@ -581,18 +694,19 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     mappings,
                     power_on: a.no_power_on.then_some(false),
                     resource_id: a.resource_id.unwrap_or_default(),
-                    request_id: a.request_id.unwrap_or_default(),
+                    // A preflight creates no job: nothing to retry.
+                    request_id: if a.validate_only {
+                        a.request_id.unwrap_or_default()
+                    } else {
+                        request_id_for(a.request_id, out)
+                    },
                     validate_only: a.validate_only,
                     labels: Default::default(),
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if a.wait && !j.validate_only {
-                return Ok(finish(wait_job(&mut c, &j.name, out).await?));
-            }
-            print_job(&j, out);
-            Ok(0)
+            created(c, &opts, j, a.wait).await
         }
         Command::Job(JobCmd::Get { job }) => {
             let j = c
@@ -619,9 +733,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Job(JobCmd::Watch { job }) => {
-            Ok(finish(wait_job(&mut c, &job_name(&job), out).await?))
-        }
+        Command::Job(JobCmd::Watch { job }) => wait_job(c, &opts, &job_name(&job), out).await,
         Command::Job(JobCmd::Cancel { job }) => {
             let j = c
                 .cancel_job(pb::CancelJobRequest {
@@ -633,13 +745,13 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             print_job(&j, out);
             Ok(0)
         }
-        Command::Schedule(cmd) => schedule::run(&mut c, cmd, out).await,
+        Command::Schedule(cmd) => schedule::run(c, &opts, cmd).await,
         Command::Job(JobCmd::List {
             state,
             target,
             kind,
             schedule,
-            limit,
+            paging,
         }) => {
             let mut terms = Vec::new();
             if let Some(s) = schedule {
@@ -659,22 +771,28 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             if let Some(t) = target {
                 terms.push(format!("target=\"{t}\""));
             }
-            let r = c
-                .list_jobs(pb::ListJobsRequest {
-                    page_size: limit.unwrap_or(50),
-                    page_token: String::new(),
-                    filter: terms.join(" AND "),
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let filter = terms.join(" AND ");
+            let mut pages = Pages::new(paging);
+            let mut jobs = Vec::new();
+            while let Some((page_size, page_token)) = pages.next_request() {
+                let r = c
+                    .list_jobs(pb::ListJobsRequest {
+                        page_size,
+                        page_token,
+                        filter: filter.clone(),
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                pages.add(r.jobs, r.next_page_token, &mut jobs)?;
+            }
             match out {
                 Output::Json => {
-                    println!("{}", Value::Array(r.jobs.iter().map(job_json).collect()));
+                    println!("{}", Value::Array(jobs.iter().map(job_json).collect()));
                 }
                 Output::Table => {
                     println!("{:<43}{:<15}{:<11}TARGET", "NAME", "KIND", "STATE");
-                    for j in r.jobs {
+                    for j in jobs {
                         println!(
                             "{:<43}{:<15}{:<11}{}",
                             j.name,
@@ -686,6 +804,9 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                         );
                     }
                 }
+            }
+            if pages.more() {
+                eprintln!("{}", pages.hint("jobs"));
             }
             Ok(0)
         }

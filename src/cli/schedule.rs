@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use super::{Client, Output, finish, print_job, status_err, ts, wait_job};
+use super::{Client, ClientOpts, Output, Pages, Paging, created, status_err, ts};
 use crate::api::pb;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +69,10 @@ pub enum ScheduleCmd {
         #[command(flatten)]
         fields: ScheduleFields,
     },
+    /// Lists schedules (first page unless --all or --limit).
     List {
-        #[arg(long)]
-        limit: Option<i32>,
+        #[command(flatten)]
+        paging: Paging,
     },
     Get {
         name: String,
@@ -92,16 +93,20 @@ pub enum ScheduleCmd {
     /// Runs the schedule's backup now.
     Run {
         name: String,
-        #[arg(long)]
+        #[arg(long, help = super::WAIT_HELP)]
         wait: bool,
     },
-    /// Deletes the schedule (its jobs and backups stay).
+    /// Deletes the schedule (its jobs and backups stay); asks first on a
+    /// terminal, else needs --yes.
     Delete {
         name: String,
+        /// Delete without asking (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
-fn schedule_name(s: &str) -> String {
+pub(super) fn schedule_name(s: &str) -> String {
     if s.starts_with("schedules/") {
         s.to_string()
     } else {
@@ -256,7 +261,8 @@ fn print_schedule(s: &pb::Schedule, out: Output) {
     }
 }
 
-pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Result<i32> {
+pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::Result<i32> {
+    let out = opts.output;
     match cmd {
         ScheduleCmd::Create {
             id,
@@ -287,23 +293,28 @@ pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Resul
                 .into_inner();
             print_schedule(&s, out);
         }
-        ScheduleCmd::List { limit } => {
-            let r = c
-                .list_schedules(pb::ListSchedulesRequest {
-                    page_size: limit.unwrap_or(100),
-                    page_token: String::new(),
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+        ScheduleCmd::List { paging } => {
+            let mut pages = Pages::new(paging);
+            let mut schedules = Vec::new();
+            while let Some((page_size, page_token)) = pages.next_request() {
+                let r = c
+                    .list_schedules(pb::ListSchedulesRequest {
+                        page_size,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                pages.add(r.schedules, r.next_page_token, &mut schedules)?;
+            }
             match out {
                 Output::Json => println!(
                     "{}",
-                    Value::Array(r.schedules.iter().map(schedule_json).collect())
+                    Value::Array(schedules.iter().map(schedule_json).collect())
                 ),
                 Output::Table => {
                     println!("{:<30}{:<20}{:<26}TARGET", "NAME", "CRON", "NEXT RUN");
-                    for s in r.schedules {
+                    for s in schedules {
                         let next = if s.paused {
                             "paused".to_string()
                         } else {
@@ -315,6 +326,9 @@ pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Resul
                         println!("{:<30}{:<20}{:<26}{}", s.name, s.cron, next, s.target);
                     }
                 }
+            }
+            if pages.more() {
+                eprintln!("{}", pages.hint("schedules"));
             }
         }
         ScheduleCmd::Get { name } => {
@@ -377,12 +391,9 @@ pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Resul
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            if wait {
-                return Ok(finish(wait_job(c, &j.name, out).await?));
-            }
-            print_job(&j, out);
+            return created(c, opts, j, wait).await;
         }
-        ScheduleCmd::Delete { name } => {
+        ScheduleCmd::Delete { name, yes: _ } => {
             let name = schedule_name(&name);
             c.delete_schedule(pb::DeleteScheduleRequest { name: name.clone() })
                 .await

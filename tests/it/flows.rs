@@ -379,6 +379,6 @@ async fn cli_waits_and_exits_by_outcome() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("seed-0"));
     let out = run(&["restore", &t, "--map", "a=b"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(4), "refused: INVALID_ARGUMENT");
     assert!(String::from_utf8_lossy(&out.stderr).contains("mappings"));
 }

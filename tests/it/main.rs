@@ -6,6 +6,7 @@ mod harness;
 
 mod auth_and_config;
 mod cbr;
+mod cli;
 mod contract;
 mod crash;
 mod describe;

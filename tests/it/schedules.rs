@@ -485,7 +485,7 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
     assert_eq!(j["state"], "SUCCEEDED");
     assert_eq!(j["schedule"], "schedules/nightly");
     assert!(ok(run(&["job", "list", "--schedule", "nightly"])).contains(&t));
-    ok(run(&["schedule", "delete", "nightly"]));
+    ok(run(&["schedule", "delete", "nightly", "--yes"]));
     let o = run(&["schedule", "get", "nightly"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("NotFound"));
