@@ -135,6 +135,10 @@ pub struct JobRecord {
     /// and the newest are kept).
     #[serde(default)]
     pub events: Vec<JobEvent>,
+    /// How far the backend says the remote operation is (0–100), where
+    /// it reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<u8>,
 }
 
 /// The most events a job keeps.
@@ -210,6 +214,7 @@ impl JobRecord {
             next_attempt_time: None,
             created_by: None,
             events: Vec::new(),
+            progress_percent: None,
         };
         rec.record_event(rec.create_time);
         rec

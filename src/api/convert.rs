@@ -130,6 +130,7 @@ pub fn job(j: &JobRecord) -> pb::Job {
         next_attempt_time: j.next_attempt_time.map(timestamp),
         validate_only: false,
         created_by: j.created_by.clone().unwrap_or_default(),
+        progress_percent: j.progress_percent.map(i32::from),
         events: j
             .events
             .iter()

@@ -509,13 +509,21 @@ impl Driver<'_> {
         };
         self.retry.reset();
         match progress {
-            Progress::Running { message, handle } => {
+            Progress::Running {
+                message,
+                handle,
+                percent,
+            } => {
                 if handle.is_some() {
                     self.poll.reset();
                 }
                 self.engine
                     .update(&self.id, |j| {
                         let mut changed = false;
+                        if percent.is_some() && j.progress_percent != percent {
+                            j.progress_percent = percent;
+                            changed = true;
+                        }
                         if let Some(h) = handle {
                             j.handle = Some(h);
                             changed = true;
@@ -534,6 +542,9 @@ impl Driver<'_> {
                 self.engine
                     .update(&self.id, |j| {
                         end(j, JobState::Succeeded, message);
+                        if j.progress_percent.is_some() {
+                            j.progress_percent = Some(100);
+                        }
                         if backup_id.is_some() {
                             j.backup_id = backup_id;
                         }

@@ -337,3 +337,45 @@ async fn faults_do_not_fail_jobs_or_repeat_restores() {
         assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
     }
 }
+
+/// CBR's operation log says how far a restore is: the job carries it
+/// (`progress_percent`), rising, and 100 at the end.
+#[tokio::test]
+async fn restore_progress_is_reported_as_a_percentage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CbrSimConfig {
+        restore_duration: Duration::from_millis(2000),
+        ..Default::default()
+    };
+    let (_cbr, ids, d) = start(dir.path(), cfg).await;
+    let mut c = d.op().await;
+    let j = c.restore(server_restore(&ids)).await.unwrap().into_inner();
+    assert_eq!(j.progress_percent, None, "nothing reported yet");
+    let mut watch = c
+        .watch_job(pb::WatchJobRequest {
+            name: j.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut last = None;
+    while let Some(m) = tokio::time::timeout(T, watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if let Some(p) = m.progress_percent {
+            seen.push(p);
+        }
+        last = Some(m);
+    }
+    let last = last.unwrap();
+    assert_eq!(state(&last), "SUCCEEDED", "{}", last.message);
+    assert_eq!(last.progress_percent, Some(100));
+    assert!(
+        seen.iter().any(|p| (1..100).contains(p)),
+        "a percentage on the way: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+}

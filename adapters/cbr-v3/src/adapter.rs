@@ -258,12 +258,7 @@ impl CbrV3 {
 
     /// What a found restore op-log says.
     fn restore_progress(log: &OperationLog, pin: Option<RemoteHandle>) -> Progress {
-        let progress = log
-            .extra_info
-            .common
-            .as_ref()
-            .map(|c| c.progress)
-            .unwrap_or(0);
+        let progress = log.extra_info.common.as_ref().map(|c| c.progress.min(100));
         match log.status.as_str() {
             op_status::SUCCESS => Progress::Succeeded {
                 message: format!("restore finished (operation log {})", log.id),
@@ -274,11 +269,13 @@ impl CbrV3 {
             }
             s => Progress::Running {
                 message: format!(
-                    "restore {} ({progress}%), operation log {}",
+                    "restore {}{}, operation log {}",
                     if s.is_empty() { "in progress" } else { s },
+                    progress.map(|p| format!(" ({p}%)")).unwrap_or_default(),
                     log.id
                 ),
                 handle: pin,
+                percent: progress.and_then(|p| u8::try_from(p).ok()),
             },
         }
     }
@@ -324,6 +321,7 @@ impl CbrV3 {
                     "restore of backup {backup_id} onto {target_id} accepted; waiting for its operation log to show"
                 ),
                 handle: None,
+                percent: None,
             });
         };
         let pin = RemoteHandle {
@@ -367,6 +365,7 @@ impl CbrV3 {
                     return Ok(Progress::Running {
                         message: format!("checkpoint {cp}: waiting for its backup to show"),
                         handle: None,
+                        percent: None,
                     });
                 };
                 let pin = RemoteHandle {
@@ -392,6 +391,7 @@ impl CbrV3 {
             s => Progress::Running {
                 message: format!("backup {} is {s}", backup.id),
                 handle: pin,
+                percent: None,
             },
         })
     }
@@ -966,6 +966,7 @@ impl Backend for CbrV3 {
                 Ok(b) => Ok(Progress::Running {
                     message: format!("backup {backup_id} is {}", b.status),
                     handle: None,
+                    percent: None,
                 }),
             },
         }

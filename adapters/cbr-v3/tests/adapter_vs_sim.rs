@@ -160,7 +160,9 @@ async fn server_restore_with_two_mappings_and_progress_in_the_message() {
     let mut saw_progress = false;
     for _ in 0..100 {
         match t.cbr.poll(&op, &intent, &h).await.unwrap() {
-            Progress::Running { message, handle } => {
+            Progress::Running {
+                message, handle, ..
+            } => {
                 saw_progress |= message.contains('%') && message.contains("operation log");
                 if let Some(n) = handle {
                     assert!(n.state.contains("op_log_id"));

@@ -859,6 +859,7 @@ impl Backend for CfV3 {
                     s => Ok(Progress::Running {
                         message: format!("CF job {} is {s}", job.guid),
                         handle: None,
+                        percent: None,
                     }),
                 }
             }
@@ -882,6 +883,7 @@ impl Backend for CfV3 {
                             "service instance {instance}: waiting for the operation to show in last_operation"
                         ),
                         handle: None,
+                        percent: None,
                     });
                 }
                 let lo = inst.last_operation.unwrap_or(Value::Null);
@@ -928,6 +930,7 @@ impl Backend for CfV3 {
                             }),
                             None => None,
                         },
+                        percent: None,
                     }),
                 }
             }

@@ -192,6 +192,8 @@ pub enum Progress {
     Running {
         message: String,
         handle: Option<RemoteHandle>,
+        /// How far the backend says it is (0–100), where it says.
+        percent: Option<u8>,
     },
     /// Finished well. `backup_id` is the backup made, for backups.
     Succeeded {

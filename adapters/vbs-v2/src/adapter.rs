@@ -323,6 +323,7 @@ impl VbsV2 {
                         true,
                     )?)
                 },
+                percent: None,
             }),
             volume_status::ERROR_RESTORING | volume_status::ERROR if started || moved => {
                 Ok(Progress::Failed(BackendError::permanent(format!(
@@ -355,6 +356,7 @@ impl VbsV2 {
                     "restore of backup {backup_id} accepted; volume {volume_id} is still {s}, waiting for the restore to show"
                 ),
                 handle: None,
+                percent: None,
             }),
         }
     }
@@ -974,6 +976,7 @@ impl Backend for VbsV2 {
                     s => Progress::Running {
                         message: format!("backup {backup_id} is {s}"),
                         handle: None,
+                        percent: None,
                     },
                 })
             }
@@ -992,6 +995,7 @@ impl Backend for VbsV2 {
                 Ok(b) => Ok(Progress::Running {
                     message: format!("backup {backup_id} is {}", b.status),
                     handle: None,
+                    percent: None,
                 }),
             },
         }

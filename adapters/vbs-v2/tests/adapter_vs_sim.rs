@@ -136,7 +136,9 @@ async fn the_seed_restore_arrives_as_the_seed_says_and_succeeds() {
     let mut saw_restoring = false;
     let end = loop {
         match t.vbs.poll(&op, &intent, &h).await.unwrap() {
-            Progress::Running { message, handle } => {
+            Progress::Running {
+                message, handle, ..
+            } => {
                 saw_restoring |= message.contains("restoring");
                 if let Some(n) = handle {
                     h = n;
