@@ -117,10 +117,14 @@ impl Service {
     fn target(&self, field: &str, s: &str) -> Result<(Target, &BackendEntry), ApiError> {
         let t = names::parse_target(s).map_err(|e| ApiError::field(field, e))?;
         let Some(entry) = self.engine.backend(&t.backend) else {
-            return Err(ApiError::NotFound(format!(
-                "backend {:?} is not configured (ListBackends shows the configured ones)",
-                t.backend
-            )));
+            return Err(ApiError::not_found(
+                "backend",
+                format!("backends/{}", t.backend),
+                format!(
+                    "backend {:?} is not configured (ListBackends shows the configured ones)",
+                    t.backend
+                ),
+            ));
         };
         let kinds = entry.backend.resource_kinds();
         if !kinds.contains(&t.resource.kind) {
@@ -164,10 +168,14 @@ impl Service {
 
     fn get_job(&self, name: &str) -> Result<JobRecord, ApiError> {
         let id = Self::job_id(name)?;
-        self.engine
-            .get(&id)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {} not found", names::truncate(name))))
+        self.engine.get(&id)?.ok_or_else(|| job_not_found(name))
     }
+}
+
+fn job_not_found(name: &str) -> ApiError {
+    let name = names::truncate(name).to_string();
+    let message = format!("job {name} not found");
+    ApiError::not_found("job", name, message)
 }
 
 /// FAILED_PRECONDITION unless the backend has the capability.
@@ -179,11 +187,15 @@ fn capability(
     if has(&entry.backend.capabilities()) {
         Ok(())
     } else {
-        Err(ApiError::FailedPrecondition(format!(
-            "backend {} ({}) cannot {what}",
-            entry.name,
-            entry.backend.kind()
-        )))
+        Err(ApiError::FailedPrecondition {
+            reason: error::CAPABILITY_MISSING,
+            subject: format!("backends/{}", entry.name),
+            message: format!(
+                "backend {} ({}) cannot {what}",
+                entry.name,
+                entry.backend.kind()
+            ),
+        })
     }
 }
 
@@ -197,10 +209,11 @@ const WATCH_BUFFER: usize = 1024;
 /// so this never waits.
 fn fell_behind(tx: &mpsc::Sender<Result<pb::Job, Status>>) {
     tracing::info!("a WatchJobs reader fell behind; ending its stream with ABORTED");
-    let status = Status::aborted(
-        "this watcher fell behind and changes were dropped; resync with ListJobs, then watch again",
-    );
-    let _ = tx.try_send(Err(status));
+    let status = ApiError::Aborted {
+        reason: error::WATCH_FELL_BEHIND,
+        message: "this watcher fell behind and changes were dropped; resync with ListJobs, then watch again".into(),
+    };
+    let _ = tx.try_send(Err(status.into()));
 }
 
 #[tonic::async_trait]
@@ -284,7 +297,7 @@ impl BackupService for Service {
             .engine
             .list_backups(entry, &t.resource, limit, &r.page_token)
             .await
-            .map_err(ApiError::Backend)?;
+            .map_err(|e| ApiError::backend(&entry.name, e))?;
         let name = t.name();
         Ok(Response::new(pb::ListBackupsResponse {
             backups: page
@@ -346,7 +359,7 @@ impl BackupService for Service {
                 .engine
                 .validate(entry, &op)
                 .await
-                .map_err(ApiError::Backend)?;
+                .map_err(|e| ApiError::backend(&entry.name, e))?;
             let mut rec = JobRecord::new(JobKind::Restore, t.name(), t.backend.clone(), op, labels);
             rec.request_id = request_id;
             rec.message = format!("validated; would run: {plan}");
@@ -385,7 +398,8 @@ impl BackupService for Service {
         require(&req, Role::Reader)?;
         let r = req.into_inner();
         let size = validate::page_size(r.page_size, "page_size")?;
-        let filter = JobFilter::parse(&r.filter).map_err(|e| ApiError::field("filter", e))?;
+        let filter = JobFilter::parse(&r.filter)
+            .map_err(|e| ApiError::invalid_with(error::FILTER_INVALID, "filter", e))?;
         let before =
             if r.page_token.is_empty() {
                 None
@@ -400,7 +414,7 @@ impl BackupService for Service {
             engine.list(&filter.index(), before, size, |j| filter.matches(j))
         })
         .await
-        .map_err(|e| ApiError::Unavailable(format!("listing jobs failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("listing jobs failed: {e}")))?
         .map_err(ApiError::from)?;
         let next_page_token = if more {
             jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
@@ -428,9 +442,7 @@ impl BackupService for Service {
             .engine
             .snapshot(&id)
             .map_err(ApiError::from)?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("job {} not found", names::truncate(&name)))
-            })?;
+            .ok_or_else(|| job_not_found(&name))?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
         let stop = self.shutdown.clone();
@@ -445,7 +457,8 @@ impl BackupService for Service {
                     // The client went away: stop at once.
                     _ = tx.closed() => return,
                     _ = stop.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down; watch again after it restarts"))).await;
+                        let e = ApiError::shutting_down("the daemon is shutting down; watch again after it restarts");
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
@@ -457,9 +470,10 @@ impl BackupService for Service {
                         Ok(Some(s)) => s,
                         _ => {
                             let _ = tx
-                                .send(Err(Status::unavailable(
+                                .send(Err(ApiError::store_unavailable(
                                     "the job could not be read again; watch again",
-                                )))
+                                )
+                                .into()))
                                 .await;
                             return;
                         }
@@ -488,8 +502,8 @@ impl BackupService for Service {
         req: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         require(&req, Role::Reader)?;
-        let filter =
-            JobFilter::parse(&req.get_ref().filter).map_err(|e| ApiError::field("filter", e))?;
+        let filter = JobFilter::parse(&req.get_ref().filter)
+            .map_err(|e| ApiError::invalid_with(error::FILTER_INVALID, "filter", e))?;
         let mut events = self.engine.subscribe();
         // A bounded buffer per watcher; the engine never waits for it. A
         // watcher that falls behind is told so, rather than silently
@@ -503,7 +517,8 @@ impl BackupService for Service {
                     ev = events.recv() => ev,
                     _ = tx.closed() => return,
                     _ = stop.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down"))).await;
+                        let e = ApiError::shutting_down("the daemon is shutting down; watch again after it restarts");
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use custos_adapter_core::FieldViolation;
 
-use super::{ApiError, Service, convert, pb, validate};
+use super::{ApiError, Service, convert, error, pb, validate};
 use crate::{
     config::parse_duration,
     names,
@@ -49,12 +49,22 @@ pub fn schedule_id(field: &str, name: &str) -> Result<String, ApiError> {
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match e {
-            ScheduleError::NotFound(n) => ApiError::NotFound(format!("{n} not found")),
-            ScheduleError::AlreadyExists(n) => {
-                ApiError::AlreadyExists(format!("{n} already exists"))
+            ScheduleError::NotFound(n) => {
+                let message = format!("{n} not found");
+                ApiError::not_found("schedule", n, message)
             }
-            ScheduleError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
-            ScheduleError::Invalid(v) => ApiError::Invalid(v),
+            ScheduleError::AlreadyExists(n) => ApiError::AlreadyExists {
+                reason: error::ALREADY_EXISTS,
+                kind: "schedule",
+                message: format!("{n} already exists"),
+                name: n,
+            },
+            ScheduleError::FailedPrecondition(m) => ApiError::FailedPrecondition {
+                reason: error::SCHEDULE_UNREADABLE,
+                subject: String::new(),
+                message: m,
+            },
+            ScheduleError::Invalid(v) => ApiError::invalid(v),
             ScheduleError::Store(s) => s.into(),
             ScheduleError::Engine(e) => e.into(),
         }
@@ -139,11 +149,15 @@ impl Service {
         let (t, entry) = self.target("schedule.target", &s.target)?;
         let caps = entry.backend.capabilities();
         if !caps.create_backup {
-            return Err(ApiError::FailedPrecondition(format!(
-                "backend {} ({}) cannot make backups, so it cannot be scheduled",
-                entry.name,
-                entry.backend.kind()
-            )));
+            return Err(ApiError::FailedPrecondition {
+                reason: error::CAPABILITY_MISSING,
+                subject: format!("backends/{}", entry.name),
+                message: format!(
+                    "backend {} ({}) cannot make backups, so it cannot be scheduled",
+                    entry.name,
+                    entry.backend.kind()
+                ),
+            });
         }
         let mut v = Vec::new();
         if let Err(errs) = CronSchedule::parse(&s.cron, &s.time_zone) {

@@ -186,3 +186,248 @@ async fn filters_with_or_not_labels_and_create_time_over_real_jobs() {
         .unwrap();
     assert_eq!(first.labels.get("env").map(String::as_str), Some("qa"));
 }
+
+/// ErrorInfo's reason, after checking the domain.
+fn reason(s: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
+    use tonic_types::StatusExt;
+    let i = s
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {s:?}"));
+    assert_eq!(i.domain, "custos", "{s:?}");
+    (i.reason, i.metadata)
+}
+
+fn retry_delay(s: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    s.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
+#[tokio::test]
+async fn every_error_carries_error_info_in_the_custos_domain() {
+    let sim = sim(SimConfig::default(), 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+
+    // NOT_FOUND: a job, a backend, a schedule; each names the resource.
+    let missing = "jobs/0190a3c4-0000-7000-8000-000000000001";
+    let e = c
+        .get_job(pb::GetJobRequest {
+            name: missing.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let (why, m) = reason(&e);
+    assert_eq!(why, "NOT_FOUND");
+    assert_eq!(m["resource"], missing);
+    let e = c
+        .create_backup(pb::CreateBackupRequest {
+            target: "backends/nope/serviceInstances/x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(reason(&e).1["resource"], "backends/nope");
+    let e = c
+        .get_schedule(pb::GetScheduleRequest {
+            name: "schedules/nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).0.as_str()),
+        (Code::NotFound, "NOT_FOUND")
+    );
+
+    // INVALID_ARGUMENT: BadRequest too.
+    let e = c
+        .create_backup(pb::CreateBackupRequest {
+            target: "not a target".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let (why, m) = reason(&e);
+    assert_eq!(
+        (why.as_str(), m["field"].as_str()),
+        ("FIELD_INVALID", "target")
+    );
+    assert_eq!(violations(&e), vec!["target"]);
+    let e = c
+        .list_jobs(pb::ListJobsRequest {
+            filter: "state=".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e).0, "FILTER_INVALID");
+
+    // ALREADY_EXISTS: a request id reused for another request names
+    // request_id; an existing schedule names the schedule, not request_id.
+    start_backup(&mut c, 0, "reused-id").await;
+    let e = c
+        .create_backup(backup_req(1, "reused-id"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert_eq!(reason(&e).0, "REQUEST_ID_REUSED");
+    assert_eq!(violations(&e), vec!["request_id"]);
+    let s = pb::CreateScheduleRequest {
+        schedule_id: "nightly".into(),
+        schedule: Some(pb::Schedule {
+            target: target(0),
+            cron: "0 3 * * *".into(),
+            ..Default::default()
+        }),
+        validate_only: false,
+    };
+    c.create_schedule(s.clone()).await.unwrap();
+    let e = c.create_schedule(s).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let (why, m) = reason(&e);
+    assert_eq!(
+        (why.as_str(), m["resource"].as_str()),
+        ("ALREADY_EXISTS", "schedules/nightly")
+    );
+    assert!(violations(&e).is_empty(), "{:?}", violations(&e));
+
+    // FAILED_PRECONDITION: cancelling a job that ended.
+    let j = start_backup(&mut c, 1, "").await;
+    wait_done(&mut c, &j.name, T).await;
+    let e = c
+        .cancel_job(pb::CancelJobRequest {
+            name: j.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&e).0, "JOB_NOT_CANCELLABLE");
+
+    // UNAUTHENTICATED and PERMISSION_DENIED, from the interceptor.
+    let mut none = d.client(None).await;
+    let e = none
+        .list_backends(pb::ListBackendsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(reason(&e).0, "TOKEN_MISSING");
+    let mut bad = d.client(Some("not-a-token")).await;
+    let e = bad
+        .list_backends(pb::ListBackendsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e).0, "TOKEN_UNKNOWN");
+    let mut ro = d.client(Some(RO_TOKEN)).await;
+    let e = ro.create_backup(backup_req(0, "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let (why, m) = reason(&e);
+    assert_eq!(
+        (why.as_str(), m["required_role"].as_str()),
+        ("ROLE_INSUFFICIENT", "operator")
+    );
+
+    // A backend 404 on a synchronous call: NOT_FOUND from the backend, no
+    // RetryInfo.
+    let e = c
+        .list_backups(pb::ListBackupsRequest {
+            target: "backends/cf/serviceInstances/ffffffff-0000-4000-8000-000000000000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let (why, m) = reason(&e);
+    assert_eq!(
+        (why.as_str(), m["backend"].as_str()),
+        ("BACKEND_NOT_FOUND", "cf")
+    );
+    assert_eq!(m["http_status"], "404");
+    assert_eq!(retry_delay(&e), None);
+}
+
+/// A VBS simulator with the demo world and a daemon whose backend `vbs`
+/// points at it.
+async fn start_vbs(
+    dir: &std::path::Path,
+) -> (
+    custos_vbs_v2::sim::Simulator,
+    custos_vbs_v2::sim::DemoIds,
+    Daemon,
+) {
+    use custos_vbs_v2::sim::{SimConfig as VbsSimConfig, Simulator};
+    let cfg = VbsSimConfig::default();
+    let vbs = Simulator::start("127.0.0.1:0".parse().unwrap(), cfg.clone())
+        .await
+        .unwrap();
+    let ids = vbs.seed_demo();
+    let d = start_keystone_daemon(
+        dir,
+        "vbs",
+        KeystoneBackend {
+            kind: "vbs_v2",
+            endpoint: vbs.url(),
+            auth_url: vbs.auth_url(),
+            project_id: &ids.project_id,
+            vault_id: None,
+            user: &cfg.user_name,
+            domain: &cfg.user_domain,
+            password: &cfg.password,
+        },
+    )
+    .await;
+    (vbs, ids, d)
+}
+
+#[tokio::test]
+async fn unavailable_backends_give_retry_info_with_their_retry_after() {
+    use custos_vbs_v2::sim::Injection;
+    let dir = tempfile::tempdir().unwrap();
+    let (vbs, ids, d) = start_vbs(dir.path()).await;
+    let mut c = d.op().await;
+    let list = || pb::ListBackupsRequest {
+        target: format!("backends/vbs/volumes/{}", ids.volume_id),
+        ..Default::default()
+    };
+    c.list_backups(list()).await.unwrap();
+
+    // 429 with a Retry-After: UNAVAILABLE, BACKEND_THROTTLED, and the
+    // backend's delay in RetryInfo.
+    vbs.inject(Injection {
+        method: reqwest::Method::GET,
+        path_contains: "/backups/detail".into(),
+        status: 429,
+        message: "Too many requests".into(),
+        retry_after: Some("120".into()),
+        times: 100,
+    });
+    let e = c.list_backups(list()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let (why, m) = reason(&e);
+    assert_eq!(
+        (why.as_str(), m["backend"].as_str()),
+        ("BACKEND_THROTTLED", "vbs")
+    );
+    assert_eq!(m["http_status"], "429");
+    assert_eq!(retry_delay(&e), Some(Duration::from_secs(120)));
+    vbs.clear_faults();
+
+    // 503 without one: UNAVAILABLE with the default delay.
+    vbs.inject(Injection {
+        method: reqwest::Method::GET,
+        path_contains: "/backups/detail".into(),
+        status: 503,
+        message: "Service Unavailable".into(),
+        retry_after: None,
+        times: 100,
+    });
+    let e = c.list_backups(list()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(reason(&e).0, "BACKEND_UNAVAILABLE");
+    let delay = retry_delay(&e).expect("RetryInfo");
+    assert!(delay >= Duration::from_millis(100), "{delay:?}");
+    vbs.clear_faults();
+    c.list_backups(list()).await.unwrap();
+}
