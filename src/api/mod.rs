@@ -8,6 +8,7 @@ pub mod auth;
 mod convert;
 mod error;
 mod filter;
+mod page;
 mod schedules;
 mod validate;
 
@@ -223,9 +224,27 @@ impl BackupService for Service {
         req: Request<pb::ListBackendsRequest>,
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
         require(&req, Role::Reader)?;
+        let r = req.into_inner();
+        let size = validate::page_size(r.page_size, "page_size")?;
+        let binding = page::Binding {
+            method: "ListBackends",
+            fields: &[],
+        };
+        let after = binding.decode(&r.page_token)?;
+        if let Some(a) = &after
+            && !names::valid_backend_name(a)
+        {
+            return Err(ApiError::invalid_with(
+                page::REASON_INVALID,
+                "page_token",
+                "not a page token of ListBackends",
+            )
+            .into());
+        }
         let mut backends: Vec<pb::Backend> = self
             .engine
             .backends()
+            .filter(|b| after.as_ref().is_none_or(|a| b.name > *a))
             .map(|b| pb::Backend {
                 name: format!("backends/{}", b.name),
                 kind: b.backend.kind().to_string(),
@@ -234,7 +253,20 @@ impl BackupService for Service {
             })
             .collect();
         backends.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(pb::ListBackendsResponse { backends }))
+        let next_page_token = if backends.len() > size {
+            backends.truncate(size);
+            backends
+                .last()
+                .and_then(|b| b.name.strip_prefix("backends/"))
+                .map(|n| binding.encode(n))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListBackendsResponse {
+            backends,
+            next_page_token,
+        }))
     }
 
     async fn create_backup(
@@ -292,20 +324,36 @@ impl BackupService for Service {
         if r.page_size < 0 {
             return Err(ApiError::field("page_size", "must not be negative").into());
         }
-        let limit = (r.page_size > 0).then_some(r.page_size as u32);
+        // 0: the backend's own default page.
+        let limit = u32::try_from(r.page_size)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| n.min(validate::MAX_PAGE as u32));
+        let name = t.name();
+        let fields = [name.as_str()];
+        let binding = page::Binding {
+            method: "ListBackups",
+            fields: &fields,
+        };
+        // The backend's own token (or marker, or offset) inside ours.
+        let backend_token = binding.decode(&r.page_token)?.unwrap_or_default();
         let page = self
             .engine
-            .list_backups(entry, &t.resource, limit, &r.page_token)
+            .list_backups(entry, &t.resource, limit, &backend_token)
             .await
             .map_err(|e| ApiError::backend(&entry.name, e))?;
-        let name = t.name();
+        let next_page_token = if page.next_page_token.is_empty() {
+            String::new()
+        } else {
+            binding.encode(&page.next_page_token)
+        };
         Ok(Response::new(pb::ListBackupsResponse {
             backups: page
                 .backups
                 .into_iter()
                 .map(|b| convert::backup(b, &name))
                 .collect(),
-            next_page_token: page.next_page_token,
+            next_page_token,
         }))
     }
 
@@ -400,14 +448,21 @@ impl BackupService for Service {
         let size = validate::page_size(r.page_size, "page_size")?;
         let filter = JobFilter::parse(&r.filter)
             .map_err(|e| ApiError::invalid_with(error::FILTER_INVALID, "filter", e))?;
-        let before =
-            if r.page_token.is_empty() {
-                None
-            } else {
-                Some(Uuid::parse_str(&r.page_token).map_err(|_| {
-                    ApiError::field("page_token", "not a token from a previous page")
-                })?)
-            };
+        let fields = [r.filter.as_str()];
+        let binding = page::Binding {
+            method: "ListJobs",
+            fields: &fields,
+        };
+        let before = match binding.decode(&r.page_token)? {
+            None => None,
+            Some(p) => Some(Uuid::parse_str(&p).map_err(|_| {
+                ApiError::invalid_with(
+                    page::REASON_INVALID,
+                    "page_token",
+                    "not a page token of ListJobs",
+                )
+            })?),
+        };
         // Reading and decoding a page of records is blocking work.
         let engine = self.engine.clone();
         let (jobs, more) = tokio::task::spawn_blocking(move || {
@@ -417,7 +472,9 @@ impl BackupService for Service {
         .map_err(|e| ApiError::Internal(format!("listing jobs failed: {e}")))?
         .map_err(ApiError::from)?;
         let next_page_token = if more {
-            jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
+            jobs.last()
+                .map(|j| binding.encode(&j.id.to_string()))
+                .unwrap_or_default()
         } else {
             String::new()
         };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use custos_adapter_core::FieldViolation;
 
-use super::{ApiError, Service, convert, error, pb, validate};
+use super::{ApiError, Service, convert, error, page, pb, validate};
 use crate::{
     config::parse_duration,
     names,
@@ -292,19 +292,26 @@ impl Service {
         r: pb::ListSchedulesRequest,
     ) -> Result<pb::ListSchedulesResponse, ApiError> {
         let size = validate::page_size(r.page_size, "page_size")?;
-        let after = if r.page_token.is_empty() {
-            None
-        } else if valid_schedule_id(&r.page_token) {
-            Some(r.page_token.as_str())
-        } else {
-            return Err(ApiError::field(
-                "page_token",
-                "not a token from a previous page",
-            ));
+        let binding = page::Binding {
+            method: "ListSchedules",
+            fields: &[],
         };
-        let (items, more) = self.schedules.list(after, size);
+        let after = binding.decode(&r.page_token)?;
+        if let Some(a) = &after
+            && !valid_schedule_id(a)
+        {
+            return Err(ApiError::invalid_with(
+                page::REASON_INVALID,
+                "page_token",
+                "not a page token of ListSchedules",
+            ));
+        }
+        let (items, more) = self.schedules.list(after.as_deref(), size);
         let next_page_token = if more {
-            items.last().map(|(r, _)| r.id.clone()).unwrap_or_default()
+            items
+                .last()
+                .map(|(r, _)| binding.encode(&r.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };

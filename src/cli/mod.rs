@@ -406,7 +406,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
     match cmd {
         Command::Backends => {
             let r = c
-                .list_backends(pb::ListBackendsRequest {})
+                .list_backends(pb::ListBackendsRequest::default())
                 .await
                 .map_err(status_err)?
                 .into_inner();

@@ -431,3 +431,268 @@ async fn unavailable_backends_give_retry_info_with_their_retry_after() {
     vbs.clear_faults();
     c.list_backups(list()).await.unwrap();
 }
+
+fn bad_token(e: &tonic::Status) -> String {
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(violations(e), vec!["page_token"], "{e:?}");
+    reason(e).0
+}
+
+/// `n` more CF backends `cf-0` … on the harness's simulator.
+fn more_backends(sim: &custos_cf_v3::sim::Simulator, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[backends]]\nname = \"cf-{i}\"\nkind = \"cf_v3\"\nendpoint = \"{}\"\n\
+                 [backends.auth]\ntype = \"uaa\"\nclient_id = \"{}\"\n\
+                 client_secret_env = \"CUSTOS_IT_CF_SECRET\"\n",
+                sim.url(),
+                sim.config().client_id
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_of_jobs_schedules_and_backends_give_every_item_once_and_tokens_are_bound() {
+    let sim = sim(SimConfig::default(), 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &sim,
+        dir.path(),
+        &Opts {
+            extra: more_backends(&sim, 6),
+            ..Default::default()
+        },
+    );
+    let mut c = d.op().await;
+
+    // ListJobs: 7 backups and a failed restore, pages of 2.
+    let backups = create_backups(&mut c, 0..7).await;
+    let mut r = restore_req(0);
+    r.backup_id = "no-such-backup".into();
+    let restore = c.restore(r).await.unwrap().into_inner().name;
+    assert_eq!(
+        list_names(&mut c, "kind=BACKUP").await,
+        backups.iter().cloned().collect::<HashSet<_>>()
+    );
+    let everything = list_names(&mut c, "").await;
+    assert_eq!(everything.len(), 8);
+    assert!(everything.contains(&restore));
+
+    let first = c
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 2,
+            page_token: String::new(),
+            filter: "kind=BACKUP".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.jobs.len(), 2);
+    let token = first.next_page_token;
+    // The same filter and another page size: fine (AIP-158).
+    let p = c
+        .list_jobs(pb::ListJobsRequest {
+            page_size: 100,
+            page_token: token.clone(),
+            filter: "kind=BACKUP".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.jobs.len(), 5);
+    assert!(p.next_page_token.is_empty());
+    // Another filter, or none: refused, naming page_token.
+    for other in ["kind=RESTORE", "", "kind=BACKUP "] {
+        let e = c
+            .list_jobs(pb::ListJobsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                filter: other.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_token(&e), "PAGE_TOKEN_MISMATCH", "{other:?}");
+        assert!(e.message().contains("filter"), "{}", e.message());
+    }
+    // Garbage, and a bare job id (the old tokens): refused.
+    let bare = first.jobs[1].name.trim_start_matches("jobs/").to_string();
+    for garbage in ["garbage", "%%%", bare.as_str()] {
+        let e = c
+            .list_jobs(pb::ListJobsRequest {
+                page_size: 2,
+                page_token: garbage.into(),
+                filter: "kind=BACKUP".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_token(&e), "PAGE_TOKEN_INVALID", "{garbage:?}");
+    }
+    let e = c
+        .list_jobs(pb::ListJobsRequest {
+            page_size: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["page_size"]);
+
+    // ListSchedules: 5, pages of 2.
+    for i in 0..5 {
+        c.create_schedule(pb::CreateScheduleRequest {
+            schedule_id: format!("s{i}"),
+            schedule: Some(pb::Schedule {
+                target: target(i),
+                cron: "0 3 * * *".into(),
+                ..Default::default()
+            }),
+            validate_only: false,
+        })
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut schedule_token = String::new();
+    loop {
+        let p = c
+            .list_schedules(pb::ListSchedulesRequest {
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(p.schedules.len() <= 2);
+        seen.extend(p.schedules.into_iter().map(|s| s.name));
+        if p.next_page_token.is_empty() {
+            break;
+        }
+        token = p.next_page_token;
+        schedule_token = token.clone();
+    }
+    assert_eq!(
+        seen,
+        (0..5)
+            .map(|i| format!("schedules/s{i}"))
+            .collect::<Vec<_>>()
+    );
+
+    // ListBackends: cf and cf-0 … cf-5, pages of 4.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let p = c
+            .list_backends(pb::ListBackendsRequest {
+                page_size: 4,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        seen.extend(p.backends.into_iter().map(|b| b.name));
+        if p.next_page_token.is_empty() {
+            break;
+        }
+        token = p.next_page_token;
+    }
+    assert_eq!(pages, 2);
+    let mut want: Vec<String> = (0..6).map(|i| format!("backends/cf-{i}")).collect();
+    want.insert(0, "backends/cf".into());
+    assert_eq!(seen, want);
+    // page_size 0: the default page (50) holds them all.
+    let all = c
+        .list_backends(pb::ListBackendsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.backends.len(), 7);
+    assert!(all.next_page_token.is_empty());
+    let e = c
+        .list_backends(pb::ListBackendsRequest {
+            page_size: -5,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["page_size"]);
+    // One method's token is not another's.
+    let e = c
+        .list_backends(pb::ListBackendsRequest {
+            page_size: 2,
+            page_token: schedule_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_token(&e), "PAGE_TOKEN_MISMATCH");
+}
+
+#[tokio::test]
+async fn backups_are_paged_through_the_backends_own_paging_and_tokens_are_bound_to_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vbs, ids, d) = start_vbs(dir.path()).await;
+    let mut c = d.op().await;
+    for i in 0..6 {
+        vbs.add_backup(&ids.volume_id, &format!("old-{i}")).unwrap();
+    }
+    let target = format!("backends/vbs/volumes/{}", ids.volume_id);
+    // The seed's backup and 6 more, pages of 2.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut first_token = String::new();
+    let mut pages = 0;
+    loop {
+        let p = c
+            .list_backups(pb::ListBackupsRequest {
+                target: target.clone(),
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(p.backups.len() <= 2);
+        seen.extend(p.backups.into_iter().map(|b| b.id));
+        if p.next_page_token.is_empty() {
+            break;
+        }
+        token = p.next_page_token;
+        if first_token.is_empty() {
+            first_token = token.clone();
+        }
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7, "{seen:?}");
+    assert!(seen.contains(&ids.backup_id));
+    // The token is ours, not the backend's marker.
+    assert!(
+        !seen.iter().any(|id| first_token.contains(id.as_str())),
+        "{first_token}"
+    );
+    // Another target: refused before the backend is asked.
+    let requests = vbs.counters().requests;
+    let e = c
+        .list_backups(pb::ListBackupsRequest {
+            target: format!("backends/vbs/volumes/{}", ids.small_volume_id),
+            page_size: 2,
+            page_token: first_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_token(&e), "PAGE_TOKEN_MISMATCH");
+    assert_eq!(vbs.counters().requests, requests);
+    let e = c
+        .list_backups(pb::ListBackupsRequest {
+            target,
+            page_size: 2,
+            page_token: "bm90IGEgdG9rZW4".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_token(&e), "PAGE_TOKEN_INVALID");
+}

@@ -20,7 +20,7 @@ async fn backup_list_and_restore_in_every_form() {
     let mut c = d.op().await;
 
     let backends = c
-        .list_backends(pb::ListBackendsRequest {})
+        .list_backends(pb::ListBackendsRequest::default())
         .await
         .unwrap()
         .into_inner();
