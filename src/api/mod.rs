@@ -173,10 +173,48 @@ impl Service {
     }
 }
 
+/// The answer of a `validate_only` request: the job that would run, not
+/// created (no name).
+fn preview(rec: &JobRecord, message: String) -> pb::Job {
+    let mut job = convert::job(rec);
+    job.name = String::new();
+    job.message = message;
+    job.validate_only = true;
+    job
+}
+
 fn job_not_found(name: &str) -> ApiError {
     let name = names::truncate(name).to_string();
     let message = format!("job {name} not found");
     ApiError::not_found("job", name, message)
+}
+
+/// What `Engine::cancel` would refuse, without changing the job
+/// (`CancelJob` with validate_only): a job that ended, or one that may have
+/// sent something to its backend.
+fn cancellable(j: &JobRecord) -> Result<(), ApiError> {
+    let refuse = |message: String| ApiError::FailedPrecondition {
+        reason: error::JOB_NOT_CANCELLABLE,
+        subject: names::job_name(j.id),
+        message,
+    };
+    let name = names::job_name(j.id);
+    if j.state.is_terminal() {
+        return Err(refuse(format!(
+            "job {name} already ended {}",
+            j.state.as_str()
+        )));
+    }
+    let nothing_sent = j.state == crate::job::JobState::Pending
+        || (j.state == crate::job::JobState::Running && j.phase == crate::job::Phase::Queued);
+    if nothing_sent {
+        Ok(())
+    } else {
+        Err(refuse(format!(
+            "job {name} is {}: its remote operation may exist and cannot be stopped on this backend",
+            j.state.as_str()
+        )))
+    }
 }
 
 /// FAILED_PRECONDITION unless the backend has the capability.
@@ -296,6 +334,19 @@ impl BackupService for Service {
             incremental: r.incremental,
         };
         self.check(entry, &op)?;
+        if r.validate_only {
+            let plan = self
+                .engine
+                .validate(entry, &op)
+                .await
+                .map_err(|e| ApiError::backend(&entry.name, e))?;
+            let mut rec = JobRecord::new(JobKind::Backup, t.name(), t.backend.clone(), op, labels);
+            rec.request_id = request_id;
+            return Ok(Response::new(preview(
+                &rec,
+                format!("validated; would run: {plan}"),
+            )));
+        }
         self.create(
             &caller,
             "CreateBackup",
@@ -374,6 +425,25 @@ impl BackupService for Service {
             backup_id: r.backup_id,
         };
         self.check(entry, &op)?;
+        if r.validate_only {
+            let plan = self
+                .engine
+                .validate(entry, &op)
+                .await
+                .map_err(|e| ApiError::backend(&entry.name, e))?;
+            let mut rec = JobRecord::new(
+                JobKind::DeleteBackup,
+                t.name(),
+                t.backend.clone(),
+                op,
+                BTreeMap::new(),
+            );
+            rec.request_id = request_id;
+            return Ok(Response::new(preview(
+                &rec,
+                format!("validated; would run: {plan}"),
+            )));
+        }
         self.create(
             &caller,
             "DeleteBackup",
@@ -410,11 +480,10 @@ impl BackupService for Service {
                 .map_err(|e| ApiError::backend(&entry.name, e))?;
             let mut rec = JobRecord::new(JobKind::Restore, t.name(), t.backend.clone(), op, labels);
             rec.request_id = request_id;
-            rec.message = format!("validated; would run: {plan}");
-            let mut job = convert::job(&rec);
-            job.name = String::new();
-            job.validate_only = true;
-            return Ok(Response::new(job));
+            return Ok(Response::new(preview(
+                &rec,
+                format!("validated; would run: {plan}"),
+            )));
         }
         self.create(
             &caller,
@@ -608,6 +677,13 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Job>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = Self::job_id(&req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            let rec = self.get_job(&req.get_ref().name)?;
+            cancellable(&rec)?;
+            let mut job = convert::job(&rec);
+            job.validate_only = true;
+            return Ok(Response::new(job));
+        }
         let rec = self.engine.cancel(&id).await.map_err(ApiError::from)?;
         auth::audit(
             &caller,
@@ -662,6 +738,10 @@ impl BackupService for Service {
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            self.schedules.get(&id).map_err(ApiError::from)?;
+            return Ok(Response::new(pb::DeleteScheduleResponse {}));
+        }
         self.schedules.delete(&id).await.map_err(ApiError::from)?;
         auth::audit(&caller, "DeleteSchedule", &req.get_ref().name, None);
         Ok(Response::new(pb::DeleteScheduleResponse {}))
@@ -673,6 +753,11 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Schedule>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            let (mut rec, _) = self.schedules.get(&id).map_err(ApiError::from)?;
+            rec.paused = true;
+            return Ok(Response::new(schedules::schedule(&rec, &[])));
+        }
         let (rec, next) = self.schedules.pause(&id).await.map_err(ApiError::from)?;
         auth::audit(&caller, "PauseSchedule", &rec.name(), None);
         Ok(Response::new(schedules::schedule(&rec, &next)))
@@ -684,6 +769,9 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Schedule>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            return Ok(Response::new(self.preview_resume(&id)?));
+        }
         let (rec, next) = self.schedules.resume(&id).await.map_err(ApiError::from)?;
         auth::audit(&caller, "ResumeSchedule", &rec.name(), None);
         Ok(Response::new(schedules::schedule(&rec, &next)))
@@ -695,6 +783,16 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Job>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            let new = self.schedules.preview_run(&id).map_err(ApiError::from)?;
+            let mut rec = JobRecord::new(new.kind, new.target, new.backend, new.op, new.labels);
+            rec.schedule = new.schedule;
+            rec.created_by = Some(caller.name.clone());
+            return Ok(Response::new(preview(
+                &rec,
+                "validated; would start a backup now".into(),
+            )));
+        }
         let job = self
             .schedules
             .run_now(&id, &caller.name)

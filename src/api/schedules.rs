@@ -64,6 +64,11 @@ impl From<ScheduleError> for ApiError {
                 subject: String::new(),
                 message: m,
             },
+            ScheduleError::Overlap(m) => ApiError::FailedPrecondition {
+                reason: error::SCHEDULE_RUN_OVERLAP,
+                subject: String::new(),
+                message: m,
+            },
             ScheduleError::Invalid(v) => ApiError::invalid(v),
             ScheduleError::Store(s) => s.into(),
             ScheduleError::Engine(e) => e.into(),
@@ -284,6 +289,17 @@ impl Service {
                 self.schedule_spec(&merged)
             })
             .await?;
+        Ok(schedule(&rec, &next))
+    }
+
+    /// The schedule as `ResumeSchedule` would leave it (validate_only):
+    /// unpaused, with the next runs after now.
+    pub(super) fn preview_resume(&self, id: &str) -> Result<pb::Schedule, ApiError> {
+        let (mut rec, _) = self.schedules.get(id)?;
+        rec.paused = false;
+        let cron = CronSchedule::parse(&rec.cron, &rec.time_zone)
+            .map_err(|_| ApiError::field("name", "the stored cron could not be read again"))?;
+        let next = cron.upcoming(self.schedules.now(), 5);
         Ok(schedule(&rec, &next))
     }
 

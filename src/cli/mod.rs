@@ -457,6 +457,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     request_id: request_id.unwrap_or_default(),
                     labels: map,
                     incremental,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -506,6 +507,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     target,
                     backup_id,
                     request_id: request_id.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -579,6 +581,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             let j = c
                 .cancel_job(pb::CancelJobRequest {
                     name: job_name(&job),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?

@@ -353,6 +353,7 @@ pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Resul
             let s = c
                 .pause_schedule(pb::PauseScheduleRequest {
                     name: schedule_name(&name),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -363,6 +364,7 @@ pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Resul
             let s = c
                 .resume_schedule(pb::ResumeScheduleRequest {
                     name: schedule_name(&name),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -373,6 +375,7 @@ pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Resul
             let j = c
                 .run_schedule(pb::RunScheduleRequest {
                     name: schedule_name(&name),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -384,9 +387,12 @@ pub async fn run(c: &mut Client, cmd: ScheduleCmd, out: Output) -> anyhow::Resul
         }
         ScheduleCmd::Delete { name } => {
             let name = schedule_name(&name);
-            c.delete_schedule(pb::DeleteScheduleRequest { name: name.clone() })
-                .await
-                .map_err(status_err)?;
+            c.delete_schedule(pb::DeleteScheduleRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status_err)?;
             match out {
                 Output::Json => println!("{}", json!({"deleted": name})),
                 Output::Table => println!("deleted {name} (its jobs and backups stay)"),

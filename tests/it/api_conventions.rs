@@ -300,6 +300,7 @@ async fn every_error_carries_error_info_in_the_custos_domain() {
     let e = c
         .cancel_job(pb::CancelJobRequest {
             name: j.name.clone(),
+            validate_only: false,
         })
         .await
         .unwrap_err();
@@ -695,4 +696,158 @@ async fn backups_are_paged_through_the_backends_own_paging_and_tokens_are_bound_
         .await
         .unwrap_err();
     assert_eq!(bad_token(&e), "PAGE_TOKEN_INVALID");
+}
+
+async fn job_count(c: &mut Client) -> usize {
+    list_names(c, "").await.len()
+}
+
+#[tokio::test]
+async fn validate_only_on_every_mutation_checks_and_changes_nothing() {
+    let sim = sim(SimConfig::default(), 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let done = start_backup(&mut c, 1, "").await;
+    let done = wait_done(&mut c, &done.name, T).await;
+    let submits = sim.counters().backup_submits;
+
+    // CreateBackup: the job that would run; none made, nothing sent.
+    let mut r = labelled(0, "prod");
+    r.validate_only = true;
+    let j = c.create_backup(r).await.unwrap().into_inner();
+    assert!(j.validate_only);
+    assert!(j.name.is_empty(), "{}", j.name);
+    assert_eq!(j.target, target(0));
+    assert!(j.message.starts_with("validated"), "{}", j.message);
+    // The backend is asked: an instance it does not have is NOT_FOUND.
+    let mut r = backup_req(0, "");
+    r.target = "backends/cf/serviceInstances/ffffffff-0000-4000-8000-000000000000".into();
+    r.validate_only = true;
+    let e = c.create_backup(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(reason(&e).0, "BACKEND_NOT_FOUND");
+
+    // CancelJob: the refusal it would get, and the job unchanged.
+    let e = c
+        .cancel_job(pb::CancelJobRequest {
+            name: done.name.clone(),
+            validate_only: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&e).0, "JOB_NOT_CANCELLABLE");
+
+    // Schedules.
+    let name = "schedules/nightly".to_string();
+    c.create_schedule(pb::CreateScheduleRequest {
+        schedule_id: "nightly".into(),
+        schedule: Some(pb::Schedule {
+            target: target(0),
+            cron: "0 3 * * *".into(),
+            ..Default::default()
+        }),
+        validate_only: false,
+    })
+    .await
+    .unwrap();
+    let get = async |c: &mut Client| {
+        c.get_schedule(pb::GetScheduleRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let before = get(&mut c).await;
+    let p = c
+        .pause_schedule(pb::PauseScheduleRequest {
+            name: name.clone(),
+            validate_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(p.paused);
+    assert!(p.next_run_times.is_empty());
+    assert_eq!(get(&mut c).await, before, "not paused");
+
+    c.pause_schedule(pb::PauseScheduleRequest {
+        name: name.clone(),
+        validate_only: false,
+    })
+    .await
+    .unwrap();
+    let paused = get(&mut c).await;
+    let r = c
+        .resume_schedule(pb::ResumeScheduleRequest {
+            name: name.clone(),
+            validate_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.paused);
+    assert_eq!(r.next_run_times.len(), 5);
+    assert_eq!(get(&mut c).await, paused, "still paused");
+
+    let jobs = job_count(&mut c).await;
+    let j = c
+        .run_schedule(pb::RunScheduleRequest {
+            name: name.clone(),
+            validate_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(j.validate_only && j.name.is_empty());
+    assert_eq!(j.schedule, name);
+    assert_eq!(j.target, target(0));
+
+    c.delete_schedule(pb::DeleteScheduleRequest {
+        name: name.clone(),
+        validate_only: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&mut c).await, paused, "not deleted");
+    let e = c
+        .delete_schedule(pb::DeleteScheduleRequest {
+            name: "schedules/nope".into(),
+            validate_only: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Nothing was made or sent by any of them.
+    assert_eq!(job_count(&mut c).await, jobs);
+    assert_eq!(jobs, 1);
+    assert_eq!(sim.counters().backup_submits, submits);
+}
+
+#[tokio::test]
+async fn validate_only_delete_backup_checks_with_the_backend_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vbs, ids, d) = start_vbs(dir.path()).await;
+    let mut c = d.op().await;
+    let del = |backup: &str| pb::DeleteBackupRequest {
+        target: format!("backends/vbs/volumes/{}", ids.volume_id),
+        backup_id: backup.into(),
+        request_id: String::new(),
+        validate_only: true,
+    };
+    let j = c
+        .delete_backup(del(&ids.backup_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(j.validate_only && j.name.is_empty());
+    assert_eq!(j.backup_id, ids.backup_id);
+    assert!(vbs.backup(&ids.backup_id).is_some(), "still there");
+    assert!(list_names(&mut c, "").await.is_empty(), "no job made");
+    let e = c
+        .delete_backup(del("00000000-0000-4000-8000-0000000000ff"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
 }

@@ -48,7 +48,8 @@ async fn tokens_and_roles_are_enforced() {
     assert_eq!(
         reader
             .cancel_job(pb::CancelJobRequest {
-                name: "jobs/x".into()
+                name: "jobs/x".into(),
+                validate_only: false,
             })
             .await
             .unwrap_err()

@@ -282,6 +282,7 @@ async fn one_job_per_target_and_cancel() {
     let cancelled = c
         .cancel_job(pb::CancelJobRequest {
             name: second.name.clone(),
+            validate_only: false,
         })
         .await
         .unwrap()
@@ -290,6 +291,7 @@ async fn one_job_per_target_and_cancel() {
     let e = c
         .cancel_job(pb::CancelJobRequest {
             name: first.name.clone(),
+            validate_only: false,
         })
         .await
         .unwrap_err();
@@ -301,6 +303,7 @@ async fn one_job_per_target_and_cancel() {
     let e = c
         .cancel_job(pb::CancelJobRequest {
             name: first.name.clone(),
+            validate_only: false,
         })
         .await
         .unwrap_err();

@@ -120,6 +120,7 @@ async fn bad_input_names_the_field() {
             target: target(0),
             backup_id: String::new(),
             request_id: String::new(),
+            validate_only: false,
         })
         .await
         .unwrap_err();
@@ -129,6 +130,7 @@ async fn bad_input_names_the_field() {
             target: target(0),
             backup_id: "seed-0".into(),
             request_id: String::new(),
+            validate_only: false,
         })
         .await
         .unwrap_err();
