@@ -6,7 +6,16 @@ use std::{collections::HashMap, sync::Arc};
 
 use tonic::{Request, Status};
 
+use super::{ApiError, error};
 use crate::config::Role;
+
+fn unauthenticated(reason: &'static str, message: &str) -> Status {
+    ApiError::Unauthenticated {
+        reason,
+        message: message.to_string(),
+    }
+    .into()
+}
 
 /// Who is calling, put in the request's extensions by the interceptor.
 #[derive(Debug, Clone)]
@@ -55,7 +64,8 @@ impl Auth {
             return Ok(req);
         }
         let Some(value) = req.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
+            return Err(unauthenticated(
+                error::TOKEN_MISSING,
                 "missing authorization metadata: send 'authorization: Bearer <token>'",
             ));
         };
@@ -65,7 +75,12 @@ impl Auth {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim().to_string())
-            .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?;
+            .ok_or_else(|| {
+                unauthenticated(
+                    error::TOKEN_MALFORMED,
+                    "authorization must be 'Bearer <token>'",
+                )
+            })?;
         // Digests compared in constant time, against every token, without
         // stopping early.
         let presented = digest(presented.as_bytes());
@@ -76,7 +91,7 @@ impl Auth {
             }
         }
         let Some(caller) = found.cloned() else {
-            return Err(Status::unauthenticated("unknown token"));
+            return Err(unauthenticated(error::TOKEN_UNKNOWN, "unknown token"));
         };
         req.extensions_mut().insert(caller);
         Ok(req)
@@ -101,14 +116,22 @@ pub fn audit(caller: &Caller, method: &str, object: &str, job: Option<&str>) {
 #[allow(clippy::result_large_err)]
 pub fn require<T>(req: &Request<T>, role: Role) -> Result<Caller, Status> {
     let Some(caller) = req.extensions().get::<Caller>() else {
-        return Err(Status::unauthenticated("no caller"));
+        return Err(unauthenticated(error::TOKEN_MISSING, "no caller"));
     };
     match (role, caller.role) {
         (_, Role::Operator) | (Role::Reader, Role::Reader) => Ok(caller.clone()),
-        (Role::Operator, Role::Reader) => Err(Status::permission_denied(format!(
-            "token {:?} has the reader role; this call needs an operator token",
-            caller.name
-        ))),
+        (Role::Operator, Role::Reader) => Err(ApiError::PermissionDenied {
+            reason: error::ROLE_INSUFFICIENT,
+            message: format!(
+                "token {:?} has the reader role; this call needs an operator token",
+                caller.name
+            ),
+            metadata: vec![
+                ("required_role", "operator".into()),
+                ("role", "reader".into()),
+            ],
+        }
+        .into()),
     }
 }
 
@@ -143,23 +166,30 @@ mod tests {
         r
     }
 
+    fn reason(s: &Status) -> String {
+        use tonic_types::StatusExt;
+        let i = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(i.domain, "custos");
+        i.reason
+    }
+
     #[test]
     fn tokens_and_roles() {
         let a = auth();
-        assert_eq!(
-            a.check(req(None)).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
-        assert_eq!(
-            a.check(req(Some("Bearer nope"))).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        for (h, why) in [
+            (None, "TOKEN_MISSING"),
+            (Some("Bearer nope"), "TOKEN_UNKNOWN"),
+            (Some("Basic op-token"), "TOKEN_MALFORMED"),
+        ] {
+            let e = a.check(req(h)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+            assert_eq!(reason(&e), why);
+        }
         let r = a.check(req(Some("bearer read-token"))).unwrap();
         assert!(require(&r, Role::Reader).is_ok());
-        assert_eq!(
-            require(&r, Role::Operator).unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
+        let e = require(&r, Role::Operator).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert_eq!(reason(&e), "ROLE_INSUFFICIENT");
         let r = a.check(req(Some("Bearer op-token"))).unwrap();
         assert_eq!(require(&r, Role::Operator).unwrap().name, "ops");
     }

@@ -8,6 +8,7 @@ pub mod auth;
 mod convert;
 mod error;
 mod filter;
+mod page;
 mod schedules;
 mod validate;
 
@@ -119,10 +120,14 @@ impl Service {
     /// resource; else the error names `field`.
     fn entry(&self, field: &str, t: &Target) -> Result<&BackendEntry, ApiError> {
         let Some(entry) = self.engine.backend(&t.backend) else {
-            return Err(ApiError::NotFound(format!(
-                "backend {:?} is not configured (ListBackends shows the configured ones)",
-                t.backend
-            )));
+            return Err(ApiError::not_found(
+                "backend",
+                format!("backends/{}", t.backend),
+                format!(
+                    "backend {:?} is not configured (ListBackends shows the configured ones)",
+                    t.backend
+                ),
+            ));
         };
         let kinds = entry.backend.resource_kinds();
         if !kinds.contains(&t.resource.kind) {
@@ -166,9 +171,51 @@ impl Service {
 
     fn get_job(&self, name: &str) -> Result<JobRecord, ApiError> {
         let id = Self::job_id(name)?;
-        self.engine
-            .get(&id)?
-            .ok_or_else(|| ApiError::NotFound(format!("job {} not found", names::truncate(name))))
+        self.engine.get(&id)?.ok_or_else(|| job_not_found(name))
+    }
+}
+
+/// The answer of a `validate_only` request: the job that would run, not
+/// created (no name).
+fn preview(rec: &JobRecord, message: String) -> pb::Job {
+    let mut job = convert::job(rec);
+    job.name = String::new();
+    job.message = message;
+    job.validate_only = true;
+    job
+}
+
+fn job_not_found(name: &str) -> ApiError {
+    let name = names::truncate(name).to_string();
+    let message = format!("job {name} not found");
+    ApiError::not_found("job", name, message)
+}
+
+/// What `Engine::cancel` would refuse, without changing the job
+/// (`CancelJob` with validate_only): a job that ended, or one that may have
+/// sent something to its backend.
+fn cancellable(j: &JobRecord) -> Result<(), ApiError> {
+    let refuse = |message: String| ApiError::FailedPrecondition {
+        reason: error::JOB_NOT_CANCELLABLE,
+        subject: names::job_name(j.id),
+        message,
+    };
+    let name = names::job_name(j.id);
+    if j.state.is_terminal() {
+        return Err(refuse(format!(
+            "job {name} already ended {}",
+            j.state.as_str()
+        )));
+    }
+    let nothing_sent = j.state == crate::job::JobState::Pending
+        || (j.state == crate::job::JobState::Running && j.phase == crate::job::Phase::Queued);
+    if nothing_sent {
+        Ok(())
+    } else {
+        Err(refuse(format!(
+            "job {name} is {}: its remote operation may exist and cannot be stopped on this backend",
+            j.state.as_str()
+        )))
     }
 }
 
@@ -181,11 +228,15 @@ fn capability(
     if has(&entry.backend.capabilities()) {
         Ok(())
     } else {
-        Err(ApiError::FailedPrecondition(format!(
-            "backend {} ({}) cannot {what}",
-            entry.name,
-            entry.backend.kind()
-        )))
+        Err(ApiError::FailedPrecondition {
+            reason: error::CAPABILITY_MISSING,
+            subject: format!("backends/{}", entry.name),
+            message: format!(
+                "backend {} ({}) cannot {what}",
+                entry.name,
+                entry.backend.kind()
+            ),
+        })
     }
 }
 
@@ -199,10 +250,11 @@ const WATCH_BUFFER: usize = 1024;
 /// so this never waits.
 fn fell_behind(tx: &mpsc::Sender<Result<pb::Job, Status>>) {
     tracing::info!("a WatchJobs reader fell behind; ending its stream with ABORTED");
-    let status = Status::aborted(
-        "this watcher fell behind and changes were dropped; resync with ListJobs, then watch again",
-    );
-    let _ = tx.try_send(Err(status));
+    let status = ApiError::Aborted {
+        reason: error::WATCH_FELL_BEHIND,
+        message: "this watcher fell behind and changes were dropped; resync with ListJobs, then watch again".into(),
+    };
+    let _ = tx.try_send(Err(status.into()));
 }
 
 #[tonic::async_trait]
@@ -212,9 +264,27 @@ impl BackupService for Service {
         req: Request<pb::ListBackendsRequest>,
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
         require(&req, Role::Reader)?;
+        let r = req.into_inner();
+        let size = validate::page_size(r.page_size, "page_size")?;
+        let binding = page::Binding {
+            method: "ListBackends",
+            fields: &[],
+        };
+        let after = binding.decode(&r.page_token)?;
+        if let Some(a) = &after
+            && !names::valid_backend_name(a)
+        {
+            return Err(ApiError::invalid_with(
+                page::REASON_INVALID,
+                "page_token",
+                "not a page token of ListBackends",
+            )
+            .into());
+        }
         let mut backends: Vec<pb::Backend> = self
             .engine
             .backends()
+            .filter(|b| after.as_ref().is_none_or(|a| b.name > *a))
             .map(|b| pb::Backend {
                 name: format!("backends/{}", b.name),
                 kind: b.backend.kind().to_string(),
@@ -223,7 +293,20 @@ impl BackupService for Service {
             })
             .collect();
         backends.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(pb::ListBackendsResponse { backends }))
+        let next_page_token = if backends.len() > size {
+            backends.truncate(size);
+            backends
+                .last()
+                .and_then(|b| b.name.strip_prefix("backends/"))
+                .map(|n| binding.encode(n))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListBackendsResponse {
+            backends,
+            next_page_token,
+        }))
     }
 
     async fn create_backup(
@@ -253,6 +336,19 @@ impl BackupService for Service {
             incremental: r.incremental,
         };
         self.check(entry, &op)?;
+        if r.validate_only {
+            let plan = self
+                .engine
+                .validate(entry, &op)
+                .await
+                .map_err(|e| ApiError::backend(&entry.name, e))?;
+            let mut rec = JobRecord::new(JobKind::Backup, t.name(), t.backend.clone(), op, labels);
+            rec.request_id = request_id;
+            return Ok(Response::new(preview(
+                &rec,
+                format!("validated; would run: {plan}"),
+            )));
+        }
         self.create(
             &caller,
             "CreateBackup",
@@ -281,20 +377,36 @@ impl BackupService for Service {
         if r.page_size < 0 {
             return Err(ApiError::field("page_size", "must not be negative").into());
         }
-        let limit = (r.page_size > 0).then_some(r.page_size as u32);
+        // 0: the backend's own default page.
+        let limit = u32::try_from(r.page_size)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| n.min(validate::MAX_PAGE as u32));
+        let name = t.name();
+        let fields = [name.as_str()];
+        let binding = page::Binding {
+            method: "ListBackups",
+            fields: &fields,
+        };
+        // The backend's own token (or marker, or offset) inside ours.
+        let backend_token = binding.decode(&r.page_token)?.unwrap_or_default();
         let page = self
             .engine
-            .list_backups(entry, &t.resource, limit, &r.page_token)
+            .list_backups(entry, &t.resource, limit, &backend_token)
             .await
-            .map_err(ApiError::Backend)?;
-        let name = t.name();
+            .map_err(|e| ApiError::backend(&entry.name, e))?;
+        let next_page_token = if page.next_page_token.is_empty() {
+            String::new()
+        } else {
+            binding.encode(&page.next_page_token)
+        };
         Ok(Response::new(pb::ListBackupsResponse {
             backups: page
                 .backups
                 .into_iter()
                 .map(|b| convert::backup(b, &name))
                 .collect(),
-            next_page_token: page.next_page_token,
+            next_page_token,
         }))
     }
 
@@ -313,14 +425,16 @@ impl BackupService for Service {
             .engine
             .get_backup(entry, &t.resource, &backup_id)
             .await
-            .map_err(ApiError::Backend)?
+            .map_err(|e| ApiError::backend(&entry.name, e))?
         {
             Some(b) => Ok(Response::new(convert::backup(b, &name))),
-            None => Err(ApiError::NotFound(format!(
-                "{} not found",
-                names::backup_name(&name, &backup_id)
-            ))
-            .into()),
+            None => {
+                let backup = names::backup_name(&name, &backup_id);
+                Err(
+                    ApiError::not_found("backup", backup.clone(), format!("{backup} not found"))
+                        .into(),
+                )
+            }
         }
     }
 
@@ -356,6 +470,25 @@ impl BackupService for Service {
             backup_id: r.backup_id,
         };
         self.check(entry, &op)?;
+        if r.validate_only {
+            let plan = self
+                .engine
+                .validate(entry, &op)
+                .await
+                .map_err(|e| ApiError::backend(&entry.name, e))?;
+            let mut rec = JobRecord::new(
+                JobKind::DeleteBackup,
+                t.name(),
+                t.backend.clone(),
+                op,
+                BTreeMap::new(),
+            );
+            rec.request_id = request_id;
+            return Ok(Response::new(preview(
+                &rec,
+                format!("validated; would run: {plan}"),
+            )));
+        }
         self.create(
             &caller,
             "DeleteBackup",
@@ -389,14 +522,13 @@ impl BackupService for Service {
                 .engine
                 .validate(entry, &op)
                 .await
-                .map_err(ApiError::Backend)?;
+                .map_err(|e| ApiError::backend(&entry.name, e))?;
             let mut rec = JobRecord::new(JobKind::Restore, t.name(), t.backend.clone(), op, labels);
             rec.request_id = request_id;
-            rec.message = format!("validated; would run: {plan}");
-            let mut job = convert::job(&rec);
-            job.name = String::new();
-            job.validate_only = true;
-            return Ok(Response::new(job));
+            return Ok(Response::new(preview(
+                &rec,
+                format!("validated; would run: {plan}"),
+            )));
         }
         self.create(
             &caller,
@@ -428,25 +560,35 @@ impl BackupService for Service {
         require(&req, Role::Reader)?;
         let r = req.into_inner();
         let size = validate::page_size(r.page_size, "page_size")?;
-        let filter = JobFilter::parse(&r.filter).map_err(|e| ApiError::field("filter", e))?;
-        let before =
-            if r.page_token.is_empty() {
-                None
-            } else {
-                Some(Uuid::parse_str(&r.page_token).map_err(|_| {
-                    ApiError::field("page_token", "not a token from a previous page")
-                })?)
-            };
+        let filter = JobFilter::parse(&r.filter)
+            .map_err(|e| ApiError::invalid_with(error::FILTER_INVALID, "filter", e))?;
+        let fields = [r.filter.as_str()];
+        let binding = page::Binding {
+            method: "ListJobs",
+            fields: &fields,
+        };
+        let before = match binding.decode(&r.page_token)? {
+            None => None,
+            Some(p) => Some(Uuid::parse_str(&p).map_err(|_| {
+                ApiError::invalid_with(
+                    page::REASON_INVALID,
+                    "page_token",
+                    "not a page token of ListJobs",
+                )
+            })?),
+        };
         // Reading and decoding a page of records is blocking work.
         let engine = self.engine.clone();
         let (jobs, more) = tokio::task::spawn_blocking(move || {
             engine.list(&filter.index(), before, size, |j| filter.matches(j))
         })
         .await
-        .map_err(|e| ApiError::Unavailable(format!("listing jobs failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("listing jobs failed: {e}")))?
         .map_err(ApiError::from)?;
         let next_page_token = if more {
-            jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
+            jobs.last()
+                .map(|j| binding.encode(&j.id.to_string()))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -471,9 +613,7 @@ impl BackupService for Service {
             .engine
             .snapshot(&id)
             .map_err(ApiError::from)?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("job {} not found", names::truncate(&name)))
-            })?;
+            .ok_or_else(|| job_not_found(&name))?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
         let stop = self.shutdown.clone();
@@ -488,7 +628,8 @@ impl BackupService for Service {
                     // The client went away: stop at once.
                     _ = tx.closed() => return,
                     _ = stop.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down; watch again after it restarts"))).await;
+                        let e = ApiError::shutting_down("the daemon is shutting down; watch again after it restarts");
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
@@ -500,9 +641,10 @@ impl BackupService for Service {
                         Ok(Some(s)) => s,
                         _ => {
                             let _ = tx
-                                .send(Err(Status::unavailable(
+                                .send(Err(ApiError::store_unavailable(
                                     "the job could not be read again; watch again",
-                                )))
+                                )
+                                .into()))
                                 .await;
                             return;
                         }
@@ -531,8 +673,8 @@ impl BackupService for Service {
         req: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         require(&req, Role::Reader)?;
-        let filter =
-            JobFilter::parse(&req.get_ref().filter).map_err(|e| ApiError::field("filter", e))?;
+        let filter = JobFilter::parse(&req.get_ref().filter)
+            .map_err(|e| ApiError::invalid_with(error::FILTER_INVALID, "filter", e))?;
         let mut events = self.engine.subscribe();
         // A bounded buffer per watcher; the engine never waits for it. A
         // watcher that falls behind is told so, rather than silently
@@ -546,7 +688,8 @@ impl BackupService for Service {
                     ev = events.recv() => ev,
                     _ = tx.closed() => return,
                     _ = stop.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down"))).await;
+                        let e = ApiError::shutting_down("the daemon is shutting down; watch again after it restarts");
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
@@ -579,6 +722,13 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Job>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = Self::job_id(&req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            let rec = self.get_job(&req.get_ref().name)?;
+            cancellable(&rec)?;
+            let mut job = convert::job(&rec);
+            job.validate_only = true;
+            return Ok(Response::new(job));
+        }
         let rec = self.engine.cancel(&id).await.map_err(ApiError::from)?;
         auth::audit(
             &caller,
@@ -633,6 +783,10 @@ impl BackupService for Service {
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            self.schedules.get(&id).map_err(ApiError::from)?;
+            return Ok(Response::new(pb::DeleteScheduleResponse {}));
+        }
         self.schedules.delete(&id).await.map_err(ApiError::from)?;
         auth::audit(&caller, "DeleteSchedule", &req.get_ref().name, None);
         Ok(Response::new(pb::DeleteScheduleResponse {}))
@@ -644,6 +798,11 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Schedule>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            let (mut rec, _) = self.schedules.get(&id).map_err(ApiError::from)?;
+            rec.paused = true;
+            return Ok(Response::new(schedules::schedule(&rec, &[])));
+        }
         let (rec, next) = self.schedules.pause(&id).await.map_err(ApiError::from)?;
         auth::audit(&caller, "PauseSchedule", &rec.name(), None);
         Ok(Response::new(schedules::schedule(&rec, &next)))
@@ -655,6 +814,9 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Schedule>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            return Ok(Response::new(self.preview_resume(&id)?));
+        }
         let (rec, next) = self.schedules.resume(&id).await.map_err(ApiError::from)?;
         auth::audit(&caller, "ResumeSchedule", &rec.name(), None);
         Ok(Response::new(schedules::schedule(&rec, &next)))
@@ -666,6 +828,16 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Job>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        if req.get_ref().validate_only {
+            let new = self.schedules.preview_run(&id).map_err(ApiError::from)?;
+            let mut rec = JobRecord::new(new.kind, new.target, new.backend, new.op, new.labels);
+            rec.schedule = new.schedule;
+            rec.created_by = Some(caller.name.clone());
+            return Ok(Response::new(preview(
+                &rec,
+                "validated; would start a backup now".into(),
+            )));
+        }
         let job = self
             .schedules
             .run_now(&id, &caller.name)

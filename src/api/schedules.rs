@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use custos_adapter_core::FieldViolation;
 
-use super::{ApiError, Service, convert, pb, validate};
+use super::{ApiError, Service, convert, error, page, pb, validate};
 use crate::{
     config::parse_duration,
     names,
@@ -49,12 +49,27 @@ pub fn schedule_id(field: &str, name: &str) -> Result<String, ApiError> {
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         match e {
-            ScheduleError::NotFound(n) => ApiError::NotFound(format!("{n} not found")),
-            ScheduleError::AlreadyExists(n) => {
-                ApiError::AlreadyExists(format!("{n} already exists"))
+            ScheduleError::NotFound(n) => {
+                let message = format!("{n} not found");
+                ApiError::not_found("schedule", n, message)
             }
-            ScheduleError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
-            ScheduleError::Invalid(v) => ApiError::Invalid(v),
+            ScheduleError::AlreadyExists(n) => ApiError::AlreadyExists {
+                reason: error::ALREADY_EXISTS,
+                kind: "schedule",
+                message: format!("{n} already exists"),
+                name: n,
+            },
+            ScheduleError::FailedPrecondition(m) => ApiError::FailedPrecondition {
+                reason: error::SCHEDULE_UNREADABLE,
+                subject: String::new(),
+                message: m,
+            },
+            ScheduleError::Overlap(m) => ApiError::FailedPrecondition {
+                reason: error::SCHEDULE_RUN_OVERLAP,
+                subject: String::new(),
+                message: m,
+            },
+            ScheduleError::Invalid(v) => ApiError::invalid(v),
             ScheduleError::Store(s) => s.into(),
             ScheduleError::Engine(e) => e.into(),
         }
@@ -139,11 +154,15 @@ impl Service {
         let (t, entry) = self.target("schedule.target", &s.target)?;
         let caps = entry.backend.capabilities();
         if !caps.create_backup {
-            return Err(ApiError::FailedPrecondition(format!(
-                "backend {} ({}) cannot make backups, so it cannot be scheduled",
-                entry.name,
-                entry.backend.kind()
-            )));
+            return Err(ApiError::FailedPrecondition {
+                reason: error::CAPABILITY_MISSING,
+                subject: format!("backends/{}", entry.name),
+                message: format!(
+                    "backend {} ({}) cannot make backups, so it cannot be scheduled",
+                    entry.name,
+                    entry.backend.kind()
+                ),
+            });
         }
         let mut v = Vec::new();
         if let Err(errs) = CronSchedule::parse(&s.cron, &s.time_zone) {
@@ -273,24 +292,42 @@ impl Service {
         Ok(schedule(&rec, &next))
     }
 
+    /// The schedule as `ResumeSchedule` would leave it (validate_only):
+    /// unpaused, with the next runs after now.
+    pub(super) fn preview_resume(&self, id: &str) -> Result<pb::Schedule, ApiError> {
+        let (mut rec, _) = self.schedules.get(id)?;
+        rec.paused = false;
+        let cron = CronSchedule::parse(&rec.cron, &rec.time_zone)
+            .map_err(|_| ApiError::field("name", "the stored cron could not be read again"))?;
+        let next = cron.upcoming(self.schedules.now(), 5);
+        Ok(schedule(&rec, &next))
+    }
+
     pub(super) fn do_list_schedules(
         &self,
         r: pb::ListSchedulesRequest,
     ) -> Result<pb::ListSchedulesResponse, ApiError> {
         let size = validate::page_size(r.page_size, "page_size")?;
-        let after = if r.page_token.is_empty() {
-            None
-        } else if valid_schedule_id(&r.page_token) {
-            Some(r.page_token.as_str())
-        } else {
-            return Err(ApiError::field(
-                "page_token",
-                "not a token from a previous page",
-            ));
+        let binding = page::Binding {
+            method: "ListSchedules",
+            fields: &[],
         };
-        let (items, more) = self.schedules.list(after, size);
+        let after = binding.decode(&r.page_token)?;
+        if let Some(a) = &after
+            && !valid_schedule_id(a)
+        {
+            return Err(ApiError::invalid_with(
+                page::REASON_INVALID,
+                "page_token",
+                "not a page token of ListSchedules",
+            ));
+        }
+        let (items, more) = self.schedules.list(after.as_deref(), size);
         let next_page_token = if more {
-            items.last().map(|(r, _)| r.id.clone()).unwrap_or_default()
+            items
+                .last()
+                .map(|(r, _)| binding.encode(&r.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };

@@ -26,7 +26,7 @@ pub fn done(v: Vec<FieldViolation>) -> Result<(), ApiError> {
     if v.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::Invalid(v))
+        Err(ApiError::invalid(v))
     }
 }
 

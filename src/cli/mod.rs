@@ -527,7 +527,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
     match cmd {
         Command::Backends => {
             let r = c
-                .list_backends(pb::ListBackendsRequest {})
+                .list_backends(pb::ListBackendsRequest::default())
                 .await
                 .map_err(status_err)?
                 .into_inner();
@@ -578,6 +578,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     request_id: request_id_for(request_id, out),
                     labels: map,
                     incremental,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -738,6 +739,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             let j = c
                 .cancel_job(pb::CancelJobRequest {
                     name: job_name(&job),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?

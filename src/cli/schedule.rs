@@ -367,6 +367,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
             let s = c
                 .pause_schedule(pb::PauseScheduleRequest {
                     name: schedule_name(&name),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -377,6 +378,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
             let s = c
                 .resume_schedule(pb::ResumeScheduleRequest {
                     name: schedule_name(&name),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -387,6 +389,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
             let j = c
                 .run_schedule(pb::RunScheduleRequest {
                     name: schedule_name(&name),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_err)?
@@ -395,9 +398,12 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
         }
         ScheduleCmd::Delete { name, yes: _ } => {
             let name = schedule_name(&name);
-            c.delete_schedule(pb::DeleteScheduleRequest { name: name.clone() })
-                .await
-                .map_err(status_err)?;
+            c.delete_schedule(pb::DeleteScheduleRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status_err)?;
             match out {
                 Output::Json => println!("{}", json!({"deleted": name})),
                 Output::Table => println!("deleted {name} (its jobs and backups stay)"),

@@ -102,6 +102,9 @@ pub enum ScheduleError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A run refused by the overlap policy.
+    #[error("{0}")]
+    Overlap(String),
     #[error("invalid schedule")]
     Invalid(Vec<FieldViolation>),
     #[error(transparent)]
@@ -449,12 +452,7 @@ impl Scheduler {
             .get(id)
             .map(|e| e.rec.clone())
             .ok_or_else(|| ScheduleError::NotFound(format!("schedules/{id}")))?;
-        if let Some(job) = self.running_job(&rec)? {
-            return Err(ScheduleError::FailedPrecondition(format!(
-                "the schedule's last job {} has not ended (overlap_policy SKIP); wait for it, or set overlap_policy ALLOW",
-                names::job_name(job)
-            )));
-        }
+        self.check_overlap(&rec)?;
         let mut new = new_backup_job(&rec, None)?;
         new.created_by = Some(caller.to_string());
         let job = self.engine.create(new).await?;
@@ -463,6 +461,23 @@ impl Scheduler {
         self.set_record(rec);
         tracing::info!(schedule = %id, job = %job.id, "schedule run on request");
         Ok(job)
+    }
+
+    /// The job `run_now` would create, without creating it (validate_only).
+    pub fn preview_run(&self, id: &str) -> Result<NewJob, ScheduleError> {
+        let (rec, _) = self.get(id)?;
+        self.check_overlap(&rec)?;
+        new_backup_job(&rec, None)
+    }
+
+    fn check_overlap(&self, rec: &ScheduleRecord) -> Result<(), ScheduleError> {
+        match self.running_job(rec)? {
+            Some(job) => Err(ScheduleError::Overlap(format!(
+                "the schedule's last job {} has not ended (overlap_policy SKIP); wait for it, or set overlap_policy ALLOW",
+                names::job_name(job)
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn set_record(&self, rec: ScheduleRecord) {

@@ -23,7 +23,7 @@ async fn tokens_and_roles_are_enforced() {
         Code::Unauthenticated
     );
     assert_eq!(
-        none.list_backends(pb::ListBackendsRequest {})
+        none.list_backends(pb::ListBackendsRequest::default())
             .await
             .unwrap_err()
             .code(),
@@ -48,7 +48,8 @@ async fn tokens_and_roles_are_enforced() {
     assert_eq!(
         reader
             .cancel_job(pb::CancelJobRequest {
-                name: "jobs/x".into()
+                name: "jobs/x".into(),
+                validate_only: false,
             })
             .await
             .unwrap_err()
@@ -57,7 +58,7 @@ async fn tokens_and_roles_are_enforced() {
     );
     assert!(
         reader
-            .list_backends(pb::ListBackendsRequest {})
+            .list_backends(pb::ListBackendsRequest::default())
             .await
             .is_ok()
     );
@@ -156,7 +157,11 @@ async fn refuses_to_start_without_tokens_or_with_unknown_keys() {
         .await
         .unwrap();
     let mut c = pb::backup_service_client::BackupServiceClient::new(ch);
-    assert!(c.list_backends(pb::ListBackendsRequest {}).await.is_ok());
+    assert!(
+        c.list_backends(pb::ListBackendsRequest::default())
+            .await
+            .is_ok()
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -51,7 +51,7 @@ async fn dev_mode_serves_a_working_cf_backend() {
     let (token, addr, target) = (token.unwrap(), addr.unwrap(), target.unwrap());
     let mut c = connect(&addr, Some(&token)).await;
     let backends = c
-        .list_backends(pb::ListBackendsRequest {})
+        .list_backends(pb::ListBackendsRequest::default())
         .await
         .unwrap()
         .into_inner();

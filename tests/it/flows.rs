@@ -20,7 +20,7 @@ async fn backup_list_and_restore_in_every_form() {
     let mut c = d.op().await;
 
     let backends = c
-        .list_backends(pb::ListBackendsRequest {})
+        .list_backends(pb::ListBackendsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -313,6 +313,7 @@ async fn one_job_per_target_and_cancel() {
     let cancelled = c
         .cancel_job(pb::CancelJobRequest {
             name: second.name.clone(),
+            validate_only: false,
         })
         .await
         .unwrap()
@@ -321,6 +322,7 @@ async fn one_job_per_target_and_cancel() {
     let e = c
         .cancel_job(pb::CancelJobRequest {
             name: first.name.clone(),
+            validate_only: false,
         })
         .await
         .unwrap_err();
@@ -332,6 +334,7 @@ async fn one_job_per_target_and_cancel() {
     let e = c
         .cancel_job(pb::CancelJobRequest {
             name: first.name.clone(),
+            validate_only: false,
         })
         .await
         .unwrap_err();

@@ -243,6 +243,7 @@ pub fn backup_req(i: usize, request_id: &str) -> pb::CreateBackupRequest {
         request_id: request_id.to_string(),
         labels: Default::default(),
         incremental: false,
+        validate_only: false,
     }
 }
 

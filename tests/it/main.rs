@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod api_conventions;
 mod auth_and_config;
 mod cbr;
 mod cli;

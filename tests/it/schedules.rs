@@ -103,6 +103,7 @@ async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
     // RunSchedule: a job now, outside the cron.
     c.pause_schedule(pb::PauseScheduleRequest {
         name: "schedules/every-second".into(),
+        validate_only: false,
     })
     .await
     .unwrap();
@@ -113,6 +114,7 @@ async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
     let j = c
         .run_schedule(pb::RunScheduleRequest {
             name: "schedules/every-second".into(),
+            validate_only: false,
         })
         .await
         .unwrap()
@@ -272,6 +274,7 @@ async fn retention_deletes_the_schedules_old_backups_on_vbs_and_nothing_else() {
     tokio::time::sleep(Duration::from_millis(5500)).await;
     c.pause_schedule(pb::PauseScheduleRequest {
         name: "schedules/keep-two".into(),
+        validate_only: false,
     })
     .await
     .unwrap();
@@ -441,6 +444,7 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
     // No mask (AIP-134): only the fields set change; a pause stays.
     c.pause_schedule(pb::PauseScheduleRequest {
         name: "schedules/nightly".into(),
+        validate_only: false,
     })
     .await
     .unwrap();
