@@ -105,3 +105,95 @@ async fn a_watch_whose_client_left_ends_at_once() {
         crate::test_support::eventually("the watch task ended", || e.watchers() == 0).await;
     }
 }
+
+/// The descriptor set the daemon serves by reflection carries the proto's
+/// `google.api.field_behavior` annotations (AIP-203), read here with
+/// messages that keep exactly the parts of `descriptor.proto` needed.
+mod field_behavior {
+    use prost::Message;
+
+    #[derive(Clone, PartialEq, Message)]
+    struct Set {
+        #[prost(message, repeated, tag = "1")]
+        file: Vec<File>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    struct File {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(message, repeated, tag = "4")]
+        message_type: Vec<Msg>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    struct Msg {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(message, repeated, tag = "2")]
+        field: Vec<Field>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    struct Field {
+        #[prost(string, tag = "1")]
+        name: String,
+        #[prost(message, optional, tag = "8")]
+        options: Option<Options>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    struct Options {
+        /// google.api.field_behavior
+        #[prost(int32, repeated, packed = "false", tag = "1052")]
+        behavior: Vec<i32>,
+    }
+
+    const REQUIRED: i32 = 2;
+    const OUTPUT_ONLY: i32 = 3;
+    const IMMUTABLE: i32 = 5;
+    const IDENTIFIER: i32 = 8;
+
+    fn behaviors(set: &Set, message: &str, field: &str) -> Vec<i32> {
+        let f = set
+            .file
+            .iter()
+            .find(|f| f.name == "custos/v1/custos.proto")
+            .expect("custos.proto in the set");
+        let m = f
+            .message_type
+            .iter()
+            .find(|m| m.name == message)
+            .unwrap_or_else(|| panic!("message {message}"));
+        let fd = m
+            .field
+            .iter()
+            .find(|x| x.name == field)
+            .unwrap_or_else(|| panic!("{message}.{field}"));
+        fd.options
+            .as_ref()
+            .map(|o| o.behavior.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn annotations_are_served() {
+        let set = Set::decode(super::super::pb::FILE_DESCRIPTOR_SET).unwrap();
+        assert!(
+            set.file
+                .iter()
+                .any(|f| f.name == "google/api/field_behavior.proto"),
+            "the extension's file is served with the API's"
+        );
+        assert_eq!(behaviors(&set, "CreateBackupRequest", "target"), [REQUIRED]);
+        assert_eq!(behaviors(&set, "RestoreRequest", "target"), [REQUIRED]);
+        assert_eq!(behaviors(&set, "GetJobRequest", "name"), [REQUIRED]);
+        assert_eq!(
+            behaviors(&set, "RestoreRequest", "backup_id"),
+            [] as [i32; 0]
+        );
+        assert_eq!(behaviors(&set, "Schedule", "target"), [REQUIRED, IMMUTABLE]);
+        assert_eq!(behaviors(&set, "Schedule", "name"), [IDENTIFIER]);
+        assert_eq!(behaviors(&set, "Schedule", "next_run_times"), [OUTPUT_ONLY]);
+        for f in ["name", "state", "events", "created_by", "progress_percent"] {
+            assert_eq!(behaviors(&set, "Job", f), [OUTPUT_ONLY], "Job.{f}");
+        }
+        assert_eq!(behaviors(&set, "Backup", "name"), [OUTPUT_ONLY]);
+    }
+}
