@@ -828,6 +828,9 @@ impl BackupService for Service {
     ) -> Result<Response<pb::Job>, Status> {
         let caller = require(&req, Role::Operator)?;
         let id = schedules::schedule_id("name", &req.get_ref().name)?;
+        let mut v = Vec::new();
+        let request_id = validate::request_id(&req.get_ref().request_id, &mut v);
+        validate::done(v)?;
         if req.get_ref().validate_only {
             let new = self.schedules.preview_run(&id).map_err(ApiError::from)?;
             let mut rec = JobRecord::new(new.kind, new.target, new.backend, new.op, new.labels);
@@ -840,7 +843,7 @@ impl BackupService for Service {
         }
         let job = self
             .schedules
-            .run_now(&id, &caller.name)
+            .run_now(&id, &caller.name, request_id)
             .await
             .map_err(ApiError::from)?;
         auth::audit(

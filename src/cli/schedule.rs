@@ -93,6 +93,8 @@ pub enum ScheduleCmd {
     /// Runs the schedule's backup now.
     Run {
         name: String,
+        #[arg(long, help = super::REQUEST_ID_HELP)]
+        request_id: Option<String>,
         #[arg(long, help = super::WAIT_HELP)]
         wait: bool,
     },
@@ -385,10 +387,15 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
                 .into_inner();
             print_schedule(&s, out);
         }
-        ScheduleCmd::Run { name, wait } => {
+        ScheduleCmd::Run {
+            name,
+            request_id,
+            wait,
+        } => {
             let j = c
                 .run_schedule(pb::RunScheduleRequest {
                     name: schedule_name(&name),
+                    request_id: super::request_id_for(request_id, out),
                     ..Default::default()
                 })
                 .await

@@ -446,15 +446,30 @@ impl Scheduler {
     }
 
     /// Runs the schedule's backup now, outside the cron (also when paused).
-    pub async fn run_now(&self, id: &str, caller: &str) -> Result<JobRecord, ScheduleError> {
+    /// With a `request_id` already used, the job made then is returned (by
+    /// the engine, which also refuses it for a different request), and
+    /// the overlap policy, which that job itself would trip, is not asked.
+    pub async fn run_now(
+        &self,
+        id: &str,
+        caller: &str,
+        request_id: Option<String>,
+    ) -> Result<JobRecord, ScheduleError> {
         let _g = self.hold(id, false).await?;
         let mut rec = lock(&self.entries)
             .get(id)
             .map(|e| e.rec.clone())
             .ok_or_else(|| ScheduleError::NotFound(format!("schedules/{id}")))?;
-        self.check_overlap(&rec)?;
+        let retry = match &request_id {
+            Some(r) => self.engine.store().job_for_request(r)?.is_some(),
+            None => false,
+        };
+        if !retry {
+            self.check_overlap(&rec)?;
+        }
         let mut new = new_backup_job(&rec, None)?;
         new.created_by = Some(caller.to_string());
+        new.request_id = request_id;
         let job = self.engine.create(new).await?;
         rec.last_job = Some(job.id);
         self.save(&rec).await?;

@@ -213,7 +213,7 @@ async fn overlap_skip_records_why_and_allow_runs_anyway() {
     assert_eq!(skip.time, at(2));
     assert!(skip.message.contains("had not ended"), "{}", skip.message);
     // RunSchedule is refused for the same reason.
-    let e = t.sched.run_now("s", "test").await.unwrap_err();
+    let e = t.sched.run_now("s", "test", None).await.unwrap_err();
     assert!(matches!(e, ScheduleError::Overlap(_)), "{e}");
 
     let mut allow = spec("* * * * * *");

@@ -795,6 +795,7 @@ async fn validate_only_on_every_mutation_checks_and_changes_nothing() {
         .run_schedule(pb::RunScheduleRequest {
             name: name.clone(),
             validate_only: true,
+            ..Default::default()
         })
         .await
         .unwrap()

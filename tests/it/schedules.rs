@@ -114,7 +114,7 @@ async fn an_every_second_schedule_fires_on_time_and_not_on_create() {
     let j = c
         .run_schedule(pb::RunScheduleRequest {
             name: "schedules/every-second".into(),
-            validate_only: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -495,4 +495,60 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("NotFound"));
     // The job stays.
     assert!(ok(run(&["job", "list", "--schedule", "nightly"])).contains(&t));
+}
+
+/// RunSchedule with a request id is safe to retry: the retry gets the run's
+/// job, even while it runs (where the overlap policy refuses a new run);
+/// the same id for another schedule is refused.
+#[tokio::test]
+async fn run_schedule_with_a_request_id_is_idempotent() {
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_secs(3),
+            ..Default::default()
+        },
+        2,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    // Due once a year: only RunSchedule runs these.
+    create(&mut c, "nightly", schedule(target(0), "0 0 3 1 1 *")).await;
+    create(&mut c, "other", schedule(target(1), "0 0 3 1 1 *")).await;
+    let run = |name: &str, rid: &str| pb::RunScheduleRequest {
+        name: format!("schedules/{name}"),
+        request_id: rid.into(),
+        ..Default::default()
+    };
+    let first = c
+        .run_schedule(run("nightly", "run-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.request_id, "run-1");
+    let again = c
+        .run_schedule(run("nightly", "run-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.name, first.name, "the retry gets the same job");
+    assert!(!is_terminal(&again), "and the job was still running");
+    let e = c.run_schedule(run("nightly", "")).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "a new run overlaps: {e:?}"
+    );
+    let e = c.run_schedule(run("other", "run-1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let e = c
+        .run_schedule(run("nightly", "custos-mine"))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["request_id"]);
+    let done = wait_done(&mut c, &first.name, Duration::from_secs(30)).await;
+    assert_eq!(state(&done), "SUCCEEDED", "{}", done.message);
+    assert_eq!(jobs_of(&mut c, "nightly").await.len(), 1);
+    assert_eq!(sim.counters().backup_submits, 1);
 }
