@@ -723,16 +723,34 @@ impl Backend for CfV3 {
         page_size: Option<u32>,
         page_token: &str,
     ) -> Result<BackupPage, BackendError> {
-        if !page_token.is_empty() {
-            return Err(BackendError::new(
-                ErrorKind::Invalid,
-                "the CF backup list is not paginated: there is no next page",
-            ));
-        }
-        let list = self.backups(&resource.id, page_size).await?;
+        // CF's list takes only `limit` (newest first): pages are made here,
+        // by offset. A backup made between two pages shifts the later ones
+        // by one (it may show twice); none is ever skipped for good.
+        let offset: u32 = if page_token.is_empty() {
+            0
+        } else {
+            page_token.parse().map_err(|_| {
+                BackendError::new(
+                    ErrorKind::Invalid,
+                    format!("page token {page_token:?} is not one this backend gave"),
+                )
+            })?
+        };
+        // One more than the page, to know whether there is a next one.
+        let limit = page_size.map(|n| offset.saturating_add(n).saturating_add(1));
+        let list = self.backups(&resource.id, limit).await?;
+        let mut rest = list.backups.into_iter().skip(offset as usize);
+        let page: Vec<_> = match page_size {
+            Some(n) => rest.by_ref().take(n as usize).collect(),
+            None => rest.by_ref().collect(),
+        };
+        let more = rest.next().is_some();
+        let next_page_token = match page_size {
+            Some(n) if more => offset.saturating_add(n).to_string(),
+            _ => String::new(),
+        };
         Ok(BackupPage {
-            backups: list
-                .backups
+            backups: page
                 .into_iter()
                 .map(|b| BackupInfo {
                     created_at: epoch_to_time(b.created_at),
@@ -740,7 +758,7 @@ impl Backend for CfV3 {
                     state: String::new(),
                 })
                 .collect(),
-            next_page_token: String::new(),
+            next_page_token,
         })
     }
 

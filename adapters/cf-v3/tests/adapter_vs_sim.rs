@@ -74,6 +74,32 @@ async fn backup_then_restore_with_discovered_uaa() {
     let page = cf.list_backups(&instance(), Some(1), "").await.unwrap();
     assert_eq!(page.backups.len(), 1);
     assert_eq!(page.backups[0].id, id, "newest first");
+    // CF takes only `limit`: pages by offset, made by the adapter.
+    for i in 0..5 {
+        sim.add_backup(GUID, &format!("older-{i}"), 1_600_000_000 + i);
+    }
+    let all: Vec<String> = cf
+        .list_backups(&instance(), None, "")
+        .await
+        .unwrap()
+        .backups
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(all.len(), 7, "{all:?}");
+    let (mut paged, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let p = cf.list_backups(&instance(), Some(2), &token).await.unwrap();
+        pages += 1;
+        paged.extend(p.backups.into_iter().map(|b| b.id));
+        if p.next_page_token.is_empty() {
+            break;
+        }
+        token = p.next_page_token;
+    }
+    assert_eq!(paged, all, "every backup once, in order");
+    assert_eq!(pages, 4);
+    assert!(cf.list_backups(&instance(), Some(2), "x").await.is_err());
 
     let pitr = Operation::Restore {
         resource: instance(),
