@@ -634,7 +634,7 @@ impl BackupService for Service {
                     }
                 };
                 let (seq, next) = match ev {
-                    Ok(e) if e.job.id == id => (e.seq, e.job.clone()),
+                    Ok(e) if e.job.id == id => (e.seq, (*e.job).clone()),
                     Ok(_) => continue,
                     // Missed some events: the current state replaces them.
                     Err(RecvError::Lagged(_)) => match engine.snapshot(&id) {

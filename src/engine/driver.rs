@@ -29,7 +29,6 @@ use crate::telemetry::timed;
 use super::{BackendEntry, Engine, end, set_message};
 use crate::{
     job::{Failure, JobError, JobRecord, JobState, Phase},
-    names::job_name,
     store::StoreError,
 };
 
@@ -129,26 +128,16 @@ struct Driver<'a> {
 
 impl Driver<'_> {
     /// Waits until the job is the head of its target's queue. False when
-    /// the job was cancelled or the engine is stopping.
+    /// the job was cancelled or the engine is stopping. Nothing is written
+    /// meanwhile: readers are told what the job waits for
+    /// (`Engine::snapshot`).
     async fn wait_turn(&self, job: &JobRecord) -> Result<bool, StoreError> {
-        let mut said_waiting = false;
         loop {
             let notify = self.engine.targets.notify(&job.target);
             let notified = notify.notified();
             match self.engine.targets.head(&job.target) {
                 Some(h) if h == self.id => return Ok(true),
-                Some(other) => {
-                    if !said_waiting && job.state == JobState::Pending {
-                        said_waiting = true;
-                        let msg = format!(
-                            "waiting for {} to finish on the same target",
-                            job_name(other)
-                        );
-                        self.engine
-                            .update(&self.id, |j| set_message(j, msg))
-                            .await?;
-                    }
-                }
+                Some(_) => {}
                 None => return Ok(false),
             }
             tokio::select! {

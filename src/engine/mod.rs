@@ -121,13 +121,15 @@ pub struct EngineSettings {
 #[derive(Debug)]
 pub struct JobEvent {
     pub seq: u64,
-    pub job: JobRecord,
+    /// Shared with the live entry: a waiting job's record is held once.
+    pub job: Arc<JobRecord>,
 }
 
 /// A live (non-terminal, or terminal but not yet published) job.
 struct Live {
-    /// Authoritative; may hold a change that is not durable yet.
-    rec: JobRecord,
+    /// Authoritative; may hold a change that is not durable yet. Shared
+    /// with `published` once that change is durable (one copy per job).
+    rec: Arc<JobRecord>,
     /// Bumped by every write of `rec`.
     seq: u64,
     /// The newest durable version: what readers and watchers see. `None`
@@ -309,6 +311,7 @@ impl Engine {
             } else {
                 orphans.push((id, j.backend.clone()));
             }
+            let j = Arc::new(j);
             let published = Arc::new(JobEvent {
                 seq: 1,
                 job: j.clone(),
@@ -383,7 +386,7 @@ impl Engine {
                     lock(&self.live).insert(
                         rec.id,
                         Arc::new(Mutex::new(Live {
-                            rec: rec.clone(),
+                            rec: Arc::new(rec.clone()),
                             seq: 1,
                             published: None,
                             published_seq: 0,
@@ -428,7 +431,9 @@ impl Engine {
         match self.store.flush().await {
             Ok(()) => {
                 log_state(&rec);
-                self.publish(&rec, 1);
+                if let Some(shared) = self.entry(&rec.id).map(|e| lock(&e).rec.clone()) {
+                    self.publish(shared, 1);
+                }
                 self.supervise(rec.id, rec.target.clone());
                 Ok(rec)
             }
@@ -483,7 +488,11 @@ impl Engine {
     pub fn snapshot(&self, id: &Uuid) -> Result<Option<(u64, JobRecord)>, StoreError> {
         let published = |e: &Mutex<Live>| {
             let l = lock(e);
-            l.published.as_ref().map(|p| (p.seq, p.job.clone()))
+            l.published.as_ref().map(|p| {
+                let mut j = (*p.job).clone();
+                self.note_waiting(&mut j);
+                (p.seq, j)
+            })
         };
         if let Some(e) = self.entry(id) {
             return Ok(published(&e));
@@ -494,6 +503,22 @@ impl Engine {
             return Ok(published(&e));
         }
         Ok(stored.map(|j| (u64::MAX, j)))
+    }
+
+    /// A PENDING job queued behind another job on its target says so. The
+    /// wait is derived here, never stored: queueing costs no write.
+    fn note_waiting(&self, j: &mut JobRecord) {
+        if j.state != JobState::Pending {
+            return;
+        }
+        if let Some(h) = self.targets.head(&j.target)
+            && h != j.id
+        {
+            j.message = format!(
+                "waiting for {} to finish on the same target",
+                crate::names::job_name(h)
+            );
+        }
     }
 
     /// Jobs of `index` newest first that pass `keep`, after `before`;
@@ -600,25 +625,22 @@ impl Engine {
             if l.rec.state.is_terminal() {
                 return Ok(None);
             }
-            let before = l.rec.clone();
-            let was = before.state;
-            if !change(&mut l.rec) {
+            let was = l.rec.state;
+            let mut rec = (*l.rec).clone();
+            if !change(&mut rec) {
                 return Ok(None);
             }
             // The history: changes of state or phase, and retries.
-            if l.rec.state != before.state
-                || l.rec.phase != before.phase
-                || l.rec.attempts > before.attempts
+            if rec.state != l.rec.state || rec.phase != l.rec.phase || rec.attempts > l.rec.attempts
             {
-                l.rec.record_event(Utc::now());
+                rec.record_event(Utc::now());
             }
             // Written under the lock so that store order = change order.
-            if let Err(e) = self.store.put_job(&l.rec) {
-                l.rec = before;
-                return Err(e);
-            }
+            self.store.put_job(&rec)?;
+            let rec = Arc::new(rec);
+            l.rec = rec.clone();
             l.seq += 1;
-            (l.rec.clone(), l.seq, was)
+            (rec, l.seq, was)
         };
         if rec.state != was {
             log_state(&rec);
@@ -630,13 +652,13 @@ impl Engine {
             self.publish_when_durable(rec, seq);
             return Err(e);
         }
-        self.publish(&rec, seq);
-        Ok(Some(rec))
+        self.publish(rec.clone(), seq);
+        Ok(Some((*rec).clone()))
     }
 
     /// Retries the flush in the background until one succeeds, then
     /// publishes `rec` (unless a newer version was published meanwhile).
-    fn publish_when_durable(&self, rec: JobRecord, seq: u64) {
+    fn publish_when_durable(&self, rec: Arc<JobRecord>, seq: u64) {
         let me = self.me.clone();
         let stop = self.shutdown.clone();
         tokio::spawn(async move {
@@ -649,7 +671,7 @@ impl Engine {
                 let Some(engine) = me.upgrade() else { return };
                 match engine.store.flush().await {
                     Ok(()) => {
-                        engine.publish(&rec, seq);
+                        engine.publish(rec, seq);
                         return;
                     }
                     Err(e) => {
@@ -663,7 +685,7 @@ impl Engine {
     /// Makes a durable version visible, unless a newer one already is;
     /// announces it in the same order. A published terminal job leaves
     /// `live`.
-    fn publish(&self, rec: &JobRecord, seq: u64) {
+    fn publish(&self, rec: Arc<JobRecord>, seq: u64) {
         let Some(entry) = self.entry(&rec.id) else {
             return;
         };
@@ -697,7 +719,7 @@ impl Engine {
 
     /// A copy of the authoritative record of a live job.
     fn current(&self, id: &Uuid) -> Option<JobRecord> {
-        self.entry(id).map(|e| lock(&e).rec.clone())
+        self.entry(id).map(|e| (*lock(&e).rec).clone())
     }
 
     // ---- supervision ----------------------------------------------------------

@@ -26,7 +26,7 @@ async fn until_end(e: &Engine, id: Uuid) -> Vec<JobRecord> {
     loop {
         let ev = rx.recv().await.unwrap();
         if ev.job.id == id {
-            seen.push(ev.job.clone());
+            seen.push((*ev.job).clone());
             if ev.job.state.is_terminal() {
                 return seen;
             }
@@ -304,9 +304,17 @@ async fn a_change_whose_flush_failed_is_published_once_durable() {
     let b = Scripted::new();
     *b.submit_gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
-    e.create(backup("a", "i0")).await.unwrap();
+    let first = e.create(backup("a", "i0")).await.unwrap();
     let waiting = e.create(backup("a", "i0")).await.unwrap();
-    // Its "waiting for" message is durable before the flush fails.
+    // The first job holds the target, stuck in its submit (so it writes
+    // nothing more); the second says what it waits for.
+    eventually("the first job submits", || {
+        e.get(&first.id)
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.phase == crate::job::Phase::Submitting)
+    })
+    .await;
     eventually("the second job says it waits", || {
         e.get(&waiting.id)
             .ok()
@@ -321,6 +329,37 @@ async fn a_change_whose_flush_failed_is_published_once_durable() {
     );
     let done = real_wait_end(&e, waiting.id, Duration::from_secs(5)).await;
     assert_eq!(done.state, JobState::Cancelled);
+}
+
+/// Issue 12: a job queued behind another on its target costs no second
+/// write: its stored record is the one made at creation, and readers are
+/// told what it waits for.
+#[tokio::test]
+async fn a_queued_job_is_not_written_again_while_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    *b.submit_gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let first = e.create(backup("a", "i0")).await.unwrap();
+    let queued = e.create(backup("a", "i0")).await.unwrap();
+    eventually("the first job runs", || {
+        e.get(&first.id)
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.state == JobState::Running)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = e.get(&queued.id).unwrap().unwrap();
+    assert_eq!(
+        seen.message,
+        format!(
+            "waiting for {} to finish on the same target",
+            crate::names::job_name(first.id)
+        )
+    );
+    let stored = e.store.get_job(&queued.id).unwrap().unwrap();
+    assert_eq!(stored, queued, "the record as created, not written again");
 }
 
 /// Finding: a create whose caller went away before the flush left a job
