@@ -8,9 +8,11 @@
 //!   once it is durable (`Live::published`), in the order it was made;
 //! - a job's acceptance does not depend on the RPC that asked for it: the
 //!   write, the flush and the start run in a task of their own;
-//! - every live job whose backend is configured has exactly one driver
-//!   (`Engine::supervise`); a driver that fails on the store or panics is
-//!   restarted, and a job that ends always releases its target;
+//! - the head of each target's queue, once durable, has exactly one driver
+//!   (`Engine::supervise`); the jobs behind it have none until their turn
+//!   (`start_if_head`, called when the head ends, a job is accepted or a
+//!   queued job is cancelled); a driver that fails on the store or panics
+//!   is restarted, and a job that ends always releases its target;
 //! - backend calls hold a per-backend and then a global permit, including
 //!   the synchronous ones (`list_backups`, `validate`); waiting holds none.
 
@@ -325,7 +327,9 @@ impl Engine {
                     published_seq: 1,
                 })),
             );
-            if configured {
+            // Only the head of each target's queue gets a driver now; the
+            // others get theirs when their turn comes.
+            if configured && self.targets.head(&target) == Some(id) {
                 self.supervise(id, target.clone());
             }
         }
@@ -434,7 +438,7 @@ impl Engine {
                 if let Some(shared) = self.entry(&rec.id).map(|e| lock(&e).rec.clone()) {
                     self.publish(shared, 1);
                 }
-                self.supervise(rec.id, rec.target.clone());
+                self.start_if_head(&rec.target);
                 Ok(rec)
             }
             Err(e) => {
@@ -596,8 +600,15 @@ impl Engine {
             .await?;
         match updated {
             Some(rec) => {
-                if let Some(t) = lock(&self.drivers).get(id) {
-                    t.cancel();
+                let driver = lock(&self.drivers).get(id).cloned();
+                match driver {
+                    Some(t) => t.cancel(),
+                    // Queued without a driver: the queue moves on.
+                    None => {
+                        if let Some(me) = self.me.upgrade() {
+                            me.start_if_head(&rec.target);
+                        }
+                    }
                 }
                 Ok(rec)
             }
@@ -772,8 +783,43 @@ impl Engine {
             lock(&engine.drivers).remove(&id);
             if !engine.is_live(&id) {
                 engine.targets.remove(&target, id);
+                engine.start_if_head(&target);
             }
         });
+    }
+
+    /// Gives the head of `target`'s queue its driver, once its creation is
+    /// durable. A job queued behind another costs a queue entry, not a
+    /// task: it is started here when the job before it ends (and by
+    /// `accept` if it is the head already; whichever comes second starts
+    /// it, `supervise` ignoring the other).
+    fn start_if_head(self: &Arc<Self>, target: &str) {
+        loop {
+            let Some(head) = self.targets.head(target) else {
+                return;
+            };
+            let seen = self.entry(&head).map(|e| {
+                let l = lock(&e);
+                (l.published.is_some(), l.rec.state.is_terminal())
+            });
+            match seen {
+                Some((true, false)) => {
+                    self.supervise(head, target.to_string());
+                    return;
+                }
+                // Being created: `accept` starts it once it is durable.
+                Some((false, _)) => return,
+                // Ended without a driver (cancelled while queued): it
+                // leaves the queue here; one with a driver leaves when
+                // its driver stops.
+                Some((true, true)) | None => {
+                    if lock(&self.drivers).contains_key(&head) {
+                        return;
+                    }
+                    self.targets.remove(target, head);
+                }
+            }
+        }
     }
 
     /// Stops every job task at its next wait, and waits up to `deadline`

@@ -362,6 +362,44 @@ async fn a_queued_job_is_not_written_again_while_it_waits() {
     assert_eq!(stored, queued, "the record as created, not written again");
 }
 
+/// Issue 12: a job queued behind another costs a queue entry, not a task:
+/// only the head of a target's queue has a driver. Cancelling a queued job
+/// (even when its flush fails) does not stall the jobs behind it.
+#[tokio::test]
+async fn queued_jobs_get_a_driver_only_at_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let gate = Arc::new(Semaphore::new(0));
+    *b.submit_gate.lock().unwrap() = Some(gate.clone());
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let first = e.create(backup("a", "i0")).await.unwrap();
+    let second = e.create(backup("a", "i0")).await.unwrap();
+    let third = e.create(backup("a", "i0")).await.unwrap();
+    let other = e.create(backup("a", "i1")).await.unwrap();
+    eventually("the heads submit", || {
+        [first.id, other.id].iter().all(|id| {
+            e.get(id)
+                .ok()
+                .flatten()
+                .is_some_and(|j| j.phase == crate::job::Phase::Submitting)
+        })
+    })
+    .await;
+    {
+        let drivers = lock(&e.drivers);
+        assert!(drivers.contains_key(&first.id) && drivers.contains_key(&other.id));
+        assert_eq!(drivers.len(), 2, "no task for the queued jobs");
+    }
+    e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
+    assert!(e.cancel(&second.id).await.is_err(), "its flush failed");
+    gate.add_permits(10);
+    let end = |id| real_wait_end(&e, id, Duration::from_secs(10));
+    assert_eq!(end(first.id).await.state, JobState::Succeeded);
+    assert_eq!(end(second.id).await.state, JobState::Cancelled);
+    assert_eq!(end(third.id).await.state, JobState::Succeeded);
+    assert_eq!(end(other.id).await.state, JobState::Succeeded);
+}
+
 /// Finding: a create whose caller went away before the flush left a job
 /// that nobody drove.
 #[tokio::test]
