@@ -17,6 +17,7 @@ mod faults;
 mod flows;
 mod limits;
 mod metrics;
+mod output;
 mod schedules;
 mod secrets;
 mod tls;
