@@ -28,14 +28,8 @@ fn when(t: &Option<prost_types::Timestamp>, now: DateTime<Utc>) -> String {
 /// A short age or distance: `42s ago`, `3m ago`, `in 2h`.
 pub fn age(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (now - t).num_seconds();
-    let (n, future) = (secs.unsigned_abs(), secs < 0);
-    let s = match n {
-        0..=119 => format!("{n}s"),
-        120..=7199 => format!("{}m", n / 60),
-        7200..=172_799 => format!("{}h", n / 3600),
-        _ => format!("{}d", n / 86_400),
-    };
-    if future {
+    let s = super::output::short_duration(secs.unsigned_abs());
+    if secs < 0 {
         format!("in {s}")
     } else {
         format!("{s} ago")

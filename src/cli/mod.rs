@@ -5,7 +5,6 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::{Value, json};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
 use crate::api::pb::{self, backup_service_client::BackupServiceClient};
@@ -13,6 +12,7 @@ use crate::api::pb::{self, backup_service_client::BackupServiceClient};
 mod describe;
 pub mod exit;
 mod follow;
+mod output;
 mod pages;
 mod schedule;
 use pages::{Pages, Paging};
@@ -45,7 +45,10 @@ pub struct ClientOpts {
     /// A client token (sent as `authorization: Bearer <token>`).
     #[arg(long, global = true, env = "CUSTOS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Output format.
+    /// Output format: `table` (aligned columns), `wide` (more columns,
+    /// nothing shortened), `json` or `yaml` (the answer in the proto's
+    /// JSON mapping, as grpcurl shows it; lists as the list response
+    /// message, e.g. `{"jobs": [...]}`).
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// For an https:// endpoint: the CA that signed the daemon's
@@ -67,8 +70,22 @@ pub struct ClientOpts {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
+    /// Aligned columns for people.
     Table,
+    /// The table with more columns, nothing shortened.
+    Wide,
+    /// The proto's canonical JSON mapping, pretty-printed.
     Json,
+    /// The same document as YAML.
+    Yaml,
+}
+
+impl Output {
+    /// JSON or YAML: stdout is one document, and every other line (request
+    /// ids, progress, hints) goes to stderr.
+    pub fn is_document(self) -> bool {
+        matches!(self, Output::Json | Output::Yaml)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -168,10 +185,10 @@ pub enum BackupCmd {
 }
 
 const REQUEST_ID_HELP: &str = "Idempotency key (default: a fresh UUID). Printed first as `request_id: ID` \
-(on stderr with -o json, so stdout stays parseable); running the same command again with \
+(on stderr with -o json|yaml, so stdout stays parseable); running the same command again with \
 --request-id ID answers the first job and never starts a second one";
 
-const WAIT_HELP: &str = "Print the job's name (`job: NAME`; on stderr with -o json), then follow \
+const WAIT_HELP: &str = "Print the job's name (`job: NAME`; on stderr with -o json|yaml), then follow \
 it to its end, reconnecting across daemon restarts (see --reconnect-timeout); Ctrl-C stops \
 watching, not the job. Exit code by outcome (see custos --help)";
 
@@ -307,10 +324,10 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 }
 
 /// A line about the command itself (the request id, the job being
-/// waited for): on stdout with the table output, on stderr otherwise so
-/// that stdout stays one parseable document.
+/// waited for): on stdout with the table output, on stderr with json/yaml
+/// so that stdout stays one parseable document.
 fn note(out: Output, line: &str) {
-    if out == Output::Table {
+    if !out.is_document() {
         println!("{line}");
     } else {
         eprintln!("{line}");
@@ -360,87 +377,45 @@ fn job_name(s: &str) -> String {
     }
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> Value {
-    t.as_ref()
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .map(|d| Value::String(d.to_rfc3339()))
-        .unwrap_or(Value::Null)
-}
-
-fn state_name(s: i32) -> &'static str {
-    pb::job::State::try_from(s)
-        .map(|s| s.as_str_name())
-        .unwrap_or("UNKNOWN")
-}
-
-pub fn job_json(j: &pb::Job) -> Value {
-    json!({
-        "name": j.name,
-        "kind": pb::job::Kind::try_from(j.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
-        "target": j.target,
-        "state": state_name(j.state),
-        "create_time": ts(&j.create_time),
-        "start_time": ts(&j.start_time),
-        "end_time": ts(&j.end_time),
-        "attempts": j.attempts,
-        "message": j.message,
-        "backup_id": j.backup_id,
-        "remote_operation": j.remote_operation,
-        "error": j.error.as_ref().map(|e| json!({
-            "code": e.code,
-            "message": e.message,
-            "details": e.details.iter().map(|d| json!({
-                "http_status": d.http_status, "code": d.code, "title": d.title, "detail": d.detail,
-            })).collect::<Vec<_>>(),
-        })),
-        "schedule": j.schedule,
-        "created_by": j.created_by,
-        "request_id": j.request_id,
-        "labels": j.labels,
-        "validate_only": j.validate_only,
-    })
-}
-
-fn print_job(j: &pb::Job, out: Output) {
-    match out {
-        Output::Json => println!("{}", job_json(j)),
-        Output::Table => {
-            let v = job_json(j);
-            for k in [
-                "name",
-                "kind",
-                "target",
-                "state",
-                "message",
-                "backup_id",
-                "remote_operation",
-                "create_time",
-                "start_time",
-                "end_time",
-                "attempts",
-                "schedule",
-                "created_by",
-                "request_id",
-            ] {
-                let val = &v[k];
-                let s = match val {
-                    Value::String(s) if s.is_empty() => continue,
-                    Value::String(s) => s.clone(),
-                    Value::Null => continue,
-                    other => other.to_string(),
-                };
-                println!("{k:<17}{s}");
-            }
-            if let Some(e) = &j.error {
-                for d in &e.details {
-                    println!(
-                        "{:<17}{} {} {}",
-                        "backend_error", d.http_status, d.title, d.detail
-                    );
-                }
-            }
+/// A job: the document with json/yaml, else `key  value` lines.
+fn print_job(j: &pb::Job, out: Output) -> anyhow::Result<()> {
+    if out.is_document() {
+        return output::print_doc(j, out);
+    }
+    let rows = [
+        ("name", j.name.clone()),
+        ("kind", output::job_kind(j.kind).to_string()),
+        ("target", j.target.clone()),
+        ("state", output::job_state(j.state).to_string()),
+        ("message", j.message.clone()),
+        ("backup_id", j.backup_id.clone()),
+        ("remote_operation", j.remote_operation.clone()),
+        ("create_time", time_or_empty(&j.create_time)),
+        ("start_time", time_or_empty(&j.start_time)),
+        ("end_time", time_or_empty(&j.end_time)),
+        ("attempts", j.attempts.to_string()),
+        ("schedule", j.schedule.clone()),
+        ("created_by", j.created_by.clone()),
+        ("request_id", j.request_id.clone()),
+    ];
+    for (k, v) in rows {
+        if !v.is_empty() {
+            println!("{k:<17}{v}");
         }
     }
+    if let Some(e) = &j.error {
+        for d in &e.details {
+            println!(
+                "{:<17}{} {} {}",
+                "backend_error", d.http_status, d.title, d.detail
+            );
+        }
+    }
+    Ok(())
+}
+
+fn time_or_empty(t: &Option<prost_types::Timestamp>) -> String {
+    output::time(t).map(output::rfc3339).unwrap_or_default()
 }
 
 /// Follows a job to its end (across daemon restarts, see `follow`),
@@ -451,16 +426,16 @@ async fn wait_job(
     name: &str,
     out: Output,
 ) -> anyhow::Result<i32> {
-    let tty = std::io::stderr().is_terminal() && out == Output::Table;
+    let tty = std::io::stderr().is_terminal() && !out.is_document();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
     let followed = follow::follow(opts, client, name, opts.reconnect_timeout, |j| match &bar {
-        Some(b) => b.set_message(format!("{} {}", state_name(j.state), j.message)),
-        None if out == Output::Table => {
-            eprintln!("{} {}", state_name(j.state), j.message)
+        Some(b) => b.set_message(format!("{} {}", output::job_state(j.state), j.message)),
+        None if !out.is_document() => {
+            eprintln!("{} {}", output::job_state(j.state), j.message)
         }
         None => {}
     })
@@ -470,13 +445,13 @@ async fn wait_job(
     }
     match followed? {
         follow::Followed::Ended(j) => {
-            print_job(&j, out);
+            print_job(&j, out)?;
             Ok(exit::for_job(&j))
         }
         follow::Followed::Lost { last, error } => {
             let state = last
                 .as_ref()
-                .map(|j| format!(" (last seen {} {})", state_name(j.state), j.message))
+                .map(|j| format!(" (last seen {} {})", output::job_state(j.state), j.message))
                 .unwrap_or_default();
             eprintln!(
                 "custos: gave up after {} without reaching the daemon ({error}); \
@@ -502,7 +477,7 @@ async fn created(c: Client, opts: &ClientOpts, j: pb::Job, wait: bool) -> anyhow
         note(out, &format!("job: {}", j.name));
         return wait_job(c, opts, &j.name, out).await;
     }
-    print_job(&j, out);
+    print_job(&j, out)?;
     Ok(exit::OK)
 }
 
@@ -531,30 +506,11 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            match out {
-                Output::Json => {
-                    let v: Vec<Value> = r
-                        .backends
-                        .iter()
-                        .map(|b| {
-                            let cap = b.capabilities.unwrap_or_default();
-                            json!({"name": b.name, "kind": b.kind, "endpoint": b.endpoint,
-                                "capabilities": {
-                                    "create_backup": cap.create_backup, "list_backups": cap.list_backups,
-                                    "delete_backup": cap.delete_backup, "restore": cap.restore,
-                                    "point_in_time_restore": cap.point_in_time_restore,
-                                    "cross_instance_restore": cap.cross_instance_restore,
-                                    "restore_mappings": cap.restore_mappings}})
-                        })
-                        .collect();
-                    println!("{}", Value::Array(v));
-                }
-                Output::Table => {
-                    println!("{:<28}{:<8}ENDPOINT", "NAME", "KIND");
-                    for b in r.backends {
-                        println!("{:<28}{:<8}{}", b.name, b.kind, b.endpoint);
-                    }
-                }
+            if out.is_document() {
+                output::print_list(&r, "backends", out)?;
+            } else {
+                let (h, rows) = output::backends_table(&r.backends, out == Output::Wide);
+                output::print_table("backends", &h, rows);
             }
             Ok(0)
         }
@@ -600,20 +556,16 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     .into_inner();
                 pages.add(r.backups, r.next_page_token, &mut backups)?;
             }
-            match out {
-                Output::Json => {
-                    let v: Vec<Value> = backups
-                        .iter()
-                        .map(|b| json!({"id": b.id, "target": b.target, "create_time": ts(&b.create_time), "state": b.state}))
-                        .collect();
-                    println!("{}", Value::Array(v));
-                }
-                Output::Table => {
-                    println!("{:<40}CREATED", "ID");
-                    for b in backups {
-                        println!("{:<40}{}", b.id, ts(&b.create_time).as_str().unwrap_or("-"));
-                    }
-                }
+            if out.is_document() {
+                let list = pb::ListBackupsResponse {
+                    backups,
+                    next_page_token: String::new(),
+                };
+                output::print_list(&list, "backups", out)?;
+            } else {
+                let (h, rows) =
+                    output::backups_table(&backups, out == Output::Wide, chrono::Utc::now());
+                output::print_table("backups", &h, rows);
             }
             if pages.more() {
                 eprintln!("{}", pages.hint("backups"));
@@ -645,21 +597,14 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            match out {
-                Output::Json => println!(
-                    "{}",
-                    json!({"name": b.name, "id": b.id, "target": b.target, "create_time": ts(&b.create_time), "state": b.state})
-                ),
-                Output::Table => {
-                    println!("name:     {}", b.name);
-                    println!("id:       {}", b.id);
-                    println!("target:   {}", b.target);
-                    println!("created:  {}", ts(&b.create_time).as_str().unwrap_or("-"));
-                    println!(
-                        "state:    {}",
-                        if b.state.is_empty() { "-" } else { &b.state }
-                    );
-                }
+            if out.is_document() {
+                output::print_doc(&b, out)?;
+            } else {
+                println!("name:     {}", b.name);
+                println!("id:       {}", b.id);
+                println!("target:   {}", b.target);
+                println!("created:  {}", output::time_cell(&b.create_time));
+                println!("state:    {}", output::cell(&b.state));
             }
             Ok(0)
         }
@@ -717,7 +662,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_job(&j, out);
+            print_job(&j, out)?;
             Ok(0)
         }
         Command::Job(JobCmd::Describe { job }) => {
@@ -728,9 +673,10 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            match out {
-                Output::Json => print_job(&j, out),
-                Output::Table => print!("{}", describe::describe(&j, chrono::Utc::now())),
+            if out.is_document() {
+                print_job(&j, out)?;
+            } else {
+                print!("{}", describe::describe(&j, chrono::Utc::now()));
             }
             Ok(0)
         }
@@ -744,7 +690,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_job(&j, out);
+            print_job(&j, out)?;
             Ok(0)
         }
         Command::Schedule(cmd) => schedule::run(c, &opts, cmd).await,
@@ -788,24 +734,15 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                     .into_inner();
                 pages.add(r.jobs, r.next_page_token, &mut jobs)?;
             }
-            match out {
-                Output::Json => {
-                    println!("{}", Value::Array(jobs.iter().map(job_json).collect()));
-                }
-                Output::Table => {
-                    println!("{:<43}{:<15}{:<11}TARGET", "NAME", "KIND", "STATE");
-                    for j in jobs {
-                        println!(
-                            "{:<43}{:<15}{:<11}{}",
-                            j.name,
-                            pb::job::Kind::try_from(j.kind)
-                                .map(|k| k.as_str_name())
-                                .unwrap_or("?"),
-                            state_name(j.state),
-                            j.target
-                        );
-                    }
-                }
+            if out.is_document() {
+                let list = pb::ListJobsResponse {
+                    jobs,
+                    next_page_token: String::new(),
+                };
+                output::print_list(&list, "jobs", out)?;
+            } else {
+                let (h, rows) = output::jobs_table(&jobs, out == Output::Wide, chrono::Utc::now());
+                output::print_table("jobs", &h, rows);
             }
             if pages.more() {
                 eprintln!("{}", pages.hint("jobs"));

@@ -2,12 +2,10 @@
 
 use std::collections::HashMap;
 
+use super::{Client, ClientOpts, Output, Pages, Paging, created, output, status_err};
+use crate::api::pb;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Value, json};
-
-use super::{Client, ClientOpts, Output, Pages, Paging, created, status_err, ts};
-use crate::api::pb;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OverlapArg {
@@ -188,54 +186,33 @@ fn enum_name(v: i32, overlap: bool) -> &'static str {
     }
 }
 
-pub fn schedule_json(s: &pb::Schedule) -> Value {
-    json!({
-        "name": s.name,
-        "target": s.target,
-        "cron": s.cron,
-        "time_zone": s.time_zone,
-        "paused": s.paused,
-        "overlap_policy": enum_name(s.overlap_policy, true),
-        "catch_up": enum_name(s.catch_up, false),
-        "retention": s.retention.as_ref().map(|r| json!({
-            "keep_last": r.keep_last, "max_age": r.max_age, "min_keep": r.min_keep,
-        })),
-        "labels": s.labels,
-        "incremental": s.incremental,
-        "next_run_times": s.next_run_times.iter().map(|t| ts(&Some(*t))).collect::<Vec<_>>(),
-        "last_job": s.last_job,
-        "last_skip": s.last_skip.as_ref().map(|k| json!({
-            "time": ts(&k.time), "reason": k.reason, "message": k.message,
-        })),
-        "create_time": ts(&s.create_time),
-        "update_time": ts(&s.update_time),
-    })
-}
-
-fn print_schedule(s: &pb::Schedule, out: Output) {
-    let v = schedule_json(s);
-    if out == Output::Json {
-        println!("{v}");
-        return;
+/// A schedule: the document with json/yaml, else `key  value` lines.
+fn print_schedule(s: &pb::Schedule, out: Output) -> anyhow::Result<()> {
+    if out.is_document() {
+        return output::print_doc(s, out);
     }
-    for k in [
-        "name",
-        "target",
-        "cron",
-        "time_zone",
-        "paused",
-        "overlap_policy",
-        "catch_up",
-        "incremental",
-        "last_job",
-        "create_time",
-        "update_time",
-    ] {
-        match &v[k] {
-            Value::String(x) if x.is_empty() => {}
-            Value::String(x) => println!("{k:<17}{x}"),
-            Value::Null => {}
-            other => println!("{k:<17}{other}"),
+    let time = |t: &Option<prost_types::Timestamp>| {
+        output::time(t).map(output::rfc3339).unwrap_or_default()
+    };
+    let rows = [
+        ("name", s.name.clone()),
+        ("target", s.target.clone()),
+        ("cron", s.cron.clone()),
+        ("time_zone", s.time_zone.clone()),
+        ("paused", s.paused.to_string()),
+        (
+            "overlap_policy",
+            enum_name(s.overlap_policy, true).to_string(),
+        ),
+        ("catch_up", enum_name(s.catch_up, false).to_string()),
+        ("incremental", s.incremental.to_string()),
+        ("last_job", s.last_job.clone()),
+        ("create_time", time(&s.create_time)),
+        ("update_time", time(&s.update_time)),
+    ];
+    for (k, v) in rows {
+        if !v.is_empty() {
+            println!("{k:<17}{v}");
         }
     }
     if let Some(r) = &s.retention {
@@ -252,15 +229,20 @@ fn print_schedule(s: &pb::Schedule, out: Output) {
         );
     }
     for t in &s.next_run_times {
-        if let Value::String(x) = ts(&Some(*t)) {
-            println!("{:<17}{x}", "next_run_time");
-        }
+        println!("{:<17}{}", "next_run_time", time(&Some(*t)));
     }
     if let Some(k) = &s.last_skip
-        && let Value::String(x) = ts(&k.time)
+        && k.time.is_some()
     {
-        println!("{:<17}{x} {}: {}", "last_skip", k.reason, k.message);
+        println!(
+            "{:<17}{} {}: {}",
+            "last_skip",
+            time(&k.time),
+            k.reason,
+            k.message
+        );
     }
+    Ok(())
 }
 
 pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::Result<i32> {
@@ -293,7 +275,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_schedule(&s, out);
+            print_schedule(&s, out)?;
         }
         ScheduleCmd::List { paging } => {
             let mut pages = Pages::new(paging);
@@ -309,25 +291,16 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
                     .into_inner();
                 pages.add(r.schedules, r.next_page_token, &mut schedules)?;
             }
-            match out {
-                Output::Json => println!(
-                    "{}",
-                    Value::Array(schedules.iter().map(schedule_json).collect())
-                ),
-                Output::Table => {
-                    println!("{:<30}{:<20}{:<26}TARGET", "NAME", "CRON", "NEXT RUN");
-                    for s in schedules {
-                        let next = if s.paused {
-                            "paused".to_string()
-                        } else {
-                            match s.next_run_times.first().map(|t| ts(&Some(*t))) {
-                                Some(Value::String(x)) => x,
-                                _ => "-".into(),
-                            }
-                        };
-                        println!("{:<30}{:<20}{:<26}{}", s.name, s.cron, next, s.target);
-                    }
-                }
+            if out.is_document() {
+                let list = pb::ListSchedulesResponse {
+                    schedules,
+                    next_page_token: String::new(),
+                };
+                output::print_list(&list, "schedules", out)?;
+            } else {
+                let (h, rows) =
+                    output::schedules_table(&schedules, out == Output::Wide, chrono::Utc::now());
+                output::print_table("schedules", &h, rows);
             }
             if pages.more() {
                 eprintln!("{}", pages.hint("schedules"));
@@ -341,7 +314,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_schedule(&s, out);
+            print_schedule(&s, out)?;
         }
         ScheduleCmd::Update { name, fields } => {
             let mut s = pb::Schedule {
@@ -363,7 +336,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_schedule(&s, out);
+            print_schedule(&s, out)?;
         }
         ScheduleCmd::Pause { name } => {
             let s = c
@@ -374,7 +347,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_schedule(&s, out);
+            print_schedule(&s, out)?;
         }
         ScheduleCmd::Resume { name } => {
             let s = c
@@ -385,7 +358,7 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            print_schedule(&s, out);
+            print_schedule(&s, out)?;
         }
         ScheduleCmd::Run {
             name,
@@ -405,15 +378,21 @@ pub async fn run(mut c: Client, opts: &ClientOpts, cmd: ScheduleCmd) -> anyhow::
         }
         ScheduleCmd::Delete { name, yes: _ } => {
             let name = schedule_name(&name);
-            c.delete_schedule(pb::DeleteScheduleRequest {
-                name: name.clone(),
-                ..Default::default()
-            })
-            .await
-            .map_err(status_err)?;
-            match out {
-                Output::Json => println!("{}", json!({"deleted": name})),
-                Output::Table => println!("deleted {name} (its jobs and backups stay)"),
+            let r = c
+                .delete_schedule(pb::DeleteScheduleRequest {
+                    name: name.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let line = format!("deleted {name} (its jobs and backups stay)");
+            if out.is_document() {
+                // The answer (an empty message, `{}`) is the document.
+                eprintln!("{line}");
+                output::print_doc(&r, out)?;
+            } else {
+                println!("{line}");
             }
         }
     }

@@ -408,8 +408,11 @@ async fn lists_follow_page_tokens_and_never_stop_silently() {
         a.extend_from_slice(args);
         let o = run(&d, &a);
         assert!(o.status.success(), "{}", show(&o));
-        let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-        let got: Vec<String> = v
+        // The list response message, every page merged.
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let got: Vec<String> = v["jobs"]
+            .as_array()
+            .unwrap()
             .iter()
             .map(|j| j["name"].as_str().unwrap().to_string())
             .collect();
@@ -472,11 +475,11 @@ async fn lists_follow_page_tokens_and_never_stop_silently() {
         ],
     );
     assert!(o.status.success(), "{}", show(&o));
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v.len(), 3);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schedules"].as_array().unwrap().len(), 3);
     let o = run(&d, &["schedule", "list", "--page-size", "1", "-o", "json"]);
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v.len(), 1);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schedules"].as_array().unwrap().len(), 1);
     assert!(text(&o.stderr).contains("--all"), "{}", show(&o));
 }
 

@@ -367,7 +367,7 @@ async fn cli_waits_and_exits_by_outcome() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], "SUCCEEDED");
-    assert!(!v["backup_id"].as_str().unwrap().is_empty());
+    assert!(!v["backupId"].as_str().unwrap().is_empty());
 
     sim.fail_next_job(
         &inst(0),

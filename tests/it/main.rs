@@ -18,6 +18,7 @@ mod faults;
 mod flows;
 mod limits;
 mod metrics;
+mod output;
 mod schedules;
 mod secrets;
 mod tls;

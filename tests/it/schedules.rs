@@ -417,9 +417,9 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
     ]));
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["name"], "schedules/nightly");
-    assert_eq!(s["time_zone"], "Europe/Berlin");
+    assert_eq!(s["timeZone"], "Europe/Berlin");
     // 02:30 in Berlin is 00:30 or 01:30 UTC.
-    let first = s["next_run_times"][0].as_str().unwrap().to_string();
+    let first = s["nextRunTimes"][0].as_str().unwrap().to_string();
     assert!(
         first.contains("T00:30:00") || first.contains("T01:30:00"),
         "{first}"
@@ -480,7 +480,7 @@ async fn bad_schedules_are_refused_by_field_and_the_cli_drives_one() {
     ]));
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(s["cron"], "0 3 * * 1-5");
-    assert_eq!(s["time_zone"], "Europe/Berlin", "untouched by the mask");
+    assert_eq!(s["timeZone"], "Europe/Berlin", "untouched by the mask");
     assert!(ok(run(&["schedule", "pause", "nightly"])).contains("paused"));
     ok(run(&["schedule", "resume", "nightly"]));
     assert!(!get(&mut c, "nightly").await.paused);
