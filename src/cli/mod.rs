@@ -168,12 +168,16 @@ pub enum BackupCmd {
         #[command(flatten)]
         paging: Paging,
     },
-    /// One backup, by its name (`TARGET/backups/ID`, as `backup list -o json` shows).
+    /// One backup, by its name (`TARGET/backups/ID`, as `backup list -o wide` shows).
     Get { name: String },
-    /// Deletes a backup; asks first on a terminal, else needs --yes.
+    /// Deletes a backup: `TARGET BACKUP_ID`, or its name alone
+    /// (`TARGET/backups/ID`, as `backup list -o wide` shows); asks first on
+    /// a terminal, else needs --yes.
     Delete {
+        /// The target, or the backup's name.
         target: String,
-        backup_id: String,
+        /// The backup's id (leave out when the first argument is its name).
+        backup_id: Option<String>,
         #[arg(long, help = REQUEST_ID_HELP)]
         request_id: Option<String>,
         #[arg(long, help = WAIT_HELP)]
@@ -427,17 +431,38 @@ async fn wait_job(
     out: Output,
 ) -> anyhow::Result<i32> {
     let tty = std::io::stderr().is_terminal() && !out.is_document();
+    // A spinner with the job's words; a bar once the backend says how far
+    // it is; plain lines when stderr is not a terminal.
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    let followed = follow::follow(opts, client, name, opts.reconnect_timeout, |j| match &bar {
-        Some(b) => b.set_message(format!("{} {}", output::job_state(j.state), j.message)),
-        None if !out.is_document() => {
-            eprintln!("{} {}", output::job_state(j.state), j.message)
+    let mut barred = false;
+    let followed = follow::follow(opts, client, name, opts.reconnect_timeout, |j| {
+        let words = format!("{} {}", output::job_state(j.state), j.message);
+        match &bar {
+            Some(b) => {
+                if let Some(p) = j.progress_percent {
+                    if !barred {
+                        barred = true;
+                        b.set_length(100);
+                        if let Ok(style) =
+                            indicatif::ProgressStyle::with_template("{bar:30} {pos:>3}% {msg}")
+                        {
+                            b.set_style(style);
+                        }
+                    }
+                    b.set_position(u64::try_from(p.clamp(0, 100)).unwrap_or(0));
+                }
+                b.set_message(words);
+            }
+            None if !out.is_document() => match j.progress_percent {
+                Some(p) => eprintln!("{words} ({p}%)"),
+                None => eprintln!("{words}"),
+            },
+            None => {}
         }
-        None => {}
     })
     .await;
     if let Some(b) = bar {
@@ -446,6 +471,9 @@ async fn wait_job(
     match followed? {
         follow::Followed::Ended(j) => {
             print_job(&j, out)?;
+            if !out.is_document() {
+                println!("{}", outcome_line(&j));
+            }
             Ok(exit::for_job(&j))
         }
         follow::Followed::Lost { last, error } => {
@@ -466,6 +494,61 @@ async fn wait_job(
             );
             Ok(exit::INTERRUPTED)
         }
+    }
+}
+
+/// The last line of `--wait`: what happened, and where.
+fn outcome_line(j: &pb::Job) -> String {
+    use pb::job::{Kind, State};
+    let kind = Kind::try_from(j.kind).unwrap_or(Kind::Unspecified);
+    let state = State::try_from(j.state).unwrap_or(State::Unspecified);
+    let backup = |id: &str| {
+        if id.is_empty() {
+            "a backup".to_string()
+        } else {
+            format!("backup {id}")
+        }
+    };
+    match (state, kind) {
+        (State::Succeeded, Kind::Backup) => {
+            format!("{} made of {} ({})", backup(&j.backup_id), j.target, j.name)
+        }
+        (State::Succeeded, Kind::Restore) => {
+            let from = j
+                .restore
+                .as_ref()
+                .map(|r| {
+                    let mut f = Vec::new();
+                    if !r.backup_id.is_empty() {
+                        f.push(format!("backup {}", r.backup_id));
+                    }
+                    if r.point_in_time.is_some() {
+                        f.push("a point in time".to_string());
+                    }
+                    if !r.source.is_empty() {
+                        f.push(format!("of {}", r.source));
+                    }
+                    f.join(" ")
+                })
+                .filter(|f| !f.is_empty())
+                .unwrap_or_else(|| "its backup".into());
+            format!("{} restored from {from} ({})", j.target, j.name)
+        }
+        (State::Succeeded, Kind::DeleteBackup) => {
+            format!(
+                "{} of {} deleted ({})",
+                backup(&j.backup_id),
+                j.target,
+                j.name
+            )
+        }
+        _ => format!(
+            "{} {} {}: {}",
+            j.name,
+            output::job_kind(j.kind),
+            output::job_state(j.state),
+            j.message
+        ),
     }
 }
 
@@ -491,7 +574,13 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             backup_id,
             yes,
             ..
-        }) => confirm(&format!("delete backup {backup_id} of {target}"), *yes)?,
+        }) => confirm(
+            &match backup_id {
+                Some(id) => format!("delete backup {id} of {target}"),
+                None => format!("delete {target}"),
+            },
+            *yes,
+        )?,
         Command::Schedule(ScheduleCmd::Delete { name, yes }) => confirm(
             &format!("delete schedule {}", schedule::schedule_name(name)),
             *yes,
@@ -579,10 +668,16 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
             wait,
             yes: _,
         }) => {
+            // One argument: the backup's name.
+            let (target, backup_id, name) = match backup_id {
+                Some(id) => (target, id, String::new()),
+                None => (String::new(), String::new(), target),
+            };
             let j = c
                 .delete_backup(pb::DeleteBackupRequest {
                     target,
                     backup_id,
+                    name,
                     request_id: request_id_for(request_id, out),
                     ..Default::default()
                 })
@@ -755,5 +850,41 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
         | Command::Completions { .. } => {
             bail!("not a client command")
         }
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn the_last_line_says_what_happened_and_where() {
+        let mut j = pb::Job {
+            name: "jobs/1".into(),
+            kind: pb::job::Kind::Backup as i32,
+            state: pb::job::State::Succeeded as i32,
+            target: "backends/vbs/volumes/v".into(),
+            backup_id: "b-9".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            outcome_line(&j),
+            "backup b-9 made of backends/vbs/volumes/v (jobs/1)"
+        );
+        j.kind = pb::job::Kind::Restore as i32;
+        j.restore = Some(pb::RestoreParameters {
+            backup_id: "b-9".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            outcome_line(&j),
+            "backends/vbs/volumes/v restored from backup b-9 (jobs/1)"
+        );
+        j.state = pb::job::State::Failed as i32;
+        j.message = "the volume is in use".into();
+        assert_eq!(
+            outcome_line(&j),
+            "jobs/1 RESTORE FAILED: the volume is in use"
+        );
     }
 }

@@ -378,4 +378,52 @@ async fn restore_progress_is_reported_as_a_percentage() {
         "a percentage on the way: {seen:?}"
     );
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+
+    // The CLI's --wait shows it (plain lines without a terminal) and ends
+    // with what happened, and where.
+    let endpoint = format!("http://{}", d.addr);
+    let target = server(&ids);
+    let mut args = vec![
+        "restore".to_string(),
+        target.clone(),
+        "--backup".into(),
+        ids.server_backup_id.clone(),
+        "--wait".into(),
+    ];
+    for (b, v) in [
+        (&ids.system_child_id, &ids.system_volume_id),
+        (&ids.data_child_id, &ids.data_volume_id),
+    ] {
+        args.push("--map".into());
+        args.push(format!("{b}={v}"));
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_custos"))
+            .args(&args)
+            .env("CUSTOS_ENDPOINT", endpoint)
+            .env("CUSTOS_TOKEN", OP_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("RUNNING") && l.ends_with("%)")),
+        "progress lines: {stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "{target} restored from backup {}",
+            ids.server_backup_id
+        )),
+        "{stdout}"
+    );
 }

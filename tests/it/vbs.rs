@@ -336,3 +336,56 @@ async fn kill_nine_mid_restore_resumes_without_a_second_restore() {
     assert_eq!(state(&j), "SUCCEEDED", "{}\n{}", j.message, d.logs());
     assert_eq!(vbs.counters().restore_submits, 1, "one restore only");
 }
+
+/// The CLI takes a backup's name alone: `backup get NAME`, and
+/// `backup delete NAME --yes --wait`, whose last line says what was deleted.
+#[tokio::test]
+async fn the_cli_gets_and_deletes_a_backup_by_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vbs, ids, d) = start(dir.path(), VbsSimConfig::default()).await;
+    let mut c = d.op().await;
+    let made = run_backup(&mut c, &ids.volume_id, false).await;
+    assert_eq!(state(&made), "SUCCEEDED", "{}", made.message);
+    let name = format!("{}/backups/{}", vol(&ids.volume_id), made.backup_id);
+    let endpoint = format!("http://{}", d.addr);
+    let cli = move |args: Vec<String>| {
+        let endpoint = endpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_custos"))
+                .args(&args)
+                .env("CUSTOS_ENDPOINT", endpoint)
+                .env("CUSTOS_TOKEN", OP_TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli(vec!["backup".into(), "get".into(), name.clone()])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&made.backup_id));
+    let out = cli(vec![
+        "backup".into(),
+        "delete".into(),
+        name.clone(),
+        "--yes".into(),
+        "--wait".into(),
+    ])
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with(&format!(
+                "backup {} of {} deleted",
+                made.backup_id,
+                vol(&ids.volume_id)
+            )),
+        "{stdout}"
+    );
+    assert!(vbs.backup(&made.backup_id).is_none());
+}
