@@ -515,3 +515,22 @@ async fn a_restore_with_no_trace_after_the_grace_period_is_not_sent_again() {
     assert_eq!(b.calls("submit").len(), 1, "never a second restore");
     assert!(b.calls("reconcile").len() >= 3);
 }
+
+/// Issue 12: fingerprints are digests now; records stored with the JSON
+/// fingerprint of older releases still recognise their retries.
+#[test]
+fn fingerprints_are_digests_and_old_ones_still_match() {
+    let a = backup("a", "i0");
+    let f = a.fingerprint();
+    assert!(
+        f.starts_with(DIGEST_PREFIX) && f.len() == DIGEST_PREFIX.len() + 64,
+        "{f}"
+    );
+    assert!(a.same_as(Some(&f)));
+    assert!(a.same_as(Some(&a.fingerprint_json())), "an older record");
+    let mut other = backup("a", "i0");
+    other.labels.insert("k".into(), "v".into());
+    assert!(!other.same_as(Some(&f)));
+    assert!(!other.same_as(Some(&a.fingerprint_json())));
+    assert!(!a.same_as(None));
+}
