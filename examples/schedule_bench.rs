@@ -81,6 +81,7 @@ async fn count_jobs(c: &mut Client) -> usize {
                 page_size: 1000,
                 page_token: token,
                 filter: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()

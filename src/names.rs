@@ -39,12 +39,15 @@ pub fn valid_backend_name(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Resource ids: letters, digits and `-._~` (URL-safe without escaping).
+/// Resource ids: letters, digits and `-._~` (URL-safe without escaping),
+/// but not dots alone: `.` and `..` would be path segments that URL
+/// resolution removes, sending a call to another resource of the backend.
 pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        && !s.chars().all(|c| c == '.')
 }
 
 /// Parses `backends/{backend}/{collection}/{id}`.
@@ -195,6 +198,9 @@ mod tests {
             "backends/cf/serviceInstances/x/backups/a/b",
             "backends/cf/things/x/backups/b",
             "backends/cf/serviceInstances/x/backups/b c",
+            "backends/cf/serviceInstances/../backups/b",
+            "backends/cf/serviceInstances/x/backups/..",
+            "backends/cf/serviceInstances/./backups/b",
         ] {
             assert!(parse_backup_name(bad).is_err(), "{bad:?}");
         }

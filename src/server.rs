@@ -122,6 +122,8 @@ pub async fn run(
     mode: Mode,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // SIGHUP first: from here on it never ends the daemon.
+    let reload = crate::tls::on_sighup(config.tls.is_some());
     if config.tokens.is_empty() && !mode.insecure {
         anyhow::bail!(
             "no [[tokens]] are configured: refusing to serve an open API. Add tokens, or start with --insecure (anyone reaching the port may restore over your data) or --dev"
@@ -232,7 +234,7 @@ pub async fn run(
     let tls = match &config.tls {
         Some(t) => {
             let tls = Tls::load(t.clone())?;
-            tls.watch(shutdown.clone());
+            tls.watch(reload, shutdown.clone());
             Some(tls)
         }
         None => None,

@@ -15,7 +15,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -161,26 +164,17 @@ impl Tls {
         *lock(&self.seen) != Stamp::of(&paths(&self.source))
     }
 
-    /// Reloads on SIGHUP, and when a file changes (looked at every few
-    /// seconds), until `stop`.
-    pub fn watch(self: &Arc<Self>, stop: CancellationToken) {
+    /// Reloads when `reload` is notified (SIGHUP, see [`on_sighup`]), and
+    /// when a file changes (looked at every few seconds), until `stop`.
+    pub fn watch(self: &Arc<Self>, reload: Arc<Notify>, stop: CancellationToken) {
         let tls = self.clone();
         tokio::spawn(async move {
-            let mut hup = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::hangup(),
-            ) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are still watched");
-                    None
-                }
-            };
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let why = tokio::select! {
                     _ = stop.cancelled() => return,
-                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+                    _ = reload.notified() => "SIGHUP",
                     _ = tick.tick() => {
                         if !tls.changed() { continue }
                         "file changed"
@@ -232,6 +226,34 @@ impl Tls {
         });
         ReceiverStream::new(rx)
     }
+}
+
+/// Takes SIGHUP over (its default action would end the daemon with no
+/// drain) for as long as the process lives, and notifies the returned
+/// `Notify` at each one: `[tls]` reloads its files, and without `[tls]` the
+/// signal is only logged. Installed first thing in `server::run`.
+pub fn on_sighup(tls_configured: bool) -> Arc<Notify> {
+    let reload = Arc::new(Notify::new());
+    let r = reload.clone();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tls_configured {
+                        r.notify_one();
+                    } else {
+                        tracing::info!(
+                            "SIGHUP: nothing to reload (SIGHUP reloads the [tls] certificates; there is no [tls])"
+                        );
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are still watched")
+        }
+    }
+    reload
 }
 
 fn paths(t: &TlsConfig) -> Vec<PathBuf> {

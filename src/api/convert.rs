@@ -64,6 +64,17 @@ pub fn backup(b: BackupInfo, target: &str) -> pb::Backup {
     }
 }
 
+/// A job for a list or a stream of many: without its events unless `full`
+/// (AIP-157: a page of 1000 jobs with 32 events each would pass the 4 MiB
+/// message size clients accept by default).
+pub fn job_view(j: &JobRecord, full: bool) -> pb::Job {
+    let mut p = job(j);
+    if !full {
+        p.events.clear();
+    }
+    p
+}
+
 pub fn job(j: &JobRecord) -> pb::Job {
     let restore = match &j.op {
         Operation::Restore { spec, .. } => Some(pb::RestoreParameters {

@@ -82,6 +82,10 @@ pub fn router(
     let v1alpha = reflection().build_v1alpha()?;
     let svc = BackupServiceServer::with_interceptor(svc, move |req| auth.check(req));
     Ok(tonic::transport::Server::builder()
+        // Clients that vanished without a reset (watch streams included)
+        // are dropped within about a minute.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
@@ -265,7 +269,13 @@ impl BackupService for Service {
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
         require(&req, Role::Reader)?;
         let r = req.into_inner();
-        let size = validate::page_size(r.page_size, "page_size")?;
+        // 0: every backend, as before ListBackends was paged (clients of
+        // the older proto know no next_page_token; the list is the
+        // config's, so it is short).
+        let size = match r.page_size {
+            0 => usize::MAX,
+            n => validate::page_size(n, "page_size")?,
+        };
         let binding = page::Binding {
             method: "ListBackends",
             fields: &[],
@@ -592,8 +602,9 @@ impl BackupService for Service {
         } else {
             String::new()
         };
+        let full = r.view == pb::JobView::Full as i32;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(convert::job).collect(),
+            jobs: jobs.iter().map(|j| convert::job_view(j, full)).collect(),
             next_page_token,
         }))
     }
@@ -634,7 +645,11 @@ impl BackupService for Service {
                     }
                 };
                 let (seq, next) = match ev {
-                    Ok(e) if e.job.id == id => (e.seq, (*e.job).clone()),
+                    Ok(e) if e.job.id == id => {
+                        let mut j = (*e.job).clone();
+                        engine.note_waiting(&mut j);
+                        (e.seq, j)
+                    }
                     Ok(_) => continue,
                     // Missed some events: the current state replaces them.
                     Err(RecvError::Lagged(_)) => match engine.snapshot(&id) {
@@ -675,7 +690,9 @@ impl BackupService for Service {
         require(&req, Role::Reader)?;
         let filter = JobFilter::parse(&req.get_ref().filter)
             .map_err(|e| ApiError::invalid_with(error::FILTER_INVALID, "filter", e))?;
+        let full = req.get_ref().view == pb::JobView::Full as i32;
         let mut events = self.engine.subscribe();
+        let engine = self.engine.clone();
         // A bounded buffer per watcher; the engine never waits for it. A
         // watcher that falls behind is told so, rather than silently
         // missing changes.
@@ -700,7 +717,13 @@ impl BackupService for Service {
                             fell_behind(&tx);
                             return;
                         }
-                        if tx.send(Ok(convert::job(&e.job))).await.is_err() {
+                        let mut shown = convert::job_view(&e.job, full);
+                        if e.job.state == crate::job::JobState::Pending {
+                            let mut j = (*e.job).clone();
+                            engine.note_waiting(&mut j);
+                            shown.message = j.message;
+                        }
+                        if tx.send(Ok(shown)).await.is_err() {
                             return;
                         }
                     }

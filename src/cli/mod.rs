@@ -283,7 +283,12 @@ fn client_tls(opts: &ClientOpts) -> anyhow::Result<tonic::transport::ClientTlsCo
 pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     let mut endpoint = Channel::from_shared(opts.endpoint.clone())
         .with_context(|| format!("bad endpoint {:?}", opts.endpoint))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        // A daemon whose host vanished (no reset ever comes) is noticed
+        // within ~30 s, so `--wait` reconnects instead of hanging.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
     if opts.endpoint.starts_with("https://") {
         endpoint = endpoint
             .tls_config(client_tls(opts)?)
@@ -309,7 +314,9 @@ pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
         }
         Ok(req)
     });
-    Ok(BackupServiceClient::with_interceptor(channel, intercept))
+    // Pages of full jobs can pass the 4 MiB default.
+    Ok(BackupServiceClient::with_interceptor(channel, intercept)
+        .max_decoding_message_size(64 * 1024 * 1024))
 }
 
 /// A failed RPC as an error that keeps its code (for the exit code).
@@ -320,6 +327,26 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
         for v in br.field_violations {
             message.push_str(&format!("\n  {}: {}", v.field, v.description));
         }
+    }
+    // The call may have been taken before the answer was lost: the same
+    // request id gets its job, a new one would make a second.
+    let unsure = matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    );
+    let sent = SENT_REQUEST_ID
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if unsure && let Some(id) = sent {
+        message.push_str(&format!(
+            "\n  the request may have been taken: run the command again with --request-id {id} \
+             to get its job (a new request id would start a second one)"
+        ));
     }
     anyhow::Error::new(exit::RpcError {
         code: s.code(),
@@ -344,8 +371,13 @@ fn note(out: Output, line: &str) {
 fn request_id_for(given: Option<String>, out: Output) -> String {
     let id = given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     note(out, &format!("request_id: {id}"));
+    *SENT_REQUEST_ID.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
     id
 }
+
+/// The request id this command sent (one command, one process): named
+/// again when the call fails in a way that may hide a job it made.
+static SENT_REQUEST_ID: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// Asks before a destructive command: `--yes`, or "y" on a terminal.
 /// Without a terminal to ask on, refuses (a script must say `--yes`).
@@ -823,6 +855,7 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
                         page_size,
                         page_token,
                         filter: filter.clone(),
+                        ..Default::default()
                     })
                     .await
                     .map_err(status_err)?
@@ -856,6 +889,16 @@ pub async fn run_client(cmd: Command, opts: ClientOpts) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod outcome_tests {
     use super::*;
+
+    #[test]
+    fn a_failure_that_may_hide_a_job_names_the_request_id_to_retry_with() {
+        let id = request_id_for(Some("retry-me-42".into()), Output::Json);
+        let lost = status_err(tonic::Status::unavailable("connection reset")).to_string();
+        assert!(lost.contains("--request-id retry-me-42"), "{lost}");
+        let refused = status_err(tonic::Status::invalid_argument("bad")).to_string();
+        assert!(!refused.contains("--request-id"), "{refused}");
+        assert_eq!(id, "retry-me-42");
+    }
 
     #[test]
     fn the_last_line_says_what_happened_and_where() {

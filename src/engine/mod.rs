@@ -1,6 +1,7 @@
 //! The job engine's registry: accepts requests as durable jobs, keeps the
 //! live ones, answers reads with flushed state only, and supervises one
-//! driver task per live job (`driver.rs` holds what a driver does).
+//! driver task per target queue head (`driver.rs` holds what a driver
+//! does); the jobs queued behind a head are queue entries, not tasks.
 //!
 //! Invariants:
 //! - every change of a job is written and flushed before it is acted on or
@@ -335,16 +336,14 @@ impl Engine {
             let id = j.id;
             let target = j.target.clone();
             let configured = self.backends.contains_key(&j.backend);
-            if configured {
-                self.targets.enqueue(&j.target, id);
-            } else {
-                orphans.push((id, j.backend.clone()));
-            }
+            let backend = j.backend.clone();
             let j = Arc::new(j);
             let published = Arc::new(JobEvent {
                 seq: 1,
                 job: j.clone(),
             });
+            // Into `live` before the queue: a head that ends meanwhile and
+            // looks for the next must find it live (review finding).
             lock(&self.live).insert(
                 id,
                 Arc::new(Mutex::new(Live {
@@ -354,6 +353,11 @@ impl Engine {
                     published_seq: 1,
                 })),
             );
+            if configured {
+                self.targets.enqueue(&target, id);
+            } else {
+                orphans.push((id, backend));
+            }
             // Only the head of each target's queue gets a driver now; the
             // others get theirs when their turn comes.
             if configured && self.targets.head(&target) == Some(id) {
@@ -481,6 +485,9 @@ impl Engine {
                 lock(&self.live).remove(&rec.id);
                 self.targets.remove(&rec.target, rec.id);
                 drop(_g);
+                // A job queued behind this one may have been passed over
+                // while this one was being created (review finding).
+                self.start_if_head(&rec.target);
                 self.flush_in_background();
                 Err(e.into())
             }
@@ -537,8 +544,10 @@ impl Engine {
     }
 
     /// A PENDING job queued behind another job on its target says so. The
-    /// wait is derived here, never stored: queueing costs no write.
-    fn note_waiting(&self, j: &mut JobRecord) {
+    /// wait is derived here, never stored: queueing costs no write. Applied
+    /// to every job the API shows; a change of the job ahead publishes
+    /// nothing, so a watcher sees the message as of the job's last change.
+    pub fn note_waiting(&self, j: &mut JobRecord) {
         if j.state != JobState::Pending {
             return;
         }

@@ -22,6 +22,7 @@ async fn list_names(c: &mut Client, filter: &str) -> HashSet<String> {
                 page_size: 2,
                 page_token: token,
                 filter: filter.to_string(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("{filter}: {e:?}"))
@@ -163,7 +164,10 @@ async fn filters_with_or_not_labels_and_create_time_over_real_jobs() {
         assert_eq!(violations(&e), vec!["filter"], "{f}");
         assert!(e.message().contains(says), "{f}: {}", e.message());
         let e = c
-            .watch_jobs(pb::WatchJobsRequest { filter: f.into() })
+            .watch_jobs(pb::WatchJobsRequest {
+                filter: f.into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{f}");
@@ -173,6 +177,7 @@ async fn filters_with_or_not_labels_and_create_time_over_real_jobs() {
     let mut w = c
         .watch_jobs(pb::WatchJobsRequest {
             filter: "labels.env=qa OR (labels.env=prod AND NOT kind=BACKUP)".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -486,6 +491,7 @@ async fn pages_of_jobs_schedules_and_backends_give_every_item_once_and_tokens_ar
             page_size: 2,
             page_token: String::new(),
             filter: "kind=BACKUP".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -498,6 +504,7 @@ async fn pages_of_jobs_schedules_and_backends_give_every_item_once_and_tokens_ar
             page_size: 100,
             page_token: token.clone(),
             filter: "kind=BACKUP".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -511,6 +518,7 @@ async fn pages_of_jobs_schedules_and_backends_give_every_item_once_and_tokens_ar
                 page_size: 2,
                 page_token: token.clone(),
                 filter: other.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -525,6 +533,7 @@ async fn pages_of_jobs_schedules_and_backends_give_every_item_once_and_tokens_ar
                 page_size: 2,
                 page_token: garbage.into(),
                 filter: "kind=BACKUP".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

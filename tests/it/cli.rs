@@ -73,6 +73,7 @@ async fn count_jobs(c: &mut Client, filter: &str) -> usize {
         page_size: 1000,
         page_token: String::new(),
         filter: filter.into(),
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -47,6 +47,7 @@ async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
             page_size: 100,
             page_token: String::new(),
             filter: "state=SUCCEEDED".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -209,4 +210,33 @@ async fn health_turns_not_serving_during_the_drain() {
         "exited within shutdown_timeout (and some slack): {:?}",
         started.elapsed()
     );
+}
+
+/// Review finding: `systemctl reload` (SIGHUP) ended a daemon without
+/// `[tls]` (the signal's default action). It is logged and ignored.
+#[tokio::test]
+async fn sighup_without_tls_does_not_end_the_daemon() {
+    let sim = sim(SimConfig::default(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let pid = d.child.id().to_string();
+    for _ in 0..2 {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.logs().contains("SIGHUP: nothing to reload") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(d.child.try_wait().unwrap().is_none(), "still running");
+    let mut c = d.op().await;
+    c.list_backends(pb::ListBackendsRequest::default())
+        .await
+        .unwrap();
 }

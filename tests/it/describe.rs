@@ -65,6 +65,24 @@ async fn a_jobs_history_is_kept_and_described() {
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
 
+    // Lists leave events out unless asked for the FULL view (AIP-157).
+    let list = |view: pb::JobView| pb::ListJobsRequest {
+        view: view as i32,
+        ..Default::default()
+    };
+    let basic = c
+        .list_jobs(list(pb::JobView::Unspecified))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(basic.jobs.iter().all(|j| j.events.is_empty()), "{basic:?}");
+    let full = c
+        .list_jobs(list(pb::JobView::Full))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(full.jobs[0].events, done.events);
+
     // Kept on the record: the same after kill -9 and a restart.
     let d = d.restart_after_kill9(&sim, dir.path());
     let mut c = d.op().await;

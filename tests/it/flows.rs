@@ -147,6 +147,7 @@ async fn backup_list_and_restore_in_every_form() {
             page_size: 2,
             page_token: String::new(),
             filter: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -158,6 +159,7 @@ async fn backup_list_and_restore_in_every_form() {
             page_size: 10,
             page_token: all.next_page_token,
             filter: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -169,6 +171,7 @@ async fn backup_list_and_restore_in_every_form() {
             page_size: 10,
             page_token: String::new(),
             filter: "kind=BACKUP AND state=SUCCEEDED".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -229,6 +232,7 @@ async fn watch_job_streams_every_change_and_ends() {
     let mut all = c
         .watch_jobs(pb::WatchJobsRequest {
             filter: "kind=BACKUP".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

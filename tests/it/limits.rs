@@ -33,6 +33,7 @@ async fn per_backend_limit_bounds_backend_calls_and_a_stalled_watcher_slows_noth
     let _stalled = c
         .watch_jobs(pb::WatchJobsRequest {
             filter: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -48,6 +48,7 @@ async fn jobs_of(c: &mut Client, id: &str) -> Vec<pb::Job> {
         page_size: 1000,
         page_token: String::new(),
         filter: format!("schedule=\"schedules/{id}\""),
+        ..Default::default()
     })
     .await
     .unwrap()
