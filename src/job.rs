@@ -98,7 +98,8 @@ pub struct JobError {
     pub details: Vec<ErrorDetail>,
 }
 
-/// One job, as stored.
+/// One job, as stored. Unset optional fields are left out of the stored
+/// JSON (they read back as unset, in this release and the ones before).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub v: u32,
@@ -111,24 +112,34 @@ pub struct JobRecord {
     pub state: JobState,
     pub phase: Phase,
     pub create_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<DateTime<Utc>>,
     /// Failed tries being retried; reset by progress (see the proto).
     pub attempts: u32,
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<Intent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<RemoteHandle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// A digest of the request, to tell a retried request from a different
     /// one that reuses its `request_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_time: Option<DateTime<Utc>>,
     /// Who asked for it: a client token's name, or `schedules/{id}`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
     /// What happened to the job, oldest first: its creation, every change
     /// of state or phase, every retry; at most [`MAX_EVENTS`] (the first
@@ -317,6 +328,29 @@ fn migrate_v1_error(v: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: unset fields are not stored (`"start_time":null` and the
+    /// like were a sixth of a new job's record), and read back as unset.
+    #[test]
+    fn unset_fields_are_left_out_and_read_back() {
+        let rec = JobRecord::new(
+            JobKind::Backup,
+            "backends/a/serviceInstances/x".into(),
+            "a".into(),
+            Operation::CreateBackup {
+                resource: custos_adapter_core::Resource {
+                    kind: custos_adapter_core::ResourceKind::ServiceInstance,
+                    id: "x".into(),
+                },
+                incremental: false,
+            },
+            BTreeMap::new(),
+        );
+        let bytes = rec.encode().unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains("null"), "{text}");
+        assert_eq!(JobRecord::decode(&bytes).unwrap(), rec);
+    }
 
     fn rec() -> JobRecord {
         crate::test_support::record()
