@@ -107,6 +107,9 @@ async fn serve(
     if let Some(l) = listen {
         cfg.listen = l;
     }
+    // Before anyone can see the daemon listening: from here on SIGHUP
+    // never ends it (it reloads [tls]).
+    custos::tls::on_sighup(cfg.tls.is_some());
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;

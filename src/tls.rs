@@ -231,9 +231,22 @@ impl Tls {
 /// Takes SIGHUP over (its default action would end the daemon with no
 /// drain) for as long as the process lives, and notifies the returned
 /// `Notify` at each one: `[tls]` reloads its files, and without `[tls]` the
-/// signal is only logged. Installed first thing in `server::run`.
+/// signal is only logged. Installed by `main` before the daemon says it
+/// listens, and first thing in `server::run`.
 pub fn on_sighup(tls_configured: bool) -> Arc<Notify> {
-    let reload = Arc::new(Notify::new());
+    // Once per process: `main` calls it before it says it listens, and
+    // `server::run` again (tests run the server without `main`).
+    static RELOAD: std::sync::OnceLock<Arc<Notify>> = std::sync::OnceLock::new();
+    let mut fresh = false;
+    let reload = RELOAD
+        .get_or_init(|| {
+            fresh = true;
+            Arc::new(Notify::new())
+        })
+        .clone();
+    if !fresh {
+        return reload;
+    }
     let r = reload.clone();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut hup) => {
