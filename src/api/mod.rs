@@ -181,6 +181,32 @@ impl Service {
 
 /// The answer of a `validate_only` request: the job that would run, not
 /// created (no name).
+impl Service {
+    /// The answer of a `validate_only` request that would create a job:
+    /// the backend's preflight, then the job that would run (no name).
+    async fn validated(
+        &self,
+        entry: &BackendEntry,
+        kind: JobKind,
+        t: &Target,
+        op: Operation,
+        labels: BTreeMap<String, String>,
+        request_id: Option<String>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let plan = self
+            .engine
+            .validate(entry, &op)
+            .await
+            .map_err(|e| ApiError::backend(&entry.name, e))?;
+        let mut rec = JobRecord::new(kind, t.name(), t.backend.clone(), op, labels);
+        rec.request_id = request_id;
+        Ok(Response::new(preview(
+            &rec,
+            format!("validated; would run: {plan}"),
+        )))
+    }
+}
+
 fn preview(rec: &JobRecord, message: String) -> pb::Job {
     let mut job = convert::job(rec);
     job.name = String::new();
@@ -347,17 +373,9 @@ impl BackupService for Service {
         };
         self.check(entry, &op)?;
         if r.validate_only {
-            let plan = self
-                .engine
-                .validate(entry, &op)
-                .await
-                .map_err(|e| ApiError::backend(&entry.name, e))?;
-            let mut rec = JobRecord::new(JobKind::Backup, t.name(), t.backend.clone(), op, labels);
-            rec.request_id = request_id;
-            return Ok(Response::new(preview(
-                &rec,
-                format!("validated; would run: {plan}"),
-            )));
+            return self
+                .validated(entry, JobKind::Backup, &t, op, labels, request_id)
+                .await;
         }
         self.create(
             &caller,
@@ -481,23 +499,16 @@ impl BackupService for Service {
         };
         self.check(entry, &op)?;
         if r.validate_only {
-            let plan = self
-                .engine
-                .validate(entry, &op)
-                .await
-                .map_err(|e| ApiError::backend(&entry.name, e))?;
-            let mut rec = JobRecord::new(
-                JobKind::DeleteBackup,
-                t.name(),
-                t.backend.clone(),
-                op,
-                BTreeMap::new(),
-            );
-            rec.request_id = request_id;
-            return Ok(Response::new(preview(
-                &rec,
-                format!("validated; would run: {plan}"),
-            )));
+            return self
+                .validated(
+                    entry,
+                    JobKind::DeleteBackup,
+                    &t,
+                    op,
+                    BTreeMap::new(),
+                    request_id,
+                )
+                .await;
         }
         self.create(
             &caller,
@@ -528,17 +539,9 @@ impl BackupService for Service {
         } = validate::restore(&r, &t)?;
         self.check(entry, &op)?;
         if r.validate_only {
-            let plan = self
-                .engine
-                .validate(entry, &op)
-                .await
-                .map_err(|e| ApiError::backend(&entry.name, e))?;
-            let mut rec = JobRecord::new(JobKind::Restore, t.name(), t.backend.clone(), op, labels);
-            rec.request_id = request_id;
-            return Ok(Response::new(preview(
-                &rec,
-                format!("validated; would run: {plan}"),
-            )));
+            return self
+                .validated(entry, JobKind::Restore, &t, op, labels, request_id)
+                .await;
         }
         self.create(
             &caller,
