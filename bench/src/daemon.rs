@@ -42,26 +42,58 @@ pub fn guid(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
 }
 
-/// The target name of instance `i` on backend `cf`.
-pub fn target(i: usize) -> String {
-    format!("backends/cf/serviceInstances/{}", guid(i))
-}
+/// CF simulators in this process, service instance `i` on simulator
+/// `i % n`, which is backend `cf{i % n}`. Several, because the simulator
+/// looks through all its instances and jobs under one lock on every
+/// request (`advance` in `adapters/cf-v3/src/sim.rs`), so one simulator
+/// holding 100,000 instances or jobs answers only a few hundred requests a
+/// second and would be the wall, not the daemon.
+pub struct Sims(pub Vec<Simulator>);
 
-/// The CF simulator with `instances` service instances.
-pub async fn simulator(job_duration: Duration, instances: usize) -> Result<Simulator> {
-    let sim = Simulator::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            job_duration,
-            ..Default::default()
-        },
-    )
-    .await?;
-    for i in 0..instances {
-        let g = guid(i);
-        sim.add_instance(&g, &g);
+impl Sims {
+    /// `shards` simulators holding `instances` service instances between them.
+    pub async fn start(job_duration: Duration, instances: usize, shards: usize) -> Result<Sims> {
+        let shards = shards.clamp(1, instances.max(1));
+        let mut sims = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            sims.push(
+                Simulator::start(
+                    "127.0.0.1:0".parse()?,
+                    SimConfig {
+                        job_duration,
+                        ..Default::default()
+                    },
+                )
+                .await?,
+            );
+        }
+        for i in 0..instances {
+            let g = guid(i);
+            sims[i % shards].add_instance(&g, &g);
+        }
+        Ok(Sims(sims))
     }
-    Ok(sim)
+
+    /// The target name of instance `i`.
+    pub fn target(&self, i: usize) -> String {
+        format!(
+            "backends/cf{}/serviceInstances/{}",
+            i % self.0.len(),
+            guid(i)
+        )
+    }
+
+    /// (backup submits, job polls) of all the simulators.
+    pub fn counters(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(s, p), sim| {
+            let c = sim.counters();
+            (s + c.backup_submits, p + c.job_polls)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// The keys of the bench's `custos.toml` that a figure may set; every
@@ -91,8 +123,8 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
-    pub fn render(&self, sim: &Simulator, data_dir: &Path) -> String {
-        format!(
+    pub fn render(&self, sims: &Sims, data_dir: &Path) -> String {
+        let mut out = format!(
             r#"listen = "127.0.0.1:0"
 data_dir = "{data}"
 job_history = "{history}"
@@ -106,9 +138,17 @@ per_backend_running_jobs = {per}
 name = "bench"
 role = "operator"
 token_env = "BENCH_TOKEN"
-
+"#,
+            data = data_dir.display(),
+            history = self.job_history,
+            max = self.max_running_jobs,
+            per = self.per_backend_running_jobs,
+        );
+        for (k, sim) in sims.0.iter().enumerate() {
+            out.push_str(&format!(
+                r#"
 [[backends]]
-name = "cf"
+name = "cf{k}"
 kind = "cf_v3"
 endpoint = "{endpoint}"
 timeout = "{timeout}"
@@ -119,16 +159,14 @@ type = "uaa"
 client_id = "{cid}"
 client_secret_env = "BENCH_CF_SECRET"
 "#,
-            data = data_dir.display(),
-            history = self.job_history,
-            max = self.max_running_jobs,
-            per = self.per_backend_running_jobs,
-            endpoint = sim.url(),
-            timeout = self.timeout,
-            pi = self.poll_interval,
-            pmax = self.poll_max_interval,
-            cid = sim.config().client_id,
-        )
+                endpoint = sim.url(),
+                timeout = self.timeout,
+                pi = self.poll_interval,
+                pmax = self.poll_max_interval,
+                cid = sim.config().client_id,
+            ));
+        }
+        out
     }
 
     /// One line for the report.
@@ -176,10 +214,16 @@ pub struct Daemon {
 
 impl Daemon {
     /// Writes the config into a fresh temporary folder and starts the daemon.
-    pub fn start(bin: &Path, sim: &Simulator, cfg: &DaemonConfig) -> Result<Daemon> {
+    pub fn start(bin: &Path, sims: &Sims, cfg: &DaemonConfig) -> Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("custos-bench-").tempdir()?;
-        let secret = sim.config().client_secret;
-        let (child, pid, addr) = spawn(bin, dir.path(), sim, cfg, &secret)?;
+        // Every simulator has the same (default) client secret.
+        let secret = sims
+            .0
+            .first()
+            .context("no simulator")?
+            .config()
+            .client_secret;
+        let (child, pid, addr) = spawn(bin, dir.path(), sims, cfg, &secret)?;
         Ok(Daemon {
             child,
             pid,
@@ -215,8 +259,8 @@ impl Daemon {
     }
 
     /// Starts the daemon again on the same data dir with another config.
-    pub fn restart(&mut self, sim: &Simulator, cfg: &DaemonConfig) -> Result<()> {
-        let (child, pid, addr) = spawn(&self.bin, self.dir.path(), sim, cfg, &self.secret)?;
+    pub fn restart(&mut self, sims: &Sims, cfg: &DaemonConfig) -> Result<()> {
+        let (child, pid, addr) = spawn(&self.bin, self.dir.path(), sims, cfg, &self.secret)?;
         self.child = child;
         self.pid = pid;
         self.addr = addr;
@@ -258,12 +302,12 @@ impl Drop for Daemon {
 fn spawn(
     bin: &Path,
     dir: &Path,
-    sim: &Simulator,
+    sims: &Sims,
     cfg: &DaemonConfig,
     secret: &str,
 ) -> Result<(Child, u32, String)> {
     let config = dir.join("custos.toml");
-    std::fs::write(&config, cfg.render(sim, &dir.join("data")))?;
+    std::fs::write(&config, cfg.render(sims, &dir.join("data")))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -37,7 +37,8 @@ struct Cli {
     /// The daemon binary [default: `custos` next to this executable].
     #[arg(long, global = true)]
     custos: Option<PathBuf>,
-    /// One JSON object with every figure, instead of the table.
+    /// One JSON object with every figure on stdout (the table goes to
+    /// stderr).
     #[arg(long, global = true)]
     json: bool,
     /// Tiny sizes (for CI: checks that the tool runs, in seconds); flags
@@ -48,6 +49,12 @@ struct Cli {
     /// in P3, P5, P6) [default: 64].
     #[arg(long, global = true)]
     streams: Option<usize>,
+
+    /// CF simulators (backends `cf0`..) the service instances are spread
+    /// over; one simulator scans all its instances and jobs on every
+    /// request, so one alone would be the wall [default: 20].
+    #[arg(long, global = true)]
+    sims: Option<usize>,
 
     /// P1: seconds of each measured load [default: 10].
     #[arg(long, global = true)]
@@ -140,6 +147,7 @@ async fn run(cli: Cli) -> Result<bool> {
     let bin = daemon::find_binary(cli.custos.as_deref())?;
     let q = cli.quick;
     let streams = pick(cli.streams, q, 16, 64);
+    let sims = pick(cli.sims, q, 2, 20);
     let want = |w: Which| cli.which == Which::All || cli.which == w;
     let mut figures: Vec<Figure> = Vec::new();
     let log = |s: &str| {
@@ -155,6 +163,7 @@ async fn run(cli: Cli) -> Result<bool> {
             warmup: pick(cli.warmup, q, 0.2, 2.0),
             streams,
             targets: pick(cli.p1_targets, q, 20, 1000),
+            sims,
         };
         log("P1 intake ...");
         figures.push(timed("P1", "intake", p1::run(&bin, &a)).await);
@@ -173,6 +182,7 @@ async fn run(cli: Cli) -> Result<bool> {
             ),
             streams,
             submit_timeout: pick(cli.p3_submit_timeout, q, 60.0, 1200.0),
+            sims,
         };
         log("P3 waiting ...");
         figures.push(timed("P3", "waiting", p3::run(&bin, &a)).await);
@@ -183,6 +193,7 @@ async fn run(cli: Cli) -> Result<bool> {
             instances: pick(cli.p5_instances, q, 10, 100),
             lead: pick(cli.p5_lead, q, 3.0, 75.0),
             streams,
+            sims,
         };
         log("P5 schedules ...");
         figures.push(timed("P5", "schedules", p5::run(&bin, &a)).await);
@@ -193,6 +204,7 @@ async fn run(cli: Cli) -> Result<bool> {
             targets: pick(cli.p6_targets, q, 20, 1000),
             streams,
             finish_timeout: pick(cli.p6_finish_timeout, q, 60.0, 1800.0),
+            sims,
         };
         log("P6 store ...");
         figures.push(timed("P6", "store", p6::run(&bin, &a)).await);
@@ -208,6 +220,8 @@ async fn run(cli: Cli) -> Result<bool> {
             "not_built": ["P2 orchestration", "P4 recovery"],
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
+        // The table too, on stderr, so that one run gives both.
+        eprintln!("{}", report::table(&figures));
     } else {
         println!("{}", report::table(&figures));
         println!("machine: {}", machine());

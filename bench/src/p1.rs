@@ -8,7 +8,7 @@ use custos::api::pb;
 use serde_json::json;
 
 use crate::{
-    daemon::{Daemon, DaemonConfig, simulator, target},
+    daemon::{Daemon, DaemonConfig, Sims},
     load::{self, Until},
     report::{Figure, Goal, Row},
 };
@@ -18,6 +18,7 @@ pub struct Args {
     pub warmup: f64,
     pub streams: usize,
     pub targets: usize,
+    pub sims: usize,
 }
 
 pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
@@ -27,11 +28,12 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         "intake",
         json!({
             "duration_s": a.duration, "warmup_s": a.warmup, "streams": a.streams,
-            "targets": a.targets, "sim_job_duration": "0s", "config": cfg.describe(),
+            "targets": a.targets, "simulators": a.sims, "sim_job_duration": "0s",
+            "config": cfg.describe(),
         }),
     );
-    let sim = simulator(Duration::ZERO, a.targets).await?;
-    let d = Daemon::start(bin, &sim, &cfg)?;
+    let sims = std::sync::Arc::new(Sims::start(Duration::ZERO, a.targets, a.sims).await?);
+    let d = Daemon::start(bin, &sims, &cfg)?;
     let (client, health) = d.client().await?;
 
     let check = move |_i: u64| {
@@ -45,11 +47,13 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         }
     };
     let targets = a.targets.max(1) as u64;
+    let s = sims.clone();
     let create = move |i: u64| {
         let mut c = client.clone();
+        let target = s.target((i % targets) as usize);
         async move {
             c.create_backup(pb::CreateBackupRequest {
-                target: target((i % targets) as usize),
+                target,
                 // A fresh id per call, as the CLI sends.
                 request_id: uuid::Uuid::new_v4().to_string(),
                 ..Default::default()
@@ -109,9 +113,9 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         }
     }
     f.notes.push(format!(
-        "daemon RSS at the end: {:.1} MiB; the simulator (in the bench process) had {} backup submits",
+        "daemon RSS at the end: {:.1} MiB; the simulators (in the bench process) had {} backup submits",
         after.rss_kib as f64 / 1024.0,
-        sim.counters().backup_submits
+        sims.counters().0
     ));
     Ok(f)
 }

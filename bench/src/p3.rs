@@ -12,7 +12,7 @@ use custos::{api::pb, config::parse_duration};
 use serde_json::json;
 
 use crate::{
-    daemon::{Daemon, DaemonConfig, simulator, target},
+    daemon::{Daemon, DaemonConfig, Sims},
     load::{self, Until},
     report::{Figure, Goal, Row},
 };
@@ -26,6 +26,7 @@ pub struct Args {
     pub poll_max_interval: String,
     pub streams: usize,
     pub submit_timeout: f64,
+    pub sims: usize,
 }
 
 /// How long the poll backoff takes to reach its ceiling: the sum of the
@@ -58,21 +59,24 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         "waiting",
         json!({
             "jobs": a.jobs, "window_s": a.window, "settle_s": settle.as_secs_f64(),
-            "streams": a.streams, "sim_job_duration": "1h", "config": cfg.describe(),
+            "streams": a.streams, "simulators": a.sims, "sim_job_duration": "1h",
+            "config": cfg.describe(),
         }),
     );
-    let sim = simulator(Duration::from_secs(3600), a.jobs).await?;
-    let d = Daemon::start(bin, &sim, &cfg)?;
+    let sims = std::sync::Arc::new(Sims::start(Duration::from_secs(3600), a.jobs, a.sims).await?);
+    let d = Daemon::start(bin, &sims, &cfg)?;
     let (client, _) = d.client().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = d.usage();
 
     let t0 = Instant::now();
+    let s = sims.clone();
     let create = move |i: u64| {
         let mut c = client.clone();
+        let target = s.target(i as usize);
         async move {
             c.create_backup(pb::CreateBackupRequest {
-                target: target(i as usize),
+                target,
                 request_id: uuid::Uuid::new_v4().to_string(),
                 ..Default::default()
             })
@@ -91,7 +95,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
     }
     let limit = Duration::from_secs_f64(a.submit_timeout);
     loop {
-        let n = sim.counters().backup_submits;
+        let n = sims.counters().0;
         if n >= a.jobs as u64 {
             break;
         }
@@ -110,7 +114,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
 
     let w = Duration::from_secs_f64(a.window);
     let u0 = d.usage();
-    let p0 = sim.counters().job_polls;
+    let p0 = sims.counters().1;
     let w0 = Instant::now();
     let mut rss_max = u0.rss_kib;
     while w0.elapsed() < w {
@@ -118,7 +122,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         rss_max = rss_max.max(d.usage().rss_kib);
     }
     let u1 = d.usage();
-    let p1 = sim.counters().job_polls;
+    let p1 = sims.counters().1;
     let dt = w0.elapsed().as_secs_f64();
 
     let rss_mib = rss_max as f64 / 1024.0;
@@ -146,7 +150,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         Row::new("daemon CPU while waiting", cpu, "% of a core").goal(Goal::ValueAtMost(5.0)),
     );
     f.rows.push(
-        Row::new("simulator job polls/s", rate, "1/s")
+        Row::new("job polls/s (simulators' count)", rate, "1/s")
             .baseline("bound: jobs x 2 / poll_max_interval", bound)
             .goal(Goal::RatioAtMost(1.0)),
     );
@@ -180,7 +184,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         ));
     }
     f.notes.push(
-        "the simulator runs in the bench's process on the same 2 cores; its CPU is not counted"
+        "the simulators run in the bench's process on the same 2 cores; their CPU is not counted"
             .into(),
     );
     Ok(f)

@@ -14,7 +14,7 @@ use custos::api::pb;
 use serde_json::json;
 
 use crate::{
-    daemon::{Daemon, DaemonConfig, count_jobs, simulator, target},
+    daemon::{Daemon, DaemonConfig, Sims, count_jobs},
     load::{self, Until},
     report::{Figure, Goal, Row},
 };
@@ -25,6 +25,7 @@ pub struct Args {
     /// Seconds from the start until the due second.
     pub lead: f64,
     pub streams: usize,
+    pub sims: usize,
 }
 
 pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
@@ -34,12 +35,14 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         "schedules",
         json!({
             "schedules": a.schedules, "instances": a.instances, "lead_s": a.lead,
-            "streams": a.streams, "sim_job_duration": "20ms", "config": cfg.describe(),
+            "streams": a.streams, "simulators": a.sims, "sim_job_duration": "20ms",
+            "config": cfg.describe(),
         }),
     );
     let instances = a.instances.max(1);
-    let sim = simulator(Duration::from_millis(20), instances).await?;
-    let d = Daemon::start(bin, &sim, &cfg)?;
+    let sims =
+        std::sync::Arc::new(Sims::start(Duration::from_millis(20), instances, a.sims).await?);
+    let d = Daemon::start(bin, &sims, &cfg)?;
     let (client, _) = d.client().await?;
     let idle = d.usage();
 
@@ -55,14 +58,16 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         due.hour()
     ));
     let c = client.clone();
+    let s = sims.clone();
     let create = move |i: u64| {
         let mut c = c.clone();
         let cron = cron.clone();
+        let target = s.target(i as usize % instances);
         async move {
             c.create_schedule(pb::CreateScheduleRequest {
                 schedule_id: format!("bench-{i}"),
                 schedule: Some(pb::Schedule {
-                    target: target(i as usize % instances),
+                    target,
                     cron: cron.to_string(),
                     overlap_policy: pb::schedule::OverlapPolicy::Allow as i32,
                     ..Default::default()
@@ -149,8 +154,9 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         "MiB",
     ));
     f.notes.push(format!(
-        "{have} jobs counted by ListJobs (every 250 ms, the time taken at the end of each count: granularity ~250 ms plus one listing); simulator: {} instances, jobs of 20 ms",
-        instances
+        "{have} jobs counted by ListJobs (every 250 ms, the time taken at the end of each count: granularity ~250 ms plus one listing); simulators: {} instances on {}, jobs of 20 ms",
+        instances,
+        sims.len()
     ));
     Ok(f)
 }

@@ -11,7 +11,7 @@ use custos::api::pb;
 use serde_json::json;
 
 use crate::{
-    daemon::{Daemon, DaemonConfig, count_jobs, dir_size, simulator, target},
+    daemon::{Daemon, DaemonConfig, Sims, count_jobs, dir_size},
     load::{self, Until},
     report::{Figure, Row},
 };
@@ -21,6 +21,7 @@ pub struct Args {
     pub targets: usize,
     pub streams: usize,
     pub finish_timeout: f64,
+    pub sims: usize,
 }
 
 const LIVE: &str = "state=PENDING OR state=RUNNING";
@@ -38,26 +39,28 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         "store",
         json!({
             "jobs": a.jobs, "targets": a.targets, "streams": a.streams,
-            "sim_job_duration": "0s", "config": cfg.describe(),
+            "simulators": a.sims, "sim_job_duration": "0s", "config": cfg.describe(),
         }),
     );
     let targets = a.targets.max(1) as u64;
-    let sim = simulator(Duration::ZERO, targets as usize).await?;
-    let mut d = Daemon::start(bin, &sim, &cfg)?;
+    let sims = std::sync::Arc::new(Sims::start(Duration::ZERO, targets as usize, a.sims).await?);
+    let mut d = Daemon::start(bin, &sims, &cfg)?;
     let data = d.data_dir();
     // The empty store as sled leaves it after a graceful stop.
     d.stop(Duration::from_secs(30))?;
     let empty = dir_size(&data);
-    d.restart(&sim, &cfg)?;
+    d.restart(&sims, &cfg)?;
     let (client, _) = d.client().await?;
 
     let t0 = Instant::now();
     let c = client.clone();
+    let s = sims.clone();
     let create = move |i: u64| {
         let mut c = c.clone();
+        let target = s.target((i % targets) as usize);
         async move {
             c.create_backup(pb::CreateBackupRequest {
-                target: target((i % targets) as usize),
+                target,
                 request_id: uuid::Uuid::new_v4().to_string(),
                 ..Default::default()
             })
@@ -100,7 +103,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         ..cfg.clone()
     };
     let t1 = Instant::now();
-    d.restart(&sim, &prune_cfg)?;
+    d.restart(&sims, &prune_cfg)?;
     let (mut c, _) = d.client().await?;
     loop {
         let r = c
