@@ -1,0 +1,162 @@
+//! P5 schedules: N schedules whose cron names the same second; the time
+//! from that second until all N jobs exist (`ListJobs`). Formerly
+//! `examples/schedule_bench.rs`.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use chrono::{Timelike, Utc};
+use custos::api::pb;
+use serde_json::json;
+
+use crate::{
+    daemon::{Daemon, DaemonConfig, Sims, count_jobs},
+    load::{self, Until},
+    report::{Figure, Goal, Row},
+};
+
+pub struct Args {
+    pub schedules: usize,
+    pub instances: usize,
+    /// Seconds from the start until the due second.
+    pub lead: f64,
+    pub streams: usize,
+    pub sims: usize,
+}
+
+pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
+    let cfg = DaemonConfig::default();
+    let mut f = Figure::new(
+        "P5",
+        "schedules",
+        json!({
+            "schedules": a.schedules, "instances": a.instances, "lead_s": a.lead,
+            "streams": a.streams, "simulators": a.sims, "sim_job_duration": "20ms",
+            "config": cfg.describe(),
+        }),
+    );
+    let instances = a.instances.max(1);
+    let sims =
+        std::sync::Arc::new(Sims::start(Duration::from_millis(20), instances, a.sims).await?);
+    let d = Daemon::start(bin, &sims, &cfg)?;
+    let (client, _) = d.client().await?;
+    let idle = d.usage();
+
+    // One second, `lead` ahead (UTC), named in every schedule's cron.
+    let due = {
+        let t = Utc::now() + chrono::Duration::milliseconds((a.lead * 1000.0) as i64);
+        t.with_nanosecond(0).unwrap_or(t)
+    };
+    let cron = Arc::new(format!(
+        "{} {} {} * * *",
+        due.second(),
+        due.minute(),
+        due.hour()
+    ));
+    let c = client.clone();
+    let s = sims.clone();
+    let create = move |i: u64| {
+        let mut c = c.clone();
+        let cron = cron.clone();
+        let target = s.target(i as usize % instances);
+        async move {
+            c.create_schedule(pb::CreateScheduleRequest {
+                schedule_id: format!("bench-{i}"),
+                schedule: Some(pb::Schedule {
+                    target,
+                    cron: cron.to_string(),
+                    overlap_policy: pb::schedule::OverlapPolicy::Allow as i32,
+                    ..Default::default()
+                }),
+                validate_only: false,
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    let made = load::run(a.streams, Until::Calls(a.schedules as u64), create).await;
+    if made.ok < a.schedules as u64 {
+        bail!(
+            "only {} of {} schedules were created: {}",
+            made.ok,
+            a.schedules,
+            made.first_error.unwrap_or_default()
+        );
+    }
+    f.rows.push(Row::new(
+        format!("creating {} schedules ({} streams)", a.schedules, a.streams),
+        made.elapsed.as_secs_f64(),
+        "s",
+    ));
+    let until_due = (due - Utc::now()).to_std().unwrap_or_default();
+    if until_due >= Duration::from_secs(12) {
+        tokio::time::sleep(until_due - Duration::from_secs(11)).await;
+        let u0 = d.usage();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let u1 = d.usage();
+        f.rows.push(
+            Row::new(
+                format!("RSS idle with {} schedules", a.schedules),
+                u0.rss_kib as f64 / 1024.0,
+                "MiB",
+            )
+            .baseline("RSS idle, none", idle.rss_kib as f64 / 1024.0),
+        );
+        f.rows.push(Row::new(
+            "CPU idle with the schedules, over 10 s",
+            (u1.cpu_s - u0.cpu_s) * 10.0,
+            "% of a core",
+        ));
+    } else {
+        f.notes.push(format!(
+            "less than 12 s were left before the due second ({:.1} s): no idle measurement (raise --p5-lead)",
+            until_due.as_secs_f64()
+        ));
+    }
+    let mut c = client;
+    let until_due = (due - Utc::now()).to_std().unwrap_or_default();
+    if until_due.is_zero() {
+        f.notes.push(
+            "the due second passed before all schedules existed: the figure counts from it all the same (raise --p5-lead)"
+                .into(),
+        );
+    }
+    tokio::time::sleep(until_due).await;
+    let t0 = Instant::now();
+    let (took, have) = loop {
+        let have = count_jobs(&mut c, "").await?;
+        // Counted at the end of the listing: an upper bound.
+        let took = (Utc::now() - due).to_std().unwrap_or_default();
+        if have >= a.schedules {
+            break (took, have);
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("only {have} of {} jobs after 600 s", a.schedules);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    f.rows.push(
+        Row::new(
+            format!("all {} jobs exist after the due second", a.schedules),
+            took.as_secs_f64(),
+            "s",
+        )
+        .goal(Goal::ValueAtMost(1.0)),
+    );
+    let after = d.usage();
+    f.rows.push(Row::new(
+        "RSS after firing",
+        after.rss_kib as f64 / 1024.0,
+        "MiB",
+    ));
+    f.notes.push(format!(
+        "{have} jobs counted by ListJobs (every 250 ms, the time taken at the end of each count: granularity ~250 ms plus one listing); simulators: {} instances on {}, jobs of 20 ms",
+        instances,
+        sims.len()
+    ));
+    Ok(f)
+}
