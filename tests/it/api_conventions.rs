@@ -354,44 +354,11 @@ async fn every_error_carries_error_info_in_the_custos_domain() {
     assert_eq!(retry_delay(&e), None);
 }
 
-/// A VBS simulator with the demo world and a daemon whose backend `vbs`
-/// points at it.
-async fn start_vbs(
-    dir: &std::path::Path,
-) -> (
-    custos_vbs_v2::sim::Simulator,
-    custos_vbs_v2::sim::DemoIds,
-    Daemon,
-) {
-    use custos_vbs_v2::sim::{SimConfig as VbsSimConfig, Simulator};
-    let cfg = VbsSimConfig::default();
-    let vbs = Simulator::start("127.0.0.1:0".parse().unwrap(), cfg.clone())
-        .await
-        .unwrap();
-    let ids = vbs.seed_demo();
-    let d = start_keystone_daemon(
-        dir,
-        "vbs",
-        KeystoneBackend {
-            kind: "vbs_v2",
-            endpoint: vbs.url(),
-            auth_url: vbs.auth_url(),
-            project_id: &ids.project_id,
-            vault_id: None,
-            user: &cfg.user_name,
-            domain: &cfg.user_domain,
-            password: &cfg.password,
-        },
-    )
-    .await;
-    (vbs, ids, d)
-}
-
 #[tokio::test]
 async fn unavailable_backends_give_retry_info_with_their_retry_after() {
     use custos_vbs_v2::sim::Injection;
     let dir = tempfile::tempdir().unwrap();
-    let (vbs, ids, d) = start_vbs(dir.path()).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), Default::default()).await;
     let mut c = d.op().await;
     let list = || pb::ListBackupsRequest {
         target: format!("backends/vbs/volumes/{}", ids.volume_id),
@@ -643,7 +610,7 @@ async fn pages_of_jobs_schedules_and_backends_give_every_item_once_and_tokens_ar
 #[tokio::test]
 async fn backups_are_paged_through_the_backends_own_paging_and_tokens_are_bound_to_the_target() {
     let dir = tempfile::tempdir().unwrap();
-    let (vbs, ids, d) = start_vbs(dir.path()).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), Default::default()).await;
     let mut c = d.op().await;
     for i in 0..6 {
         vbs.add_backup(&ids.volume_id, &format!("old-{i}")).unwrap();
@@ -838,7 +805,7 @@ async fn validate_only_on_every_mutation_checks_and_changes_nothing() {
 #[tokio::test]
 async fn validate_only_delete_backup_checks_with_the_backend_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (vbs, ids, d) = start_vbs(dir.path()).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), Default::default()).await;
     let mut c = d.op().await;
     let del = |backup: &str| pb::DeleteBackupRequest {
         target: format!("backends/vbs/volumes/{}", ids.volume_id),

@@ -400,3 +400,35 @@ password_file = "{pw}"
     .unwrap();
     Daemon::start_with(&config, &cf, dir).expect("daemon")
 }
+
+/// A VBS simulator with the demo world, and a daemon whose backend `vbs`
+/// points at it.
+pub async fn start_vbs(
+    dir: &Path,
+    cfg: custos_vbs_v2::sim::SimConfig,
+) -> (
+    custos_vbs_v2::sim::Simulator,
+    custos_vbs_v2::sim::DemoIds,
+    Daemon,
+) {
+    let vbs = custos_vbs_v2::sim::Simulator::start("127.0.0.1:0".parse().unwrap(), cfg.clone())
+        .await
+        .unwrap();
+    let ids = vbs.seed_demo();
+    let d = start_keystone_daemon(
+        dir,
+        "vbs",
+        KeystoneBackend {
+            kind: "vbs_v2",
+            endpoint: vbs.url(),
+            auth_url: vbs.auth_url(),
+            project_id: &ids.project_id,
+            vault_id: None,
+            user: &cfg.user_name,
+            domain: &cfg.user_domain,
+            password: &cfg.password,
+        },
+    )
+    .await;
+    (vbs, ids, d)
+}

@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use chrono::{DateTime, Utc};
 use custos::api::pb;
 use custos_cf_v3::sim::{SimConfig, Simulator};
-use custos_vbs_v2::sim::{SimConfig as VbsSimConfig, Simulator as VbsSim};
+use custos_vbs_v2::sim::SimConfig as VbsSimConfig;
 use tonic::Code;
 
 use crate::harness::*;
@@ -236,30 +236,12 @@ async fn downtime_is_caught_up_once_or_skipped_and_kill_nine_never_fires_twice()
 #[tokio::test]
 async fn retention_deletes_the_schedules_old_backups_on_vbs_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let vbs = VbsSim::start(
-        "127.0.0.1:0".parse().unwrap(),
+    let (vbs, ids, d) = start_vbs(
+        dir.path(),
         VbsSimConfig {
             backup_duration: Duration::from_millis(100),
             delete_duration: Duration::from_millis(100),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let ids = vbs.seed_demo();
-    let cfg = vbs.config();
-    let d = start_keystone_daemon(
-        dir.path(),
-        "vbs",
-        KeystoneBackend {
-            kind: "vbs_v2",
-            endpoint: vbs.url(),
-            auth_url: vbs.auth_url(),
-            project_id: &ids.project_id,
-            vault_id: None,
-            user: &cfg.user_name,
-            domain: &cfg.user_domain,
-            password: &cfg.password,
         },
     )
     .await;

@@ -4,11 +4,11 @@
 //! quota and 503 faults, expiring tokens, and a restore that survives
 //! `kill -9` without running twice.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use custos::api::pb;
 use custos_cf_v3::sim::SimConfig;
-use custos_vbs_v2::sim::{DemoIds, Injection, RestoreEnd, SimConfig as VbsSimConfig, Simulator};
+use custos_vbs_v2::sim::{Injection, RestoreEnd, SimConfig as VbsSimConfig};
 use reqwest::Method;
 use serde_json::json;
 use tonic::Code;
@@ -17,31 +17,6 @@ use crate::harness::*;
 
 const T: Duration = Duration::from_secs(60);
 const SEED_BACKUP: &str = "1d1139d8-8989-49d3-8aa1-83eb691e6db2";
-
-/// A VBS simulator with the demo world, and a daemon whose backend `vbs`
-/// points at it.
-async fn start(dir: &Path, cfg: VbsSimConfig) -> (Simulator, DemoIds, Daemon) {
-    let vbs = Simulator::start("127.0.0.1:0".parse().unwrap(), cfg.clone())
-        .await
-        .unwrap();
-    let ids = vbs.seed_demo();
-    let d = start_keystone_daemon(
-        dir,
-        "vbs",
-        KeystoneBackend {
-            kind: "vbs_v2",
-            endpoint: vbs.url(),
-            auth_url: vbs.auth_url(),
-            project_id: &ids.project_id,
-            vault_id: None,
-            user: &cfg.user_name,
-            domain: &cfg.user_domain,
-            password: &cfg.password,
-        },
-    )
-    .await;
-    (vbs, ids, d)
-}
 
 fn vol(id: &str) -> String {
     format!("backends/vbs/volumes/{id}")
@@ -76,7 +51,7 @@ async fn run_backup(c: &mut Client, volume: &str, incremental: bool) -> pb::Job 
 #[tokio::test]
 async fn the_seed_restore_and_a_failed_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (vbs, ids, d) = start(dir.path(), VbsSimConfig::default()).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), VbsSimConfig::default()).await;
     let mut c = d.op().await;
     assert_eq!(ids.volume_id, "2748f2f2-4394-4e6e-af8d-8dd34496c024");
     assert_eq!(ids.backup_id, SEED_BACKUP);
@@ -105,7 +80,7 @@ async fn the_seed_restore_and_a_failed_one() {
 #[tokio::test]
 async fn in_use_and_too_small_volumes_are_caught_by_validate_only_and_fail_with_vbs_words() {
     let dir = tempfile::tempdir().unwrap();
-    let (vbs, ids, d) = start(dir.path(), VbsSimConfig::default()).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), VbsSimConfig::default()).await;
     let mut c = d.op().await;
     for (volume, ours, theirs) in [
         (
@@ -153,7 +128,7 @@ async fn in_use_and_too_small_volumes_are_caught_by_validate_only_and_fail_with_
 #[tokio::test]
 async fn backups_are_made_listed_across_pages_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let (vbs, ids, d) = start(dir.path(), VbsSimConfig::default()).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), VbsSimConfig::default()).await;
     let mut c = d.op().await;
     let full = run_backup(&mut c, &ids.volume_id, false).await;
     assert_eq!(state(&full), "SUCCEEDED", "{}\n{}", full.message, d.logs());
@@ -266,7 +241,7 @@ async fn quota_is_not_retried_503_is_and_expiring_tokens_fail_nothing() {
         token_lifetime: Duration::from_secs(1),
         ..Default::default()
     };
-    let (vbs, ids, d) = start(dir.path(), cfg).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), cfg).await;
     let mut c = d.op().await;
     vbs.inject(Injection {
         method: Method::POST,
@@ -317,7 +292,7 @@ async fn kill_nine_mid_restore_resumes_without_a_second_restore() {
         restore_duration: Duration::from_secs(3),
         ..Default::default()
     };
-    let (vbs, ids, d) = start(dir.path(), cfg).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), cfg).await;
     let mut c = d.op().await;
     let j = c
         .restore(restore(SEED_BACKUP, &ids.volume_id))
@@ -342,7 +317,7 @@ async fn kill_nine_mid_restore_resumes_without_a_second_restore() {
 #[tokio::test]
 async fn the_cli_gets_and_deletes_a_backup_by_its_name() {
     let dir = tempfile::tempdir().unwrap();
-    let (vbs, ids, d) = start(dir.path(), VbsSimConfig::default()).await;
+    let (vbs, ids, d) = start_vbs(dir.path(), VbsSimConfig::default()).await;
     let mut c = d.op().await;
     let made = run_backup(&mut c, &ids.volume_id, false).await;
     assert_eq!(state(&made), "SUCCEEDED", "{}", made.message);
