@@ -62,7 +62,7 @@ pub(super) async fn drive(
         fresh_intent: false,
         grace: None,
     };
-    if !d.wait_turn(&job).await? || !d.start(&job).await? {
+    if !Box::pin(d.wait_turn(&job)).await? || !Box::pin(d.start(&job)).await? {
         return Ok(());
     }
     d.run().await
@@ -189,19 +189,22 @@ impl Driver<'_> {
                 } else {
                     Failure::Timeout
                 };
-                self.fail(reason, msg, vec![]).await?;
+                Box::pin(self.fail(reason, msg, vec![])).await?;
                 return Ok(());
             }
+            // Each step is boxed: a job's task then holds only the step it
+            // is in, not room for the largest one (most jobs spend their
+            // life in the poll sleep; issue 12).
             let step = match job.phase {
-                Phase::Queued => self.prepare(&job).await,
-                Phase::Submitting if self.fresh_intent => self.submit(&job).await,
-                Phase::Submitting => self.reconcile(&job).await,
+                Phase::Queued => Box::pin(self.prepare(&job)).await,
+                Phase::Submitting if self.fresh_intent => Box::pin(self.submit(&job)).await,
+                Phase::Submitting => Box::pin(self.reconcile(&job)).await,
                 Phase::Polling => {
                     let wait = self.poll.next_delay();
-                    if !self.sleep(wait, &job).await {
+                    if !Box::pin(self.sleep(wait, &job)).await {
                         return Ok(());
                     }
-                    self.poll(&job).await
+                    Box::pin(self.poll(&job)).await
                 }
                 Phase::Done => return Ok(()),
             };
@@ -210,7 +213,7 @@ impl Driver<'_> {
                 Ok(Flow::Stop) => return Ok(()),
                 Err(StepError::Store(e)) => return Err(e),
                 Err(StepError::Backend(e, doing)) => {
-                    if !self.on_failure(e, doing).await? {
+                    if !Box::pin(self.on_failure(e, doing)).await? {
                         return Ok(());
                     }
                 }

@@ -765,8 +765,8 @@ impl Engine {
     }
 
     /// A copy of the authoritative record of a live job.
-    fn current(&self, id: &Uuid) -> Option<JobRecord> {
-        self.entry(id).map(|e| (*lock(&e).rec).clone())
+    fn current(&self, id: &Uuid) -> Option<Arc<JobRecord>> {
+        self.entry(id).map(|e| lock(&e).rec.clone())
     }
 
     // ---- supervision ----------------------------------------------------------

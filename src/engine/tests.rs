@@ -534,3 +534,16 @@ fn fingerprints_are_digests_and_old_ones_still_match() {
     assert!(!other.same_as(Some(&a.fingerprint_json())));
     assert!(!a.same_as(None));
 }
+
+/// Issue 12: a job's task is small; its steps are boxed (the future was
+/// 3,056 bytes before). Printed, and bounded loosely so that a large step
+/// held inline again is noticed.
+#[tokio::test]
+async fn a_drivers_future_is_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), vec![("a", Scripted::new(), 4)], 8).await;
+    let fut = driver::drive(e.clone(), Uuid::now_v7(), CancellationToken::new());
+    let size = std::mem::size_of_val(&fut);
+    eprintln!("drive future: {size} bytes");
+    assert!(size <= 1024, "{size} bytes");
+}
