@@ -98,3 +98,38 @@ where
     all.latencies_us.sort_unstable();
     all
 }
+
+/// Creates `n` backups (each with a fresh request id, as the CLI sends)
+/// from `streams` tasks, the i-th of `target(i)`; fails unless all `n` were
+/// acknowledged.
+pub async fn create_backups(
+    client: &crate::daemon::Client,
+    streams: usize,
+    n: usize,
+    target: impl Fn(u64) -> String + Clone + Send + Sync + 'static,
+) -> anyhow::Result<Stats> {
+    let client = client.clone();
+    let create = move |i: u64| {
+        let mut c = client.clone();
+        let target = target(i);
+        async move {
+            c.create_backup(custos::api::pb::CreateBackupRequest {
+                target,
+                request_id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    let made = run(streams, Until::Calls(n as u64), create).await;
+    if made.ok < n as u64 {
+        anyhow::bail!(
+            "only {} of {} jobs were created: {}",
+            made.ok,
+            n,
+            made.first_error.unwrap_or_default()
+        );
+    }
+    Ok(made)
+}

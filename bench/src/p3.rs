@@ -8,12 +8,12 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use custos::{api::pb, config::parse_duration};
+use custos::config::parse_duration;
 use serde_json::json;
 
 use crate::{
     daemon::{Daemon, DaemonConfig, Sims},
-    load::{self, Until},
+    load,
     report::{Figure, Goal, Row},
 };
 
@@ -71,28 +71,8 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
 
     let t0 = Instant::now();
     let s = sims.clone();
-    let create = move |i: u64| {
-        let mut c = client.clone();
-        let target = s.target(i as usize);
-        async move {
-            c.create_backup(pb::CreateBackupRequest {
-                target,
-                request_id: uuid::Uuid::new_v4().to_string(),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-        }
-    };
-    let made = load::run(a.streams, Until::Calls(a.jobs as u64), create).await;
-    if made.ok < a.jobs as u64 {
-        bail!(
-            "only {} of {} jobs were created: {}",
-            made.ok,
-            a.jobs,
-            made.first_error.unwrap_or_default()
-        );
-    }
+    let made =
+        load::create_backups(&client, a.streams, a.jobs, move |i| s.target(i as usize)).await?;
     let limit = Duration::from_secs_f64(a.submit_timeout);
     loop {
         let n = sims.counters().0;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::{
     daemon::{Daemon, DaemonConfig, Sims, count_jobs, dir_size},
-    load::{self, Until},
+    load,
     report::{Figure, Row},
 };
 
@@ -53,30 +53,11 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
     let (client, _) = d.client().await?;
 
     let t0 = Instant::now();
-    let c = client.clone();
     let s = sims.clone();
-    let create = move |i: u64| {
-        let mut c = c.clone();
-        let target = s.target((i % targets) as usize);
-        async move {
-            c.create_backup(pb::CreateBackupRequest {
-                target,
-                request_id: uuid::Uuid::new_v4().to_string(),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-        }
-    };
-    let made = load::run(a.streams, Until::Calls(a.jobs as u64), create).await;
-    if made.ok < a.jobs as u64 {
-        bail!(
-            "only {} of {} jobs were created: {}",
-            made.ok,
-            a.jobs,
-            made.first_error.unwrap_or_default()
-        );
-    }
+    let made = load::create_backups(&client, a.streams, a.jobs, move |i| {
+        s.target((i % targets) as usize)
+    })
+    .await?;
     let mut c = client;
     let limit = Duration::from_secs_f64(a.finish_timeout);
     loop {
