@@ -721,10 +721,8 @@ impl BackupService for Service {
                             return;
                         }
                         let mut shown = convert::job_view(&e.job, full);
-                        if e.job.state == crate::job::JobState::Pending {
-                            let mut j = (*e.job).clone();
-                            engine.note_waiting(&mut j);
-                            shown.message = j.message;
+                        if let Some(m) = engine.waiting_message(&e.job) {
+                            shown.message = m;
                         }
                         if tx.send(Ok(shown)).await.is_err() {
                             return;

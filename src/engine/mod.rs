@@ -548,17 +548,21 @@ impl Engine {
     /// to every job the API shows; a change of the job ahead publishes
     /// nothing, so a watcher sees the message as of the job's last change.
     pub fn note_waiting(&self, j: &mut JobRecord) {
+        if let Some(m) = self.waiting_message(j) {
+            j.message = m;
+        }
+    }
+
+    /// What a PENDING job queued behind another waits for, if it is.
+    pub fn waiting_message(&self, j: &JobRecord) -> Option<String> {
         if j.state != JobState::Pending {
-            return;
+            return None;
         }
-        if let Some(h) = self.targets.head(&j.target)
-            && h != j.id
-        {
-            j.message = format!(
-                "waiting for {} to finish on the same target",
-                crate::names::job_name(h)
-            );
-        }
+        let h = self.targets.head(&j.target).filter(|h| *h != j.id)?;
+        Some(format!(
+            "waiting for {} to finish on the same target",
+            crate::names::job_name(h)
+        ))
     }
 
     /// Jobs of `index` newest first that pass `keep`, after `before`;
