@@ -32,6 +32,8 @@ pub struct Script {
     pub submit: VecDeque<Result<(), BackendError>>,
     pub reconcile: VecDeque<Reconciled>,
     pub poll: VecDeque<Progress>,
+    /// This many polls panic (before the queue above is used).
+    pub poll_panics: usize,
     /// (call, when) for every call.
     pub calls: Vec<(&'static str, Instant)>,
 }
@@ -157,7 +159,15 @@ impl Backend for Scripted {
         _h: &RemoteHandle,
     ) -> Result<Progress, BackendError> {
         self.record("poll");
-        let next = self.script.lock().unwrap().poll.pop_front();
+        let next = {
+            let mut s = self.script.lock().unwrap();
+            if s.poll_panics > 0 {
+                s.poll_panics -= 1;
+                drop(s);
+                panic!("scripted poll panic");
+            }
+            s.poll.pop_front()
+        };
         Ok(next.unwrap_or_else(|| match op {
             Operation::CreateBackup { .. } => {
                 let n = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::telemetry::timed;
 
-use super::{BackendEntry, Engine, end, set_message};
+use super::{BackendEntry, Engine, end, parking::Resume, set_message};
 use crate::{
     job::{Failure, JobError, JobRecord, JobState, Phase},
     store::StoreError,
@@ -38,32 +38,50 @@ const GRACE_CHECKS: u32 = 3;
 /// to the backend's `max_retry_after`).
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Drives the job until it ends, is cancelled, or the engine stops (`Ok`),
-/// or until the store fails (`Err`: the supervisor restarts the driver).
+/// How a driver stopped without an error.
+pub(super) enum Driven {
+    /// The job ended, was cancelled, or the engine is stopping.
+    Stopped,
+    /// The job waits for its next poll until the instant, with no task:
+    /// `Engine::wake_parked` starts a driver again with the state.
+    Parked(Instant, Resume),
+}
+
+/// Drives the job until it ends, is cancelled or the engine stops, or
+/// until it waits for its next poll (`Driven`); `Err` when the store
+/// failed (the job's task starts the driver again). `resume` is the state
+/// of a driver that parked: it goes straight to its poll.
 pub(super) async fn drive(
     engine: Arc<Engine>,
     id: Uuid,
     cancel: CancellationToken,
-) -> Result<(), StoreError> {
+    resume: Option<Resume>,
+) -> Result<Driven, StoreError> {
     let Some(job) = engine.current(&id) else {
-        return Ok(());
+        return Ok(Driven::Stopped);
     };
     let Some(entry) = engine.backends.get(&job.backend) else {
-        return Ok(());
+        return Ok(Driven::Stopped);
     };
     let timing = entry.timing;
+    let woken = resume.is_some();
+    let Resume { retry, poll } = resume.unwrap_or_else(|| Resume {
+        retry: Backoff::new(timing.poll_interval.min(Duration::from_secs(1)), RETRY_MAX),
+        poll: Backoff::new(timing.poll_interval, timing.poll_max_interval),
+    });
     let mut d = Driver {
         engine: &engine,
         entry,
         id,
         cancel: &cancel,
-        retry: Backoff::new(timing.poll_interval.min(Duration::from_secs(1)), RETRY_MAX),
-        poll: Backoff::new(timing.poll_interval, timing.poll_max_interval),
+        retry,
+        poll,
         fresh_intent: false,
         grace: None,
+        woken,
     };
     if !Box::pin(d.wait_turn(&job)).await? || !Box::pin(d.start(&job)).await? {
-        return Ok(());
+        return Ok(Driven::Stopped);
     }
     d.run().await
 }
@@ -124,6 +142,9 @@ struct Driver<'a> {
     /// process; an intent found otherwise was (maybe) used: reconcile.
     fresh_intent: bool,
     grace: Option<Grace>,
+    /// True when this driver was started by the end of a parked wait: its
+    /// first poll is due now.
+    woken: bool,
 }
 
 impl Driver<'_> {
@@ -173,13 +194,13 @@ impl Driver<'_> {
         Ok(started.is_some())
     }
 
-    async fn run(&mut self) -> Result<(), StoreError> {
+    async fn run(&mut self) -> Result<Driven, StoreError> {
         loop {
             let Some(job) = self.engine.current(&self.id) else {
-                return Ok(());
+                return Ok(Driven::Stopped);
             };
             if job.state.is_terminal() || self.cancel.is_cancelled() {
-                return Ok(());
+                return Ok(Driven::Stopped);
             }
             if let Some(msg) = self.timed_out(&job) {
                 // In Submitting the submit may have reached the backend:
@@ -190,31 +211,35 @@ impl Driver<'_> {
                     Failure::Timeout
                 };
                 Box::pin(self.fail(reason, msg, vec![])).await?;
-                return Ok(());
+                return Ok(Driven::Stopped);
             }
             // Each step is boxed: a job's task then holds only the step it
-            // is in, not room for the largest one (most jobs spend their
-            // life in the poll sleep; issue 12).
+            // is in, not room for the largest one (issue 12).
             let step = match job.phase {
                 Phase::Queued => Box::pin(self.prepare(&job)).await,
                 Phase::Submitting if self.fresh_intent => Box::pin(self.submit(&job)).await,
                 Phase::Submitting => Box::pin(self.reconcile(&job)).await,
-                Phase::Polling => {
+                // Most of a job's life is the wait between polls: it
+                // parks (no task) instead of sleeping in one.
+                Phase::Polling if !std::mem::take(&mut self.woken) => {
                     let wait = self.poll.next_delay();
-                    if !Box::pin(self.sleep(wait, &job)).await {
-                        return Ok(());
-                    }
-                    Box::pin(self.poll(&job)).await
+                    let wait = self.within_deadline(wait, &job);
+                    let resume = Resume {
+                        retry: self.retry.clone(),
+                        poll: self.poll.clone(),
+                    };
+                    return Ok(Driven::Parked(Instant::now() + wait, resume));
                 }
-                Phase::Done => return Ok(()),
+                Phase::Polling => Box::pin(self.poll(&job)).await,
+                Phase::Done => return Ok(Driven::Stopped),
             };
             match step {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Stop) => return Ok(()),
+                Ok(Flow::Stop) => return Ok(Driven::Stopped),
                 Err(StepError::Store(e)) => return Err(e),
                 Err(StepError::Backend(e, doing)) => {
                     if !Box::pin(self.on_failure(e, doing)).await? {
-                        return Ok(());
+                        return Ok(Driven::Stopped);
                     }
                 }
             }
@@ -249,14 +274,20 @@ impl Driver<'_> {
         ))
     }
 
+    /// `d`, but not past the operation deadline (just after it, so that
+    /// the next look finds the job timed out).
+    fn within_deadline(&self, d: Duration, job: &JobRecord) -> Duration {
+        let left = self
+            .deadline(job)
+            .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
+            .map(|l| l + Duration::from_millis(10));
+        left.map_or(d, |l| d.min(l))
+    }
+
     /// Sleeps `d`, but not past the operation deadline; false if the job
     /// was cancelled or the engine is stopping.
     async fn sleep(&self, d: Duration, job: &JobRecord) -> bool {
-        let left = self
-            .deadline(job)
-            .and_then(|t| (t - Utc::now()).to_std().ok())
-            .map(|l| l + Duration::from_millis(10));
-        let d = left.map_or(d, |l| d.min(l));
+        let d = self.within_deadline(d, job);
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
             _ = self.cancel.cancelled() => false,

@@ -1,7 +1,8 @@
 //! The job engine's registry: accepts requests as durable jobs, keeps the
 //! live ones, answers reads with flushed state only, and supervises one
-//! driver task per target queue head (`driver.rs` holds what a driver
-//! does); the jobs queued behind a head are queue entries, not tasks.
+//! driver per target queue head (`driver.rs` holds what a driver does);
+//! the jobs queued behind a head are queue entries, not tasks, and a head
+//! waiting for its next poll is a timer entry (`parking.rs`), not a task.
 //!
 //! Invariants:
 //! - every change of a job is written and flushed before it is acted on or
@@ -10,7 +11,8 @@
 //! - a job's acceptance does not depend on the RPC that asked for it: the
 //!   write, the flush and the start run in a task of their own;
 //! - the head of each target's queue, once durable, has exactly one driver
-//!   (`Engine::supervise`); the jobs behind it have none until their turn
+//!   (`Engine::supervise`), running in the job's one task or parked
+//!   (`Slot`); the jobs behind it have none until their turn
 //!   (`start_if_head`, called when the head ends, a job is accepted or a
 //!   queued job is cancelled); a driver that fails on the store or panics
 //!   is restarted, and a job that ends always releases its target;
@@ -18,6 +20,7 @@
 //!   the synchronous ones (`list_backups`, `validate`); waiting holds none.
 
 mod driver;
+mod parking;
 mod targets;
 
 use std::{
@@ -42,6 +45,7 @@ use crate::{
     job::{JobKind, JobRecord, JobState, Phase},
     store::{Store, StoreError},
 };
+use parking::{Parking, Resume};
 use targets::TargetQueues;
 
 /// Why the engine refused a request.
@@ -180,14 +184,26 @@ pub struct Engine {
     /// Serialises the idempotency check with the insert.
     create_lock: Mutex<()>,
     targets: TargetQueues,
-    /// One entry per job that has a driver: its wake-up for cancellation.
-    drivers: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// One entry per job that has a driver, running or parked.
+    drivers: Mutex<HashMap<Uuid, Slot>>,
+    /// Jobs waiting for their next poll without a task.
+    parking: Arc<Parking>,
+    /// Whether the task that wakes parked jobs runs.
+    waking: std::sync::atomic::AtomicBool,
     events: broadcast::Sender<Arc<JobEvent>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     settings: EngineSettings,
     /// This engine, for background tasks that must not keep it alive.
     me: std::sync::Weak<Engine>,
+}
+
+/// The driver of a job.
+enum Slot {
+    /// A task drives the job; its wake-up for cancellation.
+    Running(CancellationToken),
+    /// The job waits for its next poll in `Engine::parking`, with no task.
+    Parked,
 }
 
 /// The one info line (and the metrics) of a job's state change.
@@ -227,6 +243,8 @@ impl Engine {
             create_lock: Mutex::new(()),
             targets: TargetQueues::default(),
             drivers: Mutex::new(HashMap::new()),
+            parking: Arc::default(),
+            waking: std::sync::atomic::AtomicBool::new(false),
             events,
             shutdown,
             tasks: TaskTracker::new(),
@@ -640,9 +658,15 @@ impl Engine {
             .await?;
         match updated {
             Some(rec) => {
-                let driver = lock(&self.drivers).get(id).cloned();
+                let driver = match lock(&self.drivers).get(id) {
+                    Some(Slot::Running(t)) => Some(Some(t.clone())),
+                    // Only a polling job parks, and it cannot be cancelled.
+                    Some(Slot::Parked) => Some(None),
+                    None => None,
+                };
                 match driver {
-                    Some(t) => t.cancel(),
+                    Some(Some(t)) => t.cancel(),
+                    Some(None) => {}
                     // Queued without a driver: the queue moves on.
                     None => {
                         if let Some(me) = self.me.upgrade() {
@@ -775,41 +799,72 @@ impl Engine {
 
     // ---- supervision ----------------------------------------------------------
 
-    /// Starts the one driver of a job, unless it has one. The supervisor
-    /// restarts a driver that stopped on a store error or panicked (after a
-    /// backoff), and releases the job's target once the job has ended.
+    /// Starts the one driver of a job, unless it has one (running or
+    /// parked).
     fn supervise(self: &Arc<Self>, id: Uuid, target: String) {
-        // Every line the job's driver logs carries the job, its target and
-        // its backend.
-        let backend = self
-            .get(&id)
-            .ok()
-            .flatten()
-            .map(|j| j.backend)
-            .unwrap_or_default();
-        let span = tracing::info_span!("job", job = %id, target = %target, backend = %backend);
         let token = self.shutdown.child_token();
         {
             let mut d = lock(&self.drivers);
             if d.contains_key(&id) {
                 return;
             }
-            d.insert(id, token.clone());
+            d.insert(id, Slot::Running(token.clone()));
         }
+        self.spawn_driver(id, target, token, None);
+    }
+
+    /// The job's one task: runs its driver, restarts a driver that stopped
+    /// on a store error or panicked (after a backoff), parks the job when
+    /// its driver waits for a poll, and releases the job's target once the
+    /// job has ended. The caller has put `Slot::Running(token)` in place.
+    fn spawn_driver(
+        self: &Arc<Self>,
+        id: Uuid,
+        target: String,
+        token: CancellationToken,
+        resume: Option<Resume>,
+    ) {
+        use futures_util::FutureExt;
+        // Every line the job's task logs carries the job, its target and
+        // its backend.
+        let backend = self
+            .current(&id)
+            .map(|j| j.backend.clone())
+            .unwrap_or_default();
+        let span = tracing::info_span!("job", job = %id, target = %target, backend = %backend);
         let engine = self.clone();
-        self.tasks.spawn(async move {
+        let task = async move {
             let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+            let mut resume = resume;
             loop {
-                let run = tokio::spawn(
-                    driver::drive(engine.clone(), id, token.clone()).instrument(span.clone()),
-                );
-                let why = match run.await {
-                    Ok(Ok(())) => None,
+                // Caught here rather than by a second task: one task a job.
+                let run = std::panic::AssertUnwindSafe(driver::drive(
+                    engine.clone(),
+                    id,
+                    token.clone(),
+                    resume.take(),
+                ))
+                .catch_unwind()
+                .await;
+                let why = match run {
+                    Ok(Ok(driver::Driven::Parked(at, r))) if !token.is_cancelled() => {
+                        // The slot first, so that the waker finds it.
+                        lock(&engine.drivers).insert(id, Slot::Parked);
+                        engine.park(id, at, r);
+                        return;
+                    }
+                    Ok(Ok(_)) => None,
                     Ok(Err(e)) => Some(e.to_string()),
-                    Err(e) => Some(format!("the job's task failed: {e}")),
+                    Err(panic) => Some(format!(
+                        "the job's driver panicked: {}",
+                        panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default()
+                    )),
                 };
-                if engine.shutdown.is_cancelled() || token.is_cancelled() || !engine.is_live(&id)
-                {
+                if engine.shutdown.is_cancelled() || token.is_cancelled() || !engine.is_live(&id) {
                     break;
                 }
                 let Some(why) = why else { break };
@@ -825,7 +880,68 @@ impl Engine {
                 engine.targets.remove(&target, id);
                 engine.start_if_head(&target);
             }
-        });
+        };
+        self.tasks.spawn(task.instrument(span));
+    }
+
+    /// Parks a job until `at`; starts the task that wakes parked jobs
+    /// the first time.
+    fn park(self: &Arc<Self>, id: Uuid, at: tokio::time::Instant, resume: Resume) {
+        self.parking.park(id, at, resume);
+        if !self.waking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let (me, parking) = (self.me.clone(), self.parking.clone());
+            let stop = self.shutdown.clone();
+            self.tasks.spawn(Engine::wake_parked(me, parking, stop));
+        }
+    }
+
+    /// The one task that starts the drivers of parked jobs when their
+    /// wait is over. Parked jobs stay parked when the engine stops: they
+    /// resume from the store on the next start.
+    /// It holds no strong reference to the engine while it waits.
+    async fn wake_parked(
+        me: std::sync::Weak<Engine>,
+        parking: Arc<Parking>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let next = parking.next();
+            tokio::select! {
+                _ = async {
+                    match next {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = parking.earlier() => continue,
+                _ = stop.cancelled() => return,
+            }
+            let Some(engine) = me.upgrade() else { return };
+            for (id, resume) in parking.take_due(tokio::time::Instant::now()) {
+                engine.unpark(id, resume);
+            }
+        }
+    }
+
+    /// Starts the driver of a parked job whose wait is over.
+    fn unpark(self: &Arc<Self>, id: Uuid, resume: Resume) {
+        let target = self.current(&id).map(|j| j.target.clone());
+        let token = self.shutdown.child_token();
+        {
+            let mut d = lock(&self.drivers);
+            if !matches!(d.get(&id), Some(Slot::Parked)) {
+                return;
+            }
+            match &target {
+                Some(_) => d.insert(id, Slot::Running(token.clone())),
+                // No longer live (cannot happen while parked: only its
+                // driver changes a polling job).
+                None => d.remove(&id),
+            };
+        }
+        if let Some(target) = target {
+            self.spawn_driver(id, target, token, Some(resume));
+        }
     }
 
     /// Gives the head of `target`'s queue its driver, once its creation is

@@ -4,13 +4,13 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use custos_adapter_core::{BackendError, ErrorKind, Reconciled};
+use custos_adapter_core::{BackendError, ErrorKind, Progress, Reconciled};
 use tokio::sync::Semaphore;
 
 use super::*;
 use crate::{
     job::Failure,
-    test_support::{Scripted, backup, engine, eventually, handle, restore},
+    test_support::{Scripted, backup, engine, eventually, handle, restore, timing},
 };
 
 /// Waits (on events, so a paused clock runs ahead) until the job ends;
@@ -542,8 +542,68 @@ fn fingerprints_are_digests_and_old_ones_still_match() {
 async fn a_drivers_future_is_small() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), vec![("a", Scripted::new(), 4)], 8).await;
-    let fut = driver::drive(e.clone(), Uuid::now_v7(), CancellationToken::new());
+    let fut = driver::drive(e.clone(), Uuid::now_v7(), CancellationToken::new(), None);
     let size = std::mem::size_of_val(&fut);
     eprintln!("drive future: {size} bytes");
     assert!(size <= 1024, "{size} bytes");
+}
+
+fn running(message: &str) -> Progress {
+    Progress::Running {
+        message: message.into(),
+        handle: None,
+        percent: None,
+    }
+}
+
+/// Issue 12: a job waiting for its next poll has no task: it is an entry
+/// in the engine's timer queue. A job queued behind it on the same target
+/// does not give it a second driver, and it is polled once per wait.
+#[tokio::test(start_paused = true)]
+async fn a_job_waiting_for_its_poll_is_parked_not_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    b.with(|s| s.poll.extend((0..4).map(|i| running(&format!("step {i}")))));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let first = e.create(backup("a", "i0")).await.unwrap();
+    eventually("the job is parked", || {
+        e.parking.len() == 1 && matches!(lock(&e.drivers).get(&first.id), Some(Slot::Parked))
+    })
+    .await;
+    assert_eq!(e.tasks.len(), 1, "only the waker's task: {}", e.tasks.len());
+    // Accepted behind the parked head: start_if_head must not drive the
+    // head a second time.
+    let second = e.create(backup("a", "i0")).await.unwrap();
+    let end = until_end(&e, first.id).await;
+    assert_eq!(end.last().unwrap().state, JobState::Succeeded);
+    assert_eq!(
+        until_end(&e, second.id).await.pop().unwrap().state,
+        JobState::Succeeded
+    );
+    // 4 running answers and 1 success for the first, 1 for the second.
+    assert_eq!(b.calls("poll").len(), 6, "no poll twice");
+    let polls = b.calls("poll");
+    for w in polls[..5].windows(2) {
+        assert!(
+            w[1] - w[0] >= timing().poll_interval / 2,
+            "waited between polls"
+        );
+    }
+    assert!(lock(&e.drivers).is_empty());
+    assert_eq!(e.parking.len(), 0);
+}
+
+/// A driver that panics is restarted by the job's own task (there is no
+/// second, supervising task), and the job goes on.
+#[tokio::test(start_paused = true)]
+async fn a_driver_that_panics_is_restarted_by_its_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    b.with(|s| s.poll_panics = 2);
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let job = e.create(backup("a", "i0")).await.unwrap();
+    let end = until_end(&e, job.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Succeeded, "{}", end.message);
+    assert_eq!(b.calls("poll").len(), 3);
+    assert_eq!(b.calls("submit").len(), 1, "never submitted again");
 }
