@@ -57,7 +57,9 @@ pub(super) async fn drive(
     cancel: CancellationToken,
     resume: Option<Resume>,
 ) -> Result<Driven, StoreError> {
-    let Some(job) = engine.current(&id) else {
+    // A parked job's record is read back here (`Err` if it cannot be:
+    // the job's task tries again).
+    let Some(job) = engine.current_checked(&id)? else {
         return Ok(Driven::Stopped);
     };
     let Some(entry) = engine.backends.get(&job.backend) else {

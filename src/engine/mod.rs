@@ -180,7 +180,7 @@ pub struct Engine {
     /// lock, under which its changes are encoded and written (so that store
     /// order = change order without serialising all jobs). Std mutexes:
     /// never held across an await. Lock order: a job's, then the map's.
-    live: Mutex<HashMap<Uuid, Arc<Mutex<Live>>>>,
+    live: Mutex<HashMap<Uuid, LiveEntry>>,
     /// Serialises the idempotency check with the insert.
     create_lock: Mutex<()>,
     targets: TargetQueues,
@@ -196,6 +196,23 @@ pub struct Engine {
     settings: EngineSettings,
     /// This engine, for background tasks that must not keep it alive.
     me: std::sync::Weak<Engine>,
+}
+
+/// A live job in the engine's map.
+enum LiveEntry {
+    Hot(Arc<Mutex<Live>>),
+    /// A parked job whose record is held only by the store (and sled's
+    /// cache): every version is durable and published, the last one with
+    /// this `seq`. Made hot again by the first change or driver
+    /// (`Engine::entry_checked`); readers read the store without that.
+    Cold(u64),
+}
+
+/// What `Engine::peek` finds.
+enum Peek {
+    Hot(Arc<Mutex<Live>>),
+    Cold(u64),
+    Absent,
 }
 
 /// The driver of a job.
@@ -364,12 +381,12 @@ impl Engine {
             // looks for the next must find it live (review finding).
             lock(&self.live).insert(
                 id,
-                Arc::new(Mutex::new(Live {
+                LiveEntry::Hot(Arc::new(Mutex::new(Live {
                     rec: j,
                     seq: 1,
                     published: Some(published),
                     published_seq: 1,
-                })),
+                }))),
             );
             if configured {
                 self.targets.enqueue(&target, id);
@@ -438,12 +455,12 @@ impl Engine {
                     // it only once published).
                     lock(&self.live).insert(
                         rec.id,
-                        Arc::new(Mutex::new(Live {
+                        LiveEntry::Hot(Arc::new(Mutex::new(Live {
                             rec: Arc::new(rec.clone()),
                             seq: 1,
                             published: None,
                             published_seq: 0,
-                        })),
+                        }))),
                     );
                     if let Err(e) = self.store.put_job(&rec) {
                         lock(&self.live).remove(&rec.id);
@@ -550,15 +567,25 @@ impl Engine {
                 (p.seq, j)
             })
         };
-        if let Some(e) = self.entry(id) {
-            return Ok(published(&e));
-        }
+        let before = match self.peek(id) {
+            Peek::Hot(e) => return Ok(published(&e)),
+            Peek::Cold(seq) => Some(seq),
+            Peek::Absent => None,
+        };
         let stored = self.store.get_job(id)?;
-        // Created between the two looks: only its published state counts.
-        if let Some(e) = self.entry(id) {
-            return Ok(published(&e));
+        match (self.peek(id), before) {
+            // Created (or made hot) between the two looks: only its
+            // published state counts.
+            (Peek::Hot(e), _) => Ok(published(&e)),
+            // Cold throughout, unchanged: what the store holds is durable.
+            (Peek::Cold(seq), Some(b)) if seq == b => Ok(stored.map(|mut j| {
+                self.note_waiting(&mut j);
+                (seq, j)
+            })),
+            // Changed and parked again in between: read once more.
+            (Peek::Cold(_), _) => self.snapshot(id),
+            (Peek::Absent, _) => Ok(stored.map(|j| (u64::MAX, j))),
         }
-        Ok(stored.map(|j| (u64::MAX, j)))
     }
 
     /// A PENDING job queued behind another job on its target says so. The
@@ -692,7 +719,7 @@ impl Engine {
         id: &Uuid,
         change: impl FnOnce(&mut JobRecord) -> bool,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let Some(entry) = self.entry(id) else {
+        let Some(entry) = self.entry_checked(id)? else {
             return Ok(None);
         };
         let (rec, seq, was) = {
@@ -781,20 +808,80 @@ impl Engine {
         let _ = self.events.send(p);
     }
 
-    /// A live job's entry; the map's lock is released on return.
+    /// A live job's entry, made hot if it was cold; the map's lock is
+    /// released on return. `None` also when a cold job's record cannot be
+    /// read (see `entry_checked`).
     fn entry(&self, id: &Uuid) -> Option<Arc<Mutex<Live>>> {
-        lock(&self.live).get(id).cloned()
+        self.entry_checked(id).ok().flatten()
     }
 
-    /// Whether the job still has to be driven.
+    /// A live job's entry; a cold one is read back from the store first
+    /// (under the map's lock, so it is read once), its version the one
+    /// it was cooled with.
+    fn entry_checked(&self, id: &Uuid) -> Result<Option<Arc<Mutex<Live>>>, StoreError> {
+        let mut m = lock(&self.live);
+        let seq = match m.get(id) {
+            None => return Ok(None),
+            Some(LiveEntry::Hot(e)) => return Ok(Some(e.clone())),
+            Some(LiveEntry::Cold(seq)) => *seq,
+        };
+        let rec = self
+            .store
+            .get_job(id)?
+            .ok_or_else(|| StoreError::Io(format!("live job {id} is missing from the store")))?;
+        let rec = Arc::new(rec);
+        let e = Arc::new(Mutex::new(Live {
+            rec: rec.clone(),
+            seq,
+            published: Some(Arc::new(JobEvent { seq, job: rec })),
+            published_seq: seq,
+        }));
+        m.insert(*id, LiveEntry::Hot(e.clone()));
+        Ok(Some(e))
+    }
+
+    /// A live job's entry as it is, hot or cold.
+    fn peek(&self, id: &Uuid) -> Peek {
+        match lock(&self.live).get(id) {
+            None => Peek::Absent,
+            Some(LiveEntry::Hot(e)) => Peek::Hot(e.clone()),
+            Some(LiveEntry::Cold(seq)) => Peek::Cold(*seq),
+        }
+    }
+
+    /// Drops the record of a parked job from memory if every version of
+    /// it is durable and published; it stays hot otherwise (or if its
+    /// lock is held: map then job would invert the lock order).
+    fn cool(&self, id: &Uuid) {
+        let mut m = lock(&self.live);
+        let Some(LiveEntry::Hot(e)) = m.get(id) else {
+            return;
+        };
+        let seq = match e.try_lock() {
+            Ok(l) if l.seq == l.published_seq && !l.rec.state.is_terminal() => l.seq,
+            _ => return,
+        };
+        m.insert(*id, LiveEntry::Cold(seq));
+    }
+
+    /// Whether the job still has to be driven (a cold job is: only
+    /// non-terminal jobs are cooled).
     fn is_live(&self, id: &Uuid) -> bool {
-        self.entry(id)
-            .is_some_and(|e| !lock(&e).rec.state.is_terminal())
+        match self.peek(id) {
+            Peek::Hot(e) => !lock(&e).rec.state.is_terminal(),
+            Peek::Cold(_) => true,
+            Peek::Absent => false,
+        }
     }
 
     /// A copy of the authoritative record of a live job.
     fn current(&self, id: &Uuid) -> Option<Arc<JobRecord>> {
         self.entry(id).map(|e| lock(&e).rec.clone())
+    }
+
+    /// The same, with the store error of a cold job that cannot be read.
+    fn current_checked(&self, id: &Uuid) -> Result<Option<Arc<JobRecord>>, StoreError> {
+        Ok(self.entry_checked(id)?.map(|e| lock(&e).rec.clone()))
     }
 
     // ---- supervision ----------------------------------------------------------
@@ -848,8 +935,10 @@ impl Engine {
                 .await;
                 let why = match run {
                     Ok(Ok(driver::Driven::Parked(at, r))) if !token.is_cancelled() => {
-                        // The slot first, so that the waker finds it.
+                        // The slot first, so that the waker finds it;
+                        // cooled before the waker can start it again.
                         lock(&engine.drivers).insert(id, Slot::Parked);
+                        engine.cool(&id);
                         engine.park(id, at, r);
                         return;
                     }
@@ -925,7 +1014,19 @@ impl Engine {
 
     /// Starts the driver of a parked job whose wait is over.
     fn unpark(self: &Arc<Self>, id: Uuid, resume: Resume) {
-        let target = self.current(&id).map(|j| j.target.clone());
+        let target = match self.current_checked(&id) {
+            Ok(j) => j.map(|j| j.target.clone()),
+            Err(e) => {
+                // Its record could not be read back: try again shortly.
+                tracing::error!(job = %id, error = %e, "cannot read a waiting job's record; retrying");
+                self.park(
+                    id,
+                    tokio::time::Instant::now() + Duration::from_secs(1),
+                    resume,
+                );
+                return;
+            }
+        };
         let token = self.shutdown.child_token();
         {
             let mut d = lock(&self.drivers);
@@ -954,10 +1055,14 @@ impl Engine {
             let Some(head) = self.targets.head(target) else {
                 return;
             };
-            let seen = self.entry(&head).map(|e| {
-                let l = lock(&e);
-                (l.published.is_some(), l.rec.state.is_terminal())
-            });
+            let seen = match self.peek(&head) {
+                Peek::Hot(e) => {
+                    let l = lock(&e);
+                    Some((l.published.is_some(), l.rec.state.is_terminal()))
+                }
+                Peek::Cold(_) => Some((true, false)),
+                Peek::Absent => None,
+            };
             match seen {
                 Some((true, false)) => {
                     self.supervise(head, target.to_string());

@@ -607,3 +607,47 @@ async fn a_driver_that_panics_is_restarted_by_its_task() {
     assert_eq!(b.calls("poll").len(), 3);
     assert_eq!(b.calls("submit").len(), 1, "never submitted again");
 }
+
+/// Issue 12: a parked job's record is held only by the store; the engine
+/// keeps its version number. Readers get the durable record and version
+/// without bringing it back into memory; its driver brings it back, and
+/// its next change continues the versions (watchers never go back).
+#[tokio::test(start_paused = true)]
+async fn a_parked_jobs_record_is_only_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    b.with(|s| s.poll.extend((0..6).map(|_| running("half way"))));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let job = e.create(backup("a", "i0")).await.unwrap();
+    let cold = || match lock(&e.live).get(&job.id) {
+        Some(LiveEntry::Cold(seq)) => Some(*seq),
+        _ => None,
+    };
+    eventually("the parked job is cold", || {
+        cold().is_some() && b.calls("poll").len() >= 2
+    })
+    .await;
+    let seq = cold().unwrap();
+    let mut rx = e.subscribe();
+    let (read_seq, read) = e.snapshot(&job.id).unwrap().unwrap();
+    assert_eq!((read_seq, read.phase), (seq, Phase::Polling));
+    assert_eq!(read.message, "half way");
+    assert_eq!(cold(), Some(seq), "reading does not bring it back");
+    // A cancel is refused with the real reason (it reads the record back).
+    let refused = e.cancel(&job.id).await.unwrap_err().to_string();
+    assert!(refused.contains("cannot be stopped"), "{refused}");
+    let last = loop {
+        let ev = rx.recv().await.unwrap();
+        assert!(
+            ev.seq > seq,
+            "a version after the cold one: {} <= {seq}",
+            ev.seq
+        );
+        if ev.job.state.is_terminal() {
+            break ev;
+        }
+    };
+    assert_eq!(last.job.state, JobState::Succeeded);
+    assert_eq!(b.calls("poll").len(), 7);
+    assert!(lock(&e.live).get(&job.id).is_none());
+}
