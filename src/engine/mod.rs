@@ -5,6 +5,9 @@
 //! waiting for its next poll is a timer entry (`parking.rs`), not a task.
 //!
 //! Invariants:
+//! - a live job is hot (its record in memory, `Live`) or, while parked,
+//!   cold (only its version here; every version durable and published,
+//!   the record in the store);
 //! - every change of a job is written and flushed before it is acted on or
 //!   reported (`Engine::update`); readers and watchers see a change only
 //!   once it is durable (`Live::published`), in the order it was made;
