@@ -585,9 +585,11 @@ impl Engine {
                 self.note_waiting(&mut j);
                 (seq, j)
             })),
-            // Changed and parked again in between: read once more.
-            (Peek::Cold(_), _) => self.snapshot(id),
-            (Peek::Absent, _) => Ok(stored.map(|j| (u64::MAX, j))),
+            // Changed and parked again, or ended and gone, in between:
+            // what was read may be older; read once more (review finding:
+            // a cold job's old version was returned as its last).
+            (Peek::Cold(_), _) | (Peek::Absent, Some(_)) => self.snapshot(id),
+            (Peek::Absent, None) => Ok(stored.map(|j| (u64::MAX, j))),
         }
     }
 
@@ -819,19 +821,28 @@ impl Engine {
     }
 
     /// A live job's entry; a cold one is read back from the store first
-    /// (under the map's lock, so it is read once), its version the one
-    /// it was cooled with.
+    /// (outside the map's lock), its version the one it was cooled with.
     fn entry_checked(&self, id: &Uuid) -> Result<Option<Arc<Mutex<Live>>>, StoreError> {
-        let mut m = lock(&self.live);
-        let seq = match m.get(id) {
-            None => return Ok(None),
-            Some(LiveEntry::Hot(e)) => return Ok(Some(e.clone())),
-            Some(LiveEntry::Cold(seq)) => *seq,
+        let seq = match self.peek(id) {
+            Peek::Absent => return Ok(None),
+            Peek::Hot(e) => return Ok(Some(e)),
+            Peek::Cold(seq) => seq,
         };
         let rec = self
             .store
             .get_job(id)?
             .ok_or_else(|| StoreError::Io(format!("live job {id} is missing from the store")))?;
+        let mut m = lock(&self.live);
+        match m.get(id) {
+            // Still cold and unchanged (a change makes it hot first): what
+            // was read is that version.
+            Some(LiveEntry::Cold(s)) if *s == seq => {}
+            // Made hot (or ended) meanwhile by another caller.
+            _ => {
+                drop(m);
+                return self.entry_checked(id);
+            }
+        }
         let rec = Arc::new(rec);
         let e = Arc::new(Mutex::new(Live {
             rec: rec.clone(),
@@ -853,16 +864,26 @@ impl Engine {
     }
 
     /// Drops the record of a parked job from memory if every version of
-    /// it is durable and published; it stays hot otherwise (or if its
-    /// lock is held: map then job would invert the lock order).
+    /// it is durable and published and nobody else holds its entry; it
+    /// stays hot otherwise.
     fn cool(&self, id: &Uuid) {
         let mut m = lock(&self.live);
         let Some(LiveEntry::Hot(e)) = m.get(id) else {
             return;
         };
-        let seq = match e.try_lock() {
-            Ok(l) if l.seq == l.published_seq && !l.rec.state.is_terminal() => l.seq,
-            _ => return,
+        // Entries are cloned out only under the map's lock, held here: a
+        // count of one proves no caller is about to change it through
+        // this entry (review finding: a lock free "now" did not). Nobody
+        // can hold its lock either, so taking it cannot wait.
+        if Arc::strong_count(e) != 1 {
+            return;
+        }
+        let seq = {
+            let l = lock(e);
+            if l.seq != l.published_seq || l.rec.state.is_terminal() {
+                return;
+            }
+            l.seq
         };
         m.insert(*id, LiveEntry::Cold(seq));
     }
@@ -1010,23 +1031,29 @@ impl Engine {
             }
             let Some(engine) = me.upgrade() else { return };
             for (id, resume) in parking.take_due(tokio::time::Instant::now()) {
-                engine.unpark(id, resume);
+                // This task wakes every parked job: a panic in one must
+                // not end it (review finding).
+                let woke = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    engine.unpark(id, resume)
+                }));
+                if woke.is_err() {
+                    tracing::error!(job = %id, "starting a waiting job's driver panicked; it waits until the next start");
+                }
             }
         }
     }
 
     /// Starts the driver of a parked job whose wait is over.
-    fn unpark(self: &Arc<Self>, id: Uuid, resume: Resume) {
+    fn unpark(self: &Arc<Self>, id: Uuid, mut resume: Resume) {
         let target = match self.current_checked(&id) {
             Ok(j) => j.map(|j| j.target.clone()),
             Err(e) => {
-                // Its record could not be read back: try again shortly.
-                tracing::error!(job = %id, error = %e, "cannot read a waiting job's record; retrying");
-                self.park(
-                    id,
-                    tokio::time::Instant::now() + Duration::from_secs(1),
-                    resume,
-                );
+                // Its record could not be read back: try again after the
+                // retry backoff, which grows, so that an outage of the
+                // store does not log every parked job every second.
+                let delay = resume.retry.next_delay();
+                tracing::error!(job = %id, error = %e, ?delay, "cannot read a waiting job's record; retrying");
+                self.park(id, tokio::time::Instant::now() + delay, resume);
                 return;
             }
         };
@@ -1043,8 +1070,16 @@ impl Engine {
                 None => d.remove(&id),
             };
         }
-        if let Some(target) = target {
-            self.spawn_driver(id, target, token, Some(resume));
+        match target {
+            Some(target) => self.spawn_driver(id, target, token, Some(resume)),
+            // As a job's task does when its job has ended: the queue it
+            // heads (its target is not known here) moves on.
+            None => {
+                for target in self.targets.headed_by(id) {
+                    self.targets.remove(&target, id);
+                    self.start_if_head(&target);
+                }
+            }
         }
     }
 

@@ -49,6 +49,15 @@ impl TargetQueues {
             .clone()
     }
 
+    /// The targets whose queue `id` heads.
+    pub fn headed_by(&self, id: Uuid) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, q)| q.jobs.front() == Some(&id))
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
     /// Takes a job off its target's queue and wakes the next ones.
     pub fn remove(&self, target: &str, id: Uuid) {
         let mut m = self.lock();

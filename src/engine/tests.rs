@@ -602,7 +602,12 @@ async fn a_driver_that_panics_is_restarted_by_its_task() {
     b.with(|s| s.poll_panics = 2);
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
     let job = e.create(backup("a", "i0")).await.unwrap();
-    let end = until_end(&e, job.id).await.pop().unwrap();
+    // Bounded: without the catch the job would wait forever.
+    let end = tokio::time::timeout(Duration::from_secs(600), until_end(&e, job.id))
+        .await
+        .expect("the job went on after its driver panicked")
+        .pop()
+        .unwrap();
     assert_eq!(end.state, JobState::Succeeded, "{}", end.message);
     assert_eq!(b.calls("poll").len(), 3);
     assert_eq!(b.calls("submit").len(), 1, "never submitted again");
@@ -616,38 +621,120 @@ async fn a_driver_that_panics_is_restarted_by_its_task() {
 async fn a_parked_jobs_record_is_only_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let b = Scripted::new();
-    b.with(|s| s.poll.extend((0..6).map(|_| running("half way"))));
+    // The same message twice (no write: the job parks again cold), then a
+    // new one (a write after it was brought back).
+    b.with(|s| {
+        s.poll
+            .extend([running("half way"), running("half way"), running("nearly")])
+    });
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let mut rx = e.subscribe();
     let job = e.create(backup("a", "i0")).await.unwrap();
     let cold = || match lock(&e.live).get(&job.id) {
         Some(LiveEntry::Cold(seq)) => Some(*seq),
         _ => None,
     };
-    eventually("the parked job is cold", || {
-        cold().is_some() && b.calls("poll").len() >= 2
-    })
-    .await;
-    let seq = cold().unwrap();
-    let mut rx = e.subscribe();
+    let mut newest = 0;
+    let seq = loop {
+        while let Ok(ev) = rx.try_recv() {
+            newest = newest.max(ev.seq);
+        }
+        if let Some(seq) = cold()
+            && b.calls("poll").len() == 2
+        {
+            break seq;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    while let Ok(ev) = rx.try_recv() {
+        newest = newest.max(ev.seq);
+    }
+    assert_eq!(seq, newest, "cold with the version watchers saw last");
     let (read_seq, read) = e.snapshot(&job.id).unwrap().unwrap();
     assert_eq!((read_seq, read.phase), (seq, Phase::Polling));
     assert_eq!(read.message, "half way");
     assert_eq!(cold(), Some(seq), "reading does not bring it back");
-    // A cancel is refused with the real reason (it reads the record back).
-    let refused = e.cancel(&job.id).await.unwrap_err().to_string();
-    assert!(refused.contains("cannot be stopped"), "{refused}");
+    let next = rx.recv().await.unwrap();
+    assert_eq!(next.seq, seq + 1, "the versions go on after a cold wait");
+    assert_eq!(next.job.message, "nearly");
     let last = loop {
         let ev = rx.recv().await.unwrap();
-        assert!(
-            ev.seq > seq,
-            "a version after the cold one: {} <= {seq}",
-            ev.seq
-        );
         if ev.job.state.is_terminal() {
             break ev;
         }
     };
     assert_eq!(last.job.state, JobState::Succeeded);
-    assert_eq!(b.calls("poll").len(), 7);
+    assert!(last.seq > next.seq);
+    assert_eq!(b.calls("poll").len(), 4);
     assert!(lock(&e.live).get(&job.id).is_none());
+}
+
+/// A cancel of a parked (cold) job is refused with the real reason: it
+/// reads the record back.
+#[tokio::test(start_paused = true)]
+async fn a_cold_job_refuses_a_cancel_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    b.with(|s| s.poll.extend((0..3).map(|_| running("half way"))));
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let job = e.create(backup("a", "i0")).await.unwrap();
+    eventually("cold", || {
+        matches!(lock(&e.live).get(&job.id), Some(LiveEntry::Cold(_)))
+    })
+    .await;
+    let refused = e.cancel(&job.id).await.unwrap_err().to_string();
+    assert!(refused.contains("cannot be stopped"), "{refused}");
+    let end = until_end(&e, job.id).await.pop().unwrap();
+    assert_eq!(end.state, JobState::Succeeded);
+}
+
+/// Review finding: a reader that found the job cold, read the store, and then
+/// finds it gone (ended and published meanwhile) must not hand out the
+/// stale stored version as the final one (`u64::MAX`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_found_a_job_cold_and_then_gone_reads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    b.with(|s| s.poll.push_back(running("half way")));
+    let mut t = timing();
+    t.poll_interval = Duration::from_secs(1);
+    t.poll_max_interval = Duration::from_secs(2);
+    let e = Engine::new(
+        Store::open(dir.path()).unwrap(),
+        vec![BackendEntry::new("a".into(), b.clone(), t, 4)],
+        EngineSettings {
+            max_running: 8,
+            job_history: Duration::from_secs(86_400),
+        },
+        CancellationToken::new(),
+    );
+    let job = e.create(backup("a", "i0")).await.unwrap();
+    eventually("parked cold after one poll", || {
+        b.calls("poll").len() == 1 && matches!(lock(&e.live).get(&job.id), Some(LiveEntry::Cold(_)))
+    })
+    .await;
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    *e.store.faults.get_pause.lock().unwrap() = Some((read_tx, go_rx));
+    let e2 = e.clone();
+    let id = job.id;
+    let reader = std::thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || e2.snapshot(&id).unwrap().unwrap())
+        .unwrap();
+    tokio::task::spawn_blocking(move || read_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // The reader has read the stored (polling) version; the job ends.
+    let end = real_wait_end(&e, id, Duration::from_secs(10)).await;
+    assert_eq!(end.state, JobState::Succeeded);
+    assert!(lock(&e.live).get(&id).is_none());
+    go_tx.send(()).unwrap();
+    let (seq, rec) = reader.join().unwrap();
+    assert!(
+        seq != u64::MAX || rec.state.is_terminal(),
+        "a non-terminal version labelled final: {:?} {:?}",
+        rec.state,
+        rec.phase
+    );
 }

@@ -139,6 +139,10 @@ pub(crate) struct TestFaults {
     /// Held for writing by a test, it stops the flusher before its next
     /// flush.
     pub flush_gate: Arc<tokio::sync::RwLock<()>>,
+    /// A `get_job` on a thread named "reader" says on the sender that it
+    /// has read, then waits for the receiver.
+    pub get_pause:
+        std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 /// Counts flushes and the writes they covered, for benchmarks and logs.
@@ -309,7 +313,17 @@ impl Store {
     }
 
     pub fn get_job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
-        self.db.get(key(b'j', id))?.map(|v| decode(&v)).transpose()
+        let r = self.db.get(key(b'j', id))?.map(|v| decode(&v)).transpose();
+        // A test stops a reader here, after its read (engine tests).
+        #[cfg(test)]
+        if std::thread::current().name() == Some("reader") {
+            let pause = self.faults.get_pause.lock().ok().and_then(|mut p| p.take());
+            if let Some((read, go)) = pause {
+                let _ = read.send(());
+                let _ = go.recv();
+            }
+        }
+        r
     }
 
     /// The job created with this `request_id`, if it is still kept.
