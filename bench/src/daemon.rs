@@ -329,9 +329,25 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A wrapper given as `--custos` (`exec perf record -- custos "$@"`)
+        // runs the daemon as its child: it goes too, not left running.
+        for pid in children(self.pid) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The child processes of `pid` (from `/proc`; none when unreadable).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn spawn(
