@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use custos::api::pb::{self, backup_service_client::BackupServiceClient};
-use custos_cf_v3::sim::{SimConfig, Simulator};
+use custos_cf_v3::sim::{CounterSnapshot, SimConfig, Simulator};
 use tonic::{
     Request,
     metadata::{Ascii, MetadataValue},
@@ -89,6 +89,12 @@ impl Sims {
             let c = sim.counters();
             (s + c.backup_submits, p + c.job_polls)
         })
+    }
+
+    /// One counter summed over all the simulators, e.g.
+    /// `sims.sum(|c| c.requests)`.
+    pub fn sum(&self, f: impl Fn(&CounterSnapshot) -> u64) -> u64 {
+        self.0.iter().map(|sim| f(&sim.counters())).sum()
     }
 
     pub fn len(&self) -> usize {
@@ -215,7 +221,29 @@ pub struct Daemon {
 impl Daemon {
     /// Writes the config into a fresh temporary folder and starts the daemon.
     pub fn start(bin: &Path, sims: &Sims, cfg: &DaemonConfig) -> Result<Daemon> {
-        let dir = tempfile::Builder::new().prefix("custos-bench-").tempdir()?;
+        Daemon::start_in(Daemon::fresh_dir()?, bin, sims, cfg)
+    }
+
+    /// A fresh temporary folder for a daemon (removed on drop); its data
+    /// dir will be [`Daemon::data_dir_of`] it.
+    pub fn fresh_dir() -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new().prefix("custos-bench-").tempdir()?)
+    }
+
+    /// Where a daemon started in `dir` keeps its store.
+    pub fn data_dir_of(dir: &Path) -> PathBuf {
+        dir.join("data")
+    }
+
+    /// Starts the daemon in `dir` (made by [`Daemon::fresh_dir`], perhaps
+    /// with a store already written into its data dir). Returns once the
+    /// daemon says it listens, which it does before it opens the store.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        bin: &Path,
+        sims: &Sims,
+        cfg: &DaemonConfig,
+    ) -> Result<Daemon> {
         // Every simulator has the same (default) client secret.
         let secret = sims
             .0
@@ -234,8 +262,15 @@ impl Daemon {
         })
     }
 
+    /// Leaves the daemon's folder (config, log, data dir) in place when
+    /// this is dropped; returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        Daemon::data_dir_of(self.dir.path())
     }
 
     /// Stops the daemon with SIGTERM (a graceful stop: the store flushed)
@@ -294,9 +329,25 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A wrapper given as `--custos` (`exec perf record -- custos "$@"`)
+        // runs the daemon as its child: it goes too, not left running.
+        for pid in children(self.pid) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The child processes of `pid` (from `/proc`; none when unreadable).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn spawn(
@@ -307,7 +358,7 @@ fn spawn(
     secret: &str,
 ) -> Result<(Child, u32, String)> {
     let config = dir.join("custos.toml");
-    std::fs::write(&config, cfg.render(sims, &dir.join("data")))?;
+    std::fs::write(&config, cfg.render(sims, &Daemon::data_dir_of(dir)))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

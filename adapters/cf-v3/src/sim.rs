@@ -12,6 +12,10 @@
 //! load balancer, 5xx/408 envelopes, resets, timeouts, huge bodies);
 //! [`Simulator::foreign_last_operation`] shows someone else's operation.
 //! Counters ([`Counters`]) let tests prove nothing was submitted twice.
+//! [`Simulator::add_running_job`] adds a job already running, as if
+//! accepted before a daemon restart (the benchmark's P4 writes their URLs
+//! into a daemon's store); each job counts its polls
+//! ([`Simulator::job_polls`], [`Counters::jobs_polled`]).
 //!
 //! `last_operation` as this simulator models it [INF: CC's docs do not say
 //! what the OSMAPI backup extension puts there]: `type` is `update`, the
@@ -142,6 +146,9 @@ pub struct Counters {
     pub restore_submits: AtomicU64,
     pub token_grants: AtomicU64,
     pub job_polls: AtomicU64,
+    /// Jobs polled at least once (each counted once, however often it
+    /// was polled).
+    pub jobs_polled: AtomicU64,
     pub requests: AtomicU64,
     pub faults: AtomicU64,
     pub rejected_tokens: AtomicU64,
@@ -157,6 +164,7 @@ pub struct CounterSnapshot {
     pub restore_submits: u64,
     pub token_grants: u64,
     pub job_polls: u64,
+    pub jobs_polled: u64,
     pub requests: u64,
     pub faults: u64,
     pub rejected_tokens: u64,
@@ -237,6 +245,8 @@ struct SimJob {
     /// Decided at submit: the job will fail with this error.
     fail_with: Option<CfError>,
     updated_at: String,
+    /// `GET /v3/jobs/{guid}` answered for this job.
+    polls: u64,
 }
 
 #[derive(Default)]
@@ -341,6 +351,54 @@ impl Simulator {
             .unwrap_or_default()
     }
 
+    /// A backup job already running on `guid` for `duration` from now, as
+    /// if accepted earlier (by a daemon before its restart): the instance
+    /// is busy and shows it in `last_operation`, and `GET /v3/jobs/{job}`
+    /// answers for it. Returns the job's URL (the `Location` a submit
+    /// would have given), or `None` when the instance is unknown, busy, or
+    /// the job guid is taken. Counts no submit.
+    pub fn add_running_job(&self, guid: &str, job: &str, duration: Duration) -> Option<String> {
+        let mut w = lock(&self.inner.world);
+        if w.jobs.contains_key(job) {
+            return None;
+        }
+        let inst = w.instances.get_mut(guid)?;
+        if inst.busy_job.is_some() {
+            return None;
+        }
+        let ts = now_rfc3339();
+        inst.busy_job = Some(job.to_string());
+        inst.last_operation = Some(LastOp {
+            kind: "update",
+            work: "backup".into(),
+            state: "in progress",
+            description: "backup in progress".into(),
+            created_at: ts.clone(),
+            updated_at: ts.clone(),
+        });
+        w.jobs.insert(
+            job.to_string(),
+            SimJob {
+                instance: guid.to_string(),
+                work: JobWork::Backup,
+                created_at: ts.clone(),
+                started: Instant::now(),
+                duration,
+                outcome: None,
+                fail_with: None,
+                updated_at: ts,
+                polls: 0,
+            },
+        );
+        Some(format!("{}/v3/jobs/{job}", self.inner.base_url))
+    }
+
+    /// How often `GET /v3/jobs/{job}` was answered for this job (`None`:
+    /// no such job).
+    pub fn job_polls(&self, job: &str) -> Option<u64> {
+        lock(&self.inner.world).jobs.get(job).map(|j| j.polls)
+    }
+
     /// Forces the next matching requests to fail.
     pub fn inject(&self, inj: Injection) {
         lock(&self.inner.world).injections.push(
@@ -422,6 +480,7 @@ impl Simulator {
             restore_submits: c.restore_submits.load(Ordering::SeqCst),
             token_grants: c.token_grants.load(Ordering::SeqCst),
             job_polls: c.job_polls.load(Ordering::SeqCst),
+            jobs_polled: c.jobs_polled.load(Ordering::SeqCst),
             requests: c.requests.load(Ordering::SeqCst),
             faults: c.faults.load(Ordering::SeqCst),
             rejected_tokens: c.rejected_tokens.load(Ordering::SeqCst),
@@ -997,6 +1056,7 @@ fn start_job(inner: &Inner, guid: &str, work: JobWork, kind: &'static str) -> Re
             outcome: None,
             fail_with,
             updated_at: ts,
+            polls: 0,
         },
     );
     let mut resp = StatusCode::ACCEPTED.into_response();
@@ -1102,7 +1162,7 @@ async fn get_job(
     inner.counters.job_polls.fetch_add(1, Ordering::SeqCst);
     let mut w = lock(&inner.world);
     advance(&mut w);
-    let Some(j) = w.jobs.get(&guid) else {
+    let Some(j) = w.jobs.get_mut(&guid) else {
         return cf_error_response(
             StatusCode::NOT_FOUND,
             10010,
@@ -1110,6 +1170,11 @@ async fn get_job(
             "Job not found",
         );
     };
+    j.polls += 1;
+    if j.polls == 1 {
+        inner.counters.jobs_polled.fetch_add(1, Ordering::SeqCst);
+    }
+    let j = &*j;
     let (state, errors) = match &j.outcome {
         Some(Ok(())) => ("COMPLETE", vec![]),
         Some(Err(e)) => ("FAILED", vec![e.clone()]),

@@ -415,3 +415,46 @@ async fn a_followed_operation_replaced_by_another_is_outcome_unknown() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The benchmark of issue 12 (P4) seeds a daemon's store with jobs that a
+/// simulator must know as running: `add_running_job` makes one, the
+/// adapter polls it through the stored handle shape, and the simulator
+/// counts the job polled (once, however often).
+#[tokio::test]
+async fn a_job_added_as_running_is_polled_and_counted() {
+    let (sim, cf) = setup(SimConfig::default(), Grant::ClientCredentials).await;
+    let job = "99999999-0000-4000-8000-000000000001";
+    let url = sim
+        .add_running_job(GUID, job, Duration::from_secs(3600))
+        .unwrap();
+    assert!(sim.busy(GUID));
+    assert!(
+        sim.add_running_job(GUID, "another", Duration::from_secs(1))
+            .is_none(),
+        "the instance is busy"
+    );
+    assert!(
+        sim.add_running_job("unknown", job, Duration::ZERO)
+            .is_none(),
+        "no such instance"
+    );
+    let op = Operation::CreateBackup {
+        resource: instance(),
+        incremental: false,
+    };
+    let intent = cf.prepare(&op).await.unwrap();
+    let handle = custos_adapter_core::RemoteHandle {
+        display: url.clone(),
+        state: serde_json::json!({"watch": "job", "url": url}).to_string(),
+    };
+    assert_eq!(sim.job_polls(job), Some(0));
+    for _ in 0..2 {
+        match cf.poll(&op, &intent, &handle).await.unwrap() {
+            Progress::Running { message, .. } => assert!(message.contains(job), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sim.job_polls(job), Some(2));
+    let c = sim.counters();
+    assert_eq!((c.job_polls, c.jobs_polled, c.backup_submits), (2, 1, 0));
+}
