@@ -907,6 +907,16 @@ impl Scheduler {
         Ok(ids)
     }
 
+    /// The schedules whose retention would delete anything (only they are
+    /// worth their lock: the others' locks stay free for firing).
+    fn with_retention(&self) -> Vec<String> {
+        lock(&self.entries)
+            .iter()
+            .filter(|(_, e)| e.rec.retention.as_ref().is_some_and(Retention::is_active))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Retention after each successful scheduled backup, and a sweep of
     /// every schedule every [`RETENTION_SWEEP`], until shutdown.
     pub async fn run_retention(self: Arc<Self>) {
@@ -915,20 +925,27 @@ impl Scheduler {
         loop {
             let ids: Vec<String> = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = sweep.tick() => lock(&self.entries).keys().cloned().collect(),
+                _ = sweep.tick() => self.with_retention(),
                 ev = events.recv() => match ev {
                     Ok(ev) => {
                         let j = &ev.job;
                         match (&j.schedule, j.kind, j.state) {
                             (Some(s), JobKind::Backup, JobState::Succeeded) => {
-                                s.strip_prefix("schedules/").map(|s| vec![s.to_string()]).unwrap_or_default()
+                                let Some(id) = s.strip_prefix("schedules/") else { continue };
+                                let active = lock(&self.entries).get(id).is_some_and(|e| {
+                                    e.rec.retention.as_ref().is_some_and(Retention::is_active)
+                                });
+                                if !active {
+                                    continue;
+                                }
+                                vec![id.to_string()]
                             }
                             _ => continue,
                         }
                     }
-                    // Fell behind: look at every schedule.
+                    // Fell behind: look at every schedule with retention.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        lock(&self.entries).keys().cloned().collect()
+                        self.with_retention()
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },

@@ -626,3 +626,43 @@ async fn a_batch_whose_flush_fails_fires_nothing_then_each_once() {
     t.fired_once(&ids, at(60));
     assert!(ids.iter().all(|id| t.rec(id).last_skip.is_none()));
 }
+
+/// Issue 12 (P5): retention looks only at schedules that have one: a
+/// schedule without retention whose lock is held (a long API call) does
+/// not hold up the retention of the others (it used to take every
+/// schedule's lock after every scheduled backup, and all of them after
+/// falling behind).
+#[tokio::test]
+async fn retention_is_not_held_up_by_schedules_without_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    tokio::spawn(t.sched.clone().run_retention());
+    let mut kept = spec_on("* * * * * *", "x");
+    kept.retention = Some(Retention {
+        keep_last: 1,
+        max_age: None,
+        min_keep: 1,
+    });
+    t.sched.create("kept".into(), kept).await.unwrap();
+    t.sched
+        .create("plain".into(), spec_on("* * * * * *", "y"))
+        .await
+        .unwrap();
+    // Both run once; the plain one's lock is then taken before its job's
+    // end is announced.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *t.backend.submit_gate.lock().unwrap() = Some(gate.clone());
+    t.tick_at(at(1)).await;
+    let held = t.sched.hold("plain", false).await.unwrap();
+    gate.add_permits(1000);
+    t.all_ended("plain").await;
+    t.all_ended("kept").await;
+    // A second backup of "kept": its retention deletes the first.
+    t.sched.run_now("kept", "test", None).await.unwrap();
+    let b = t.backend.clone();
+    eventually("the older backup of kept is deleted", move || {
+        b.deleted.lock().unwrap().len() == 1
+    })
+    .await;
+    drop(held);
+}
