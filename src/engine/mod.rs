@@ -145,6 +145,11 @@ impl NewJob {
     }
 }
 
+/// What `create_many` found for one request: the index of its new job
+/// among those written (`Ok(Ok(i))`), the job an earlier request with the
+/// same `request_id` made (`Ok(Err(id))`), or why it failed.
+type Staged = Result<Result<usize, Uuid>, EngineError>;
+
 /// Limits and clocks of the engine.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineSettings {
@@ -442,29 +447,7 @@ impl Engine {
             match existing {
                 Some(id) => Ok(id),
                 None => {
-                    let mut rec = JobRecord::new(
-                        new.kind,
-                        new.target.clone(),
-                        new.backend.clone(),
-                        new.op.clone(),
-                        new.labels.clone(),
-                    );
-                    rec.request_id = new.request_id.clone();
-                    rec.schedule = new.schedule.clone();
-                    rec.created_by = new.created_by.clone();
-                    rec.fingerprint = Some(fingerprint.clone());
-                    // Into `live` before the store, so a reader that finds
-                    // the record in the store also finds it here (and sees
-                    // it only once published).
-                    lock(&self.live).insert(
-                        rec.id,
-                        LiveEntry::Hot(Arc::new(Mutex::new(Live {
-                            rec: Arc::new(rec.clone()),
-                            seq: 1,
-                            published: None,
-                            published_seq: 0,
-                        }))),
-                    );
+                    let rec = self.go_live(&new, fingerprint);
                     if let Err(e) = self.store.put_job(&rec) {
                         lock(&self.live).remove(&rec.id);
                         return Err(e.into());
@@ -480,6 +463,12 @@ impl Engine {
         };
         // A retry of an earlier request: the same job, once durable.
         self.store.flush().await?;
+        self.existing(&new, id)
+    }
+
+    /// The job an earlier request with the same `request_id` made (after
+    /// a flush, so it is durable), if it asked for the same.
+    fn existing(&self, new: &NewJob, id: Uuid) -> Result<JobRecord, EngineError> {
         let old = match self.get(&id)? {
             Some(j) => j,
             // Created a moment ago and flushed by our flush; not yet
@@ -491,7 +480,7 @@ impl Engine {
         };
         if !new.same_as(old.fingerprint.as_deref()) {
             return Err(EngineError::RequestIdReused(
-                new.request_id.unwrap_or_default(),
+                new.request_id.clone().unwrap_or_default(),
                 crate::names::job_name(id),
             ));
         }
@@ -503,26 +492,12 @@ impl Engine {
     async fn accept(self: &Arc<Self>, rec: JobRecord) -> Result<JobRecord, EngineError> {
         match self.store.flush().await {
             Ok(()) => {
-                log_state(&rec);
-                if let Some(shared) = self.entry(&rec.id).map(|e| lock(&e).rec.clone()) {
-                    self.publish(shared, 1);
-                }
+                self.accepted(&rec);
                 self.start_if_head(&rec.target);
                 Ok(rec)
             }
             Err(e) => {
-                // Not durable, so not accepted: take it back out of the
-                // store (all its keys, in one batch) so that a later flush
-                // or a restart cannot bring it to life behind the
-                // client's back.
-                tracing::error!(job = %rec.id, error = %e, "the store could not make a new job durable; it is not accepted");
-                let _g = lock(&self.create_lock);
-                if let Err(e2) = self.store.remove_job(&rec) {
-                    tracing::error!(job = %rec.id, error = %e2, "could not take the unaccepted job back out of the store");
-                }
-                lock(&self.live).remove(&rec.id);
-                self.targets.remove(&rec.target, rec.id);
-                drop(_g);
+                self.not_accepted(&rec, &e);
                 // A job queued behind this one may have been passed over
                 // while this one was being created (review finding).
                 self.start_if_head(&rec.target);
@@ -530,6 +505,179 @@ impl Engine {
                 Err(e.into())
             }
         }
+    }
+
+    /// A new job is durable: it is published (its driver is the caller's
+    /// `start_if_head`).
+    fn accepted(&self, rec: &JobRecord) {
+        log_state(rec);
+        if let Some(shared) = self.entry(&rec.id).map(|e| lock(&e).rec.clone()) {
+            self.publish(shared, 1);
+        }
+    }
+
+    /// A new job could not be made durable, so it is not accepted: it is
+    /// taken back out of the store (all its keys, in one batch) so that a
+    /// later flush or a restart cannot bring it to life behind the
+    /// client's back, and out of `live` and its target's queue (the
+    /// caller then calls `start_if_head` and `flush_in_background`).
+    fn not_accepted(&self, rec: &JobRecord, e: &StoreError) {
+        tracing::error!(job = %rec.id, error = %e, "the store could not make a new job durable; it is not accepted");
+        let _g = lock(&self.create_lock);
+        if let Err(e2) = self.store.remove_job(rec) {
+            tracing::error!(job = %rec.id, error = %e2, "could not take the unaccepted job back out of the store");
+        }
+        lock(&self.live).remove(&rec.id);
+        self.targets.remove(&rec.target, rec.id);
+    }
+
+    /// Creates several jobs, each as [`Engine::create`] would, with one
+    /// flush for all of them (a scheduler tick's due runs): the answers
+    /// come in the order of `news`. Each job is published and started
+    /// only after that flush; if it fails, none of the new ones is
+    /// accepted. Runs in a task of its own, like `create`.
+    pub async fn create_many(
+        self: &Arc<Self>,
+        news: Vec<NewJob>,
+    ) -> Vec<Result<JobRecord, EngineError>> {
+        let n = news.len();
+        if self.shutdown.is_cancelled() {
+            return (0..n).map(|_| Err(EngineError::ShuttingDown)).collect();
+        }
+        let me = self.clone();
+        match tokio::spawn(async move { me.create_many_detached(news).await }).await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = StoreError::Io(format!("creating the jobs failed: {e}"));
+                (0..n).map(|_| Err(EngineError::Store(e.clone()))).collect()
+            }
+        }
+    }
+
+    async fn create_many_detached(
+        self: Arc<Self>,
+        news: Vec<NewJob>,
+    ) -> Vec<Result<JobRecord, EngineError>> {
+        // On this task's worker, like `create`'s write. Moved to a
+        // blocking thread (tried), the batches' writes lost the CPU to the
+        // drivers and readers, and P5 got slower (median of 3: 1.77 s
+        // against 1.46 s).
+        let (staged, fresh) = self.stage_many(&news);
+        // Nothing written and nothing to look up: no flush to wait for.
+        if staged.iter().all(Result::is_err) {
+            return staged
+                .into_iter()
+                .filter_map(Result::err)
+                .map(Err)
+                .collect();
+        }
+        let flushed = self.store.flush().await;
+        let mut targets = std::collections::HashSet::new();
+        for rec in &fresh {
+            match &flushed {
+                Ok(()) => self.accepted(rec),
+                Err(e) => self.not_accepted(rec, e),
+            }
+            targets.insert(rec.target.clone());
+        }
+        // Each target once, after all of its new jobs were published.
+        for t in &targets {
+            self.start_if_head(t);
+        }
+        if flushed.is_err() && !fresh.is_empty() {
+            self.flush_in_background();
+        }
+        news.iter()
+            .zip(staged)
+            .map(|(new, staged)| match (staged?, &flushed) {
+                (_, Err(e)) => Err(e.clone().into()),
+                (Ok(i), Ok(())) => Ok(fresh[i].clone()),
+                (Err(id), Ok(())) => self.existing(new, id),
+            })
+            .collect()
+    }
+
+    /// Under the create lock: for each request the job made before with
+    /// its request id (`Err(id)`), or a new one (`Ok(i)`: `fresh[i]`),
+    /// `live` but unpublished, queued on its target; the new ones are
+    /// written in one batch (not yet durable). If that write fails, none
+    /// is: each of them is that error.
+    fn stage_many(&self, news: &[NewJob]) -> (Vec<Staged>, Vec<JobRecord>) {
+        let fingerprints: Vec<String> = news.iter().map(NewJob::fingerprint).collect();
+        let mut staged = Vec::with_capacity(news.len());
+        let mut fresh: Vec<JobRecord> = Vec::new();
+        let _g = lock(&self.create_lock);
+        // Request ids made in this batch (not in the store yet).
+        let mut made: HashMap<&str, Uuid> = HashMap::new();
+        for (new, fingerprint) in news.iter().zip(fingerprints) {
+            let before = match new.request_id.as_deref() {
+                Some(r) => match made.get(r) {
+                    Some(id) => Ok(Some(*id)),
+                    None => self.store.job_for_request(r),
+                },
+                None => Ok(None),
+            };
+            staged.push(match before {
+                Ok(Some(id)) => Ok(Err(id)),
+                Ok(None) => {
+                    let rec = self.go_live(new, fingerprint);
+                    if let Some(r) = new.request_id.as_deref() {
+                        made.insert(r, rec.id);
+                    }
+                    fresh.push(rec);
+                    Ok(Ok(fresh.len() - 1))
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        if let Err(e) = self.store.put_jobs(&fresh) {
+            let mut live = lock(&self.live);
+            for rec in &fresh {
+                live.remove(&rec.id);
+            }
+            let staged = staged
+                .into_iter()
+                .map(|s| match s {
+                    Ok(Ok(_)) => Err(e.clone().into()),
+                    other => other,
+                })
+                .collect();
+            return (staged, Vec::new());
+        }
+        for rec in &fresh {
+            self.targets.enqueue(&rec.target, rec.id);
+        }
+        (staged, fresh)
+    }
+
+    /// A new job's record, put in `live` (unpublished) before it is
+    /// written, so that a reader that finds the record in the store also
+    /// finds it there (and sees it only once published).
+    fn go_live(&self, new: &NewJob, fingerprint: String) -> JobRecord {
+        let mut rec = JobRecord::new(
+            new.kind,
+            new.target.clone(),
+            new.backend.clone(),
+            new.op.clone(),
+            new.labels.clone(),
+        );
+        rec.request_id = new.request_id.clone();
+        rec.schedule = new.schedule.clone();
+        rec.created_by = new.created_by.clone();
+        rec.fingerprint = Some(fingerprint);
+        // Into `live` before the store, so a reader that finds the record
+        // in the store also finds it here (and sees it only once
+        // published).
+        lock(&self.live).insert(
+            rec.id,
+            LiveEntry::Hot(Arc::new(Mutex::new(Live {
+                rec: Arc::new(rec.clone()),
+                seq: 1,
+                published: None,
+                published_seq: 0,
+            }))),
+        );
+        rec
     }
 
     /// Retries a failed flush until one succeeds, so that what was written

@@ -738,3 +738,130 @@ async fn a_reader_that_found_a_job_cold_and_then_gone_reads_again() {
         rec.phase
     );
 }
+
+fn with_request(instance: &str, request_id: Option<&str>) -> NewJob {
+    let mut n = backup("a", instance);
+    n.request_id = request_id.map(str::to_string);
+    n
+}
+
+/// Issue 12 (P5): `create_many` makes many jobs durable with one flush,
+/// each as `create` would: nothing is visible before that flush, a
+/// request id already used returns its job (also twice in one batch), a
+/// request id used for something else is refused, and the jobs run in
+/// creation order on their target.
+#[tokio::test]
+async fn create_many_publishes_jobs_only_once_durable_and_keeps_request_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let old = e.create(with_request("i0", Some("old"))).await.unwrap();
+    real_wait_end(&e, old.id, Duration::from_secs(10)).await;
+    let held = e.store.faults.flush_gate.clone();
+    let held = held.write().await;
+    let e2 = e.clone();
+    let batch = tokio::spawn(async move {
+        e2.create_many(vec![
+            with_request("i0", Some("r1")),
+            // Queued behind the first on i0.
+            with_request("i0", Some("r2")),
+            // The same request twice in one batch: one job.
+            with_request("i0", Some("r1")),
+            // A retry of an earlier request: its job.
+            with_request("i0", Some("old")),
+            // An earlier request id for another request: refused.
+            with_request("i1", Some("old")),
+            with_request("i1", None),
+        ])
+        .await
+    });
+    eventually("the batch is written", || {
+        e.store.job_for_request("r2").unwrap().is_some()
+    })
+    .await;
+    let (listed, _) = e.list(&JobIndex::All, None, 100, |_| true).unwrap();
+    assert_eq!(
+        listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [old.id],
+        "written but not durable: not visible"
+    );
+    assert!(b.calls("prepare").len() == 1, "and not started");
+    drop(held);
+    let r = batch.await.unwrap();
+    let ok = |i: usize| r[i].as_ref().unwrap().clone();
+    assert_eq!(ok(2).id, ok(0).id);
+    assert_eq!(ok(3).id, old.id);
+    assert!(
+        matches!(&r[4], Err(EngineError::RequestIdReused(id, _)) if id == "old"),
+        "{:?}",
+        r[4]
+    );
+    let made = [ok(0), ok(1), ok(5)];
+    let (listed, _) = e.list(&JobIndex::All, None, 100, |_| true).unwrap();
+    assert_eq!(listed.len(), 4);
+    for j in &made {
+        assert!(listed.iter().any(|l| l.id == j.id), "{} is listed", j.id);
+        assert!(e.store.get_job(&j.id).unwrap().is_some(), "and stored");
+    }
+    let ends: Vec<JobRecord> = {
+        let mut v = Vec::new();
+        for j in &made {
+            v.push(real_wait_end(&e, j.id, Duration::from_secs(10)).await);
+        }
+        v
+    };
+    assert!(ends.iter().all(|j| j.state == JobState::Succeeded));
+    assert!(
+        ends[1].start_time >= ends[0].end_time,
+        "one at a time on i0, in creation order"
+    );
+}
+
+/// Issue 12 (P5): a batch whose flush (or write) fails is not accepted,
+/// and nothing of it stays behind: not listed, not stored, not run, its
+/// request ids free and its targets not held.
+#[tokio::test]
+async fn create_many_that_cannot_be_made_durable_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let batch = || {
+        vec![
+            with_request("i0", Some("m1")),
+            with_request("i0", Some("m2")),
+            with_request("i1", Some("m3")),
+            with_request("i1", None),
+        ]
+    };
+    let nothing_left = |e: &Engine| {
+        let (jobs, _) = e.list(&JobIndex::All, None, 10, |_| true).unwrap();
+        assert!(jobs.is_empty(), "{jobs:?}");
+        for r in ["m1", "m2", "m3"] {
+            assert_eq!(e.store.job_for_request(r).unwrap(), None);
+        }
+        assert_eq!(e.store.live_jobs().unwrap().len(), 0);
+        assert!(lock(&e.live).is_empty());
+    };
+    e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
+    let r = e.create_many(batch()).await;
+    assert!(
+        r.iter().all(|r| matches!(r, Err(EngineError::Store(_)))),
+        "{r:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nothing_left(&e);
+    e.store.faults.fail_puts.store(1, Ordering::SeqCst);
+    let r = e.create_many(batch()).await;
+    assert!(
+        r.iter().all(|r| matches!(r, Err(EngineError::Store(_)))),
+        "{r:?}"
+    );
+    nothing_left(&e);
+    assert!(b.calls("prepare").is_empty());
+    // The targets are free, and the same request ids make new jobs.
+    let r = e.create_many(batch()).await;
+    for j in r {
+        let done = real_wait_end(&e, j.unwrap().id, Duration::from_secs(10)).await;
+        assert_eq!(done.state, JobState::Succeeded);
+    }
+}

@@ -18,6 +18,13 @@
 //! engine's idempotency returns the job already made. Creating, updating
 //! and resuming set `fired_until` to now, so none of them fires at once.
 //!
+//! The schedules due at one tick are fired in batches ([`FIRE_BATCH`]):
+//! each decided under its own lock, the batch's jobs written in one store
+//! batch and made durable by one flush (`Engine::create_many`), only then
+//! the schedules' records written and flushed once more. The order, and so
+//! the guarantee above, is the same as one at a time; 10,000 schedules due
+//! together cost about 80 flushes instead of 20,000 (issue 12, P5).
+//!
 //! # Overlap and catch-up
 //! A due time is *missed* when several fell in the window since
 //! `fired_until` or the latest is more than [`MISFIRE_GRACE`] old (the
@@ -60,6 +67,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const RETRY_FIRE: Duration = Duration::from_secs(5);
 /// How often retention looks at every schedule, besides after each run.
 pub const RETENTION_SWEEP: Duration = Duration::from_secs(3600);
+/// Due schedules fired together: their jobs are made durable with one
+/// flush, then their records with one more.
+const FIRE_BATCH: usize = 256;
+/// Batches fired at once.
+const FIRE_BATCHES: usize = 4;
 /// Due times counted when a window is looked at (a window longer than this
 /// is reported as "at least").
 const MAX_WINDOW: usize = 10_000;
@@ -157,6 +169,17 @@ impl Entry {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What firing one schedule calls for, decided under its lock.
+struct Plan {
+    /// The record with what the firing changes, except `fired_until` and
+    /// `last_job` (set once the job exists).
+    rec: ScheduleRecord,
+    /// The due time dealt with.
+    latest: DateTime<Utc>,
+    /// The run to start, if any.
+    job: Option<NewJob>,
 }
 
 /// A schedule and its next five run times.
@@ -554,43 +577,153 @@ impl Scheduler {
         lock(&self.entries).values().filter_map(Entry::due_at).min()
     }
 
-    /// Fires every due schedule, a bounded number at a time.
+    /// Fires every due schedule, [`FIRE_BATCH`] at a time, up to
+    /// [`FIRE_BATCHES`] batches at once (one creates its jobs while
+    /// another waits for its flush).
     async fn fire_all(self: &Arc<Self>, due: Vec<String>, now: DateTime<Utc>) {
-        let limit = Arc::new(tokio::sync::Semaphore::new(256));
+        let limit = Arc::new(tokio::sync::Semaphore::new(FIRE_BATCHES));
         let mut set = tokio::task::JoinSet::new();
-        for id in due {
+        let mut due = due.into_iter().peekable();
+        while due.peek().is_some() {
+            let batch: Vec<String> = due.by_ref().take(FIRE_BATCH).collect();
             let me = self.clone();
             let limit = limit.clone();
             set.spawn(async move {
                 let _p = limit.acquire_owned().await;
-                if let Err(e) = me.fire(&id, now).await {
-                    tracing::warn!(schedule = %id, error = %e, "a due run could not be started; trying again shortly");
-                    if let Some(en) = lock(&me.entries).get_mut(&id) {
-                        en.first_try.get_or_insert(now);
-                        en.hold_until = chrono::Duration::from_std(RETRY_FIRE)
-                            .ok()
-                            .and_then(|d| now.checked_add_signed(d));
+                me.fire_batch(batch, now).await;
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Fires a batch of due schedules: each is decided under its lock,
+    /// their jobs are created together with one flush
+    /// ([`Engine::create_many`]), and only then their records (with
+    /// `fired_until` moved) are stored together with one more flush. A
+    /// schedule whose lock is taken (an API call, retention) is fired on
+    /// its own once the lock is free.
+    async fn fire_batch(self: &Arc<Self>, ids: Vec<String>, now: DateTime<Utc>) {
+        let mut busy = Vec::new();
+        let mut planned = Vec::new();
+        for id in ids {
+            let g = match self.try_hold(&id) {
+                Ok(Some(g)) => g,
+                Ok(None) => {
+                    busy.push(id);
+                    continue;
+                }
+                // Deleted since it was found due.
+                Err(_) => continue,
+            };
+            match self.plan(&id, now) {
+                Ok(Some(p)) => planned.push((id, g, p)),
+                Ok(None) => {}
+                Err(e) => self.fire_failed(&id, now, &e),
+            }
+        }
+        let mut news = Vec::new();
+        let wants: Vec<bool> = planned
+            .iter_mut()
+            .map(|(_, _, p)| p.job.take().map(|j| news.push(j)).is_some())
+            .collect();
+        let mut made = if news.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            self.engine.create_many(news).await.into_iter()
+        };
+        let mut stored = Vec::new();
+        for ((id, g, p), wanted) in planned.into_iter().zip(wants) {
+            let made = if wanted { made.next() } else { None };
+            let rec = self
+                .fired(&id, p, made)
+                .and_then(|rec| Ok(self.store.put_schedule(&rec).map(|()| rec)?));
+            match rec {
+                Ok(rec) => stored.push((id, g, rec)),
+                Err(e) => self.fire_failed(&id, now, &e),
+            }
+        }
+        if !stored.is_empty() {
+            match self.store.flush().await {
+                Ok(()) => {
+                    for (id, _g, rec) in stored {
+                        self.fired_saved(&id, rec);
                     }
+                }
+                Err(e) => {
+                    let e = ScheduleError::from(e);
+                    for (id, ..) in &stored {
+                        self.fire_failed(id, now, &e);
+                    }
+                }
+            }
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for id in busy {
+            let me = self.clone();
+            set.spawn(async move {
+                match me.fire(&id, now).await {
+                    Ok(()) | Err(ScheduleError::NotFound(_)) => {}
+                    Err(e) => me.fire_failed(&id, now, &e),
                 }
             });
         }
         while set.join_next().await.is_some() {}
     }
 
-    /// Deals with the due times of one schedule up to `now`.
+    /// Schedule `id`'s lock if it is free now (`None` if it is taken).
+    fn try_hold(
+        &self,
+        id: &str,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, ScheduleError> {
+        if !lock(&self.entries).contains_key(id) {
+            return Err(ScheduleError::NotFound(format!("schedules/{id}")));
+        }
+        let m = lock(&self.locks).entry(id.to_string()).or_default().clone();
+        Ok(m.try_lock_owned().ok())
+    }
+
+    /// A due time whose run could not be started (or whose record could
+    /// not be stored) is tried again after [`RETRY_FIRE`].
+    fn fire_failed(&self, id: &str, now: DateTime<Utc>, e: &ScheduleError) {
+        tracing::warn!(schedule = %id, error = %e, "a due run could not be started; trying again shortly");
+        if let Some(en) = lock(&self.entries).get_mut(id) {
+            en.first_try.get_or_insert(now);
+            en.hold_until = chrono::Duration::from_std(RETRY_FIRE)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d));
+        }
+    }
+
+    /// Deals with the due times of one schedule up to `now`, on its own.
     async fn fire(&self, id: &str, now: DateTime<Utc>) -> Result<(), ScheduleError> {
         let _g = self.hold(id, false).await?;
+        let Some(mut p) = self.plan(id, now)? else {
+            return Ok(());
+        };
+        let made = match p.job.take() {
+            Some(new) => Some(self.engine.create(new).await),
+            None => None,
+        };
+        let rec = self.fired(id, p, made)?;
+        self.save(&rec).await?;
+        self.fired_saved(id, rec);
+        Ok(())
+    }
+
+    /// What the due times of one schedule up to `now` call for (under its
+    /// lock): `None` if nothing is due (or it is paused or gone).
+    fn plan(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Plan>, ScheduleError> {
         let Some((mut rec, cron, first_try)) = lock(&self.entries)
             .get(id)
             .filter(|e| !e.rec.paused)
             .map(|e| (e.rec.clone(), e.cron.clone(), e.first_try))
         else {
-            return Ok(());
+            return Ok(None);
         };
         let (count, first, latest) = window(&cron, rec.fired_until, now);
         let Some(latest) = latest else {
             self.set_record(rec);
-            return Ok(());
+            return Ok(None);
         };
         // Judged from the first try: a retry after a failure is not late
         // because of the wait before it.
@@ -626,46 +759,61 @@ impl Scheduler {
                 crate::telemetry::schedule_skip(id, "missed");
             }
         }
+        let mut job = None;
         if run {
-            if let Some(job) = self.running_job(&rec)? {
+            if let Some(last) = self.running_job(&rec)? {
                 rec.last_skip = Some(Skip {
                     time: latest,
                     reason: SkipReason::Overlap,
                     message: format!(
                         "the last run {} had not ended (overlap_policy SKIP)",
-                        names::job_name(job)
+                        names::job_name(last)
                     ),
                 });
-                tracing::info!(schedule = %id, job = %job, "due time skipped: the last run has not ended");
+                tracing::info!(schedule = %id, job = %last, "due time skipped: the last run has not ended");
                 crate::telemetry::schedule_skip(id, "overlap");
             } else {
-                let job = self
-                    .engine
-                    .create(new_backup_job(&rec, Some(latest))?)
-                    .await;
-                match job {
-                    Ok(j) => {
-                        tracing::info!(schedule = %id, job = %j.id, due = %latest, "scheduled backup started");
-                        crate::telemetry::schedule_run(id);
-                        rec.last_job = Some(j.id);
-                    }
-                    // The job of this due time exists (made before a
-                    // crash, and the schedule changed since): it ran.
-                    Err(EngineError::RequestIdReused(_, name)) => {
-                        rec.last_job = names::parse_job_name(&name).ok();
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                job = Some(new_backup_job(&rec, Some(latest))?);
             }
         }
-        rec.fired_until = latest;
-        self.save(&rec).await?;
+        Ok(Some(Plan { rec, latest, job }))
+    }
+
+    /// The schedule's record once its plan was carried out (`made`: the
+    /// creation of its job, if it called for one): `fired_until` moves to
+    /// the latest due time only if the job exists. Not stored yet.
+    fn fired(
+        &self,
+        id: &str,
+        p: Plan,
+        made: Option<Result<JobRecord, EngineError>>,
+    ) -> Result<ScheduleRecord, ScheduleError> {
+        let mut rec = p.rec;
+        match made {
+            Some(Ok(j)) => {
+                tracing::info!(schedule = %id, job = %j.id, due = %p.latest, "scheduled backup started");
+                crate::telemetry::schedule_run(id);
+                rec.last_job = Some(j.id);
+            }
+            // The job of this due time exists (made before a crash, and
+            // the schedule changed since): it ran.
+            Some(Err(EngineError::RequestIdReused(_, name))) => {
+                rec.last_job = names::parse_job_name(&name).ok();
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+        rec.fired_until = p.latest;
+        Ok(rec)
+    }
+
+    /// The fired record is durable: it becomes the schedule's.
+    fn fired_saved(&self, id: &str, rec: ScheduleRecord) {
         if let Some(e) = lock(&self.entries).get_mut(id) {
             e.hold_until = None;
             e.first_try = None;
         }
         self.set_record(rec);
-        Ok(())
     }
 
     // ---- retention ----------------------------------------------------------
@@ -759,6 +907,16 @@ impl Scheduler {
         Ok(ids)
     }
 
+    /// The schedules whose retention would delete anything (only they are
+    /// worth their lock: the others' locks stay free for firing).
+    fn with_retention(&self) -> Vec<String> {
+        lock(&self.entries)
+            .iter()
+            .filter(|(_, e)| e.rec.retention.as_ref().is_some_and(Retention::is_active))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Retention after each successful scheduled backup, and a sweep of
     /// every schedule every [`RETENTION_SWEEP`], until shutdown.
     pub async fn run_retention(self: Arc<Self>) {
@@ -767,20 +925,27 @@ impl Scheduler {
         loop {
             let ids: Vec<String> = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = sweep.tick() => lock(&self.entries).keys().cloned().collect(),
+                _ = sweep.tick() => self.with_retention(),
                 ev = events.recv() => match ev {
                     Ok(ev) => {
                         let j = &ev.job;
                         match (&j.schedule, j.kind, j.state) {
                             (Some(s), JobKind::Backup, JobState::Succeeded) => {
-                                s.strip_prefix("schedules/").map(|s| vec![s.to_string()]).unwrap_or_default()
+                                let Some(id) = s.strip_prefix("schedules/") else { continue };
+                                let active = lock(&self.entries).get(id).is_some_and(|e| {
+                                    e.rec.retention.as_ref().is_some_and(Retention::is_active)
+                                });
+                                if !active {
+                                    continue;
+                                }
+                                vec![id.to_string()]
                             }
                             _ => continue,
                         }
                     }
-                    // Fell behind: look at every schedule.
+                    // Fell behind: look at every schedule with retention.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        lock(&self.entries).keys().cloned().collect()
+                        self.with_retention()
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -452,4 +452,217 @@ async fn an_unreadable_schedule_is_reported_and_does_not_stop_the_others() {
     // It can be deleted.
     again.delete("newer").await.unwrap();
     assert!(t.engine.store().get_schedule("newer").unwrap().is_none());
+}
+
+/// `spec(cron)` on instance `inst`, overlap ALLOW.
+fn spec_on(cron: &str, inst: &str) -> ScheduleSpec {
+    let mut s = spec(cron);
+    s.target = format!("backends/a/serviceInstances/{inst}");
+    s.resource.id = inst.into();
+    s.overlap = Overlap::Allow;
+    s
+}
+
+impl T {
+    /// Every job, by the schedule that made it.
+    fn jobs_by_schedule(&self) -> HashMap<String, Vec<JobRecord>> {
+        let mut by = HashMap::<String, Vec<JobRecord>>::new();
+        for j in self
+            .engine
+            .list(&JobIndex::All, None, usize::MAX, |_| true)
+            .unwrap()
+            .0
+        {
+            let s = j.schedule.clone().unwrap_or_default();
+            by.entry(s.trim_start_matches("schedules/").to_string())
+                .or_default()
+                .push(j);
+        }
+        by
+    }
+
+    /// Schedules `s0`… on seven instances, every minute at :00.
+    async fn many(&self, n: usize, catch_up: CatchUp) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let id = format!("s{i}");
+            let mut s = spec_on("0 * * * * *", &format!("x{}", i % 7));
+            s.catch_up = catch_up;
+            self.sched.create(id.clone(), s).await.unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Each of `ids` has exactly one job, for `due`: durable (in the store,
+    /// found by its request id), listed, and the schedule's stored record
+    /// says so.
+    fn fired_once(&self, ids: &[String], due: DateTime<Utc>) {
+        let by = self.jobs_by_schedule();
+        for id in ids {
+            let jobs = by.get(id).map(Vec::as_slice).unwrap_or_default();
+            assert_eq!(jobs.len(), 1, "{id}: {jobs:?}");
+            let j = &jobs[0];
+            let rid = fire_request_id(id, due);
+            assert_eq!(j.request_id.as_deref(), Some(rid.as_str()));
+            let store = self.engine.store();
+            assert_eq!(store.job_for_request(&rid).unwrap(), Some(j.id));
+            assert!(store.get_job(&j.id).unwrap().is_some());
+            let rec = self.rec(id);
+            assert_eq!((rec.fired_until, rec.last_job), (due, Some(j.id)), "{id}");
+            let stored = store.get_schedule(id).unwrap().unwrap();
+            assert_eq!(stored.fired_until, due, "{id}: stored");
+            assert_eq!(stored.last_job, Some(j.id), "{id}: stored");
+        }
+    }
+}
+
+/// Issue 12 (P5): many schedules due at the same second fire in batches:
+/// each exactly once, its job durable and listed, its record stored; one
+/// whose lock is taken at the time (an API call) fires on its own once
+/// free; a paused one does not fire; the same instant again fires nothing.
+#[tokio::test]
+async fn many_schedules_due_at_once_fire_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    // More than two batches.
+    let ids = t.many(2 * FIRE_BATCH + 9, CatchUp::RunOnce).await;
+    let mut paused = spec_on("0 * * * * *", "x0");
+    paused.paused = true;
+    t.sched.create("paused".into(), paused).await.unwrap();
+    let busy = t.sched.hold("s1", false).await.unwrap();
+    t.clock.set(at(60));
+    let sched = t.sched.clone();
+    let tick = tokio::spawn(async move { sched.tick(at(60)).await });
+    eventually("the others fire", || {
+        t.jobs_by_schedule().len() == ids.len() - 1
+    })
+    .await;
+    assert!(t.jobs("s1").is_empty(), "not while its lock is held");
+    drop(busy);
+    tick.await.unwrap();
+    t.fired_once(&ids, at(60));
+    assert!(t.jobs("paused").is_empty());
+    let all = |t: &T| {
+        t.engine
+            .list(&JobIndex::All, None, usize::MAX, |_| true)
+            .unwrap()
+            .0
+            .len()
+    };
+    assert_eq!(all(&t), ids.len());
+    t.tick_at(at(60)).await;
+    t.tick_at(at(61)).await;
+    assert_eq!(all(&t), ids.len(), "nothing new before the next due time");
+    t.tick_at(at(120)).await;
+    assert_eq!(all(&t), 2 * ids.len(), "one more each at the next");
+    let by = t.jobs_by_schedule();
+    assert!(ids.iter().all(|id| by[id].len() == 2));
+}
+
+/// Issue 12 (P5): the jobs of a batch were made durable, and the daemon
+/// died before the schedules' records were stored: after the restart each
+/// schedule finds its job again, none fires twice.
+#[tokio::test]
+async fn a_crash_after_a_batch_of_jobs_was_made_fires_none_of_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let t = start(dir.path(), at(0)).await;
+        let ids = t.many(FIRE_BATCH + 9, CatchUp::RunOnce).await;
+        let news = ids
+            .iter()
+            .map(|id| new_backup_job(&t.rec(id), Some(at(60))).unwrap())
+            .collect();
+        for r in t.engine.create_many(news).await {
+            r.unwrap();
+        }
+        stop(t).await;
+        ids
+    };
+    let t = start(dir.path(), at(61)).await;
+    assert!(ids.iter().all(|id| t.rec(id).fired_until == at(0)));
+    let before: HashMap<String, Uuid> = t
+        .jobs_by_schedule()
+        .into_iter()
+        .map(|(s, j)| (s, j[0].id))
+        .collect();
+    t.tick_at(at(61)).await;
+    t.fired_once(&ids, at(60));
+    let by = t.jobs_by_schedule();
+    assert!(
+        ids.iter().all(|id| by[id][0].id == before[id]),
+        "the same jobs"
+    );
+}
+
+/// Issue 12 (P5): when the flush of a batch's jobs fails, none of them is
+/// accepted and their schedules are not marked fired; the retry fires each
+/// of them exactly once, not judged missed (catch_up SKIP).
+#[tokio::test]
+async fn a_batch_whose_flush_fails_fires_nothing_then_each_once() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    let ids = t.many(FIRE_BATCH + 9, CatchUp::Skip).await;
+    let store = t.engine.store();
+    store.faults.fail_flushes.store(1, Ordering::SeqCst);
+    t.tick_at(at(60)).await;
+    let by = t.jobs_by_schedule();
+    let mut failed = 0;
+    for id in &ids {
+        match by.get(id).map(Vec::len).unwrap_or(0) {
+            0 => {
+                failed += 1;
+                assert_eq!(t.rec(id).fired_until, at(0), "{id}: not fired yet");
+                let rid = fire_request_id(id, at(60));
+                assert_eq!(store.job_for_request(&rid).unwrap(), None, "{id}");
+            }
+            1 => assert_eq!(t.rec(id).fired_until, at(60), "{id}"),
+            n => panic!("{id}: {n} jobs"),
+        }
+    }
+    assert!(failed > 0, "the first flush failed");
+    t.tick_at(at(66)).await;
+    t.fired_once(&ids, at(60));
+    assert!(ids.iter().all(|id| t.rec(id).last_skip.is_none()));
+}
+
+/// Issue 12 (P5): retention looks only at schedules that have one: a
+/// schedule without retention whose lock is held (a long API call) does
+/// not hold up the retention of the others (it used to take every
+/// schedule's lock after every scheduled backup, and all of them after
+/// falling behind).
+#[tokio::test]
+async fn retention_is_not_held_up_by_schedules_without_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    tokio::spawn(t.sched.clone().run_retention());
+    let mut kept = spec_on("* * * * * *", "x");
+    kept.retention = Some(Retention {
+        keep_last: 1,
+        max_age: None,
+        min_keep: 1,
+    });
+    t.sched.create("kept".into(), kept).await.unwrap();
+    t.sched
+        .create("plain".into(), spec_on("* * * * * *", "y"))
+        .await
+        .unwrap();
+    // Both run once; the plain one's lock is then taken before its job's
+    // end is announced.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *t.backend.submit_gate.lock().unwrap() = Some(gate.clone());
+    t.tick_at(at(1)).await;
+    let held = t.sched.hold("plain", false).await.unwrap();
+    gate.add_permits(1000);
+    t.all_ended("plain").await;
+    t.all_ended("kept").await;
+    // A second backup of "kept": its retention deletes the first.
+    t.sched.run_now("kept", "test", None).await.unwrap();
+    let b = t.backend.clone();
+    eventually("the older backup of kept is deleted", move || {
+        b.deleted.lock().unwrap().len() == 1
+    })
+    .await;
+    drop(held);
 }
