@@ -18,12 +18,13 @@
 //! engine's idempotency returns the job already made. Creating, updating
 //! and resuming set `fired_until` to now, so none of them fires at once.
 //!
-//! The schedules due at one tick are fired in batches ([`FIRE_BATCH`]):
+//! The schedules due at one tick are fired in batches (`FIRE_BATCH`, 256):
 //! each decided under its own lock, the batch's jobs written in one store
 //! batch and made durable by one flush (`Engine::create_many`), only then
 //! the schedules' records written and flushed once more. The order, and so
-//! the guarantee above, is the same as one at a time; 10,000 schedules due
-//! together cost about 80 flushes instead of 20,000 (issue 12, P5).
+//! the guarantee above, is the same as one at a time, at two flushes and
+//! one sled batch per 256 schedules instead of two flushes and a sled
+//! batch each (issue 12, P5).
 //!
 //! # Overlap and catch-up
 //! A due time is *missed* when several fell in the window since
