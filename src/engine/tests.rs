@@ -34,6 +34,19 @@ async fn until_end(e: &Engine, id: Uuid) -> Vec<JobRecord> {
     }
 }
 
+/// Whether the job, as readers see it, passes `f`.
+fn seen(e: &Engine, id: &Uuid, f: impl FnOnce(&JobRecord) -> bool) -> bool {
+    e.get(id).ok().flatten().is_some_and(|j| f(&j))
+}
+
+/// The version a cold (parked) job was cooled with, if it is cold.
+fn cold(e: &Engine, id: &Uuid) -> Option<u64> {
+    match lock(&e.live).get(id) {
+        Some(LiveEntry::Cold(seq)) => Some(*seq),
+        _ => None,
+    }
+}
+
 async fn real_wait_end(e: &Engine, id: Uuid, limit: Duration) -> JobRecord {
     tokio::time::timeout(limit, until_end(e, id))
         .await
@@ -309,17 +322,11 @@ async fn a_change_whose_flush_failed_is_published_once_durable() {
     // The first job holds the target, stuck in its submit (so it writes
     // nothing more); the second says what it waits for.
     eventually("the first job submits", || {
-        e.get(&first.id)
-            .ok()
-            .flatten()
-            .is_some_and(|j| j.phase == crate::job::Phase::Submitting)
+        seen(&e, &first.id, |j| j.phase == crate::job::Phase::Submitting)
     })
     .await;
     eventually("the second job says it waits", || {
-        e.get(&waiting.id)
-            .ok()
-            .flatten()
-            .is_some_and(|j| j.message.contains("waiting for"))
+        seen(&e, &waiting.id, |j| j.message.contains("waiting for"))
     })
     .await;
     e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
@@ -343,10 +350,7 @@ async fn a_queued_job_is_not_written_again_while_it_waits() {
     let first = e.create(backup("a", "i0")).await.unwrap();
     let queued = e.create(backup("a", "i0")).await.unwrap();
     eventually("the first job runs", || {
-        e.get(&first.id)
-            .ok()
-            .flatten()
-            .is_some_and(|j| j.state == JobState::Running)
+        seen(&e, &first.id, |j| j.state == JobState::Running)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -377,12 +381,9 @@ async fn queued_jobs_get_a_driver_only_at_their_turn() {
     let third = e.create(backup("a", "i0")).await.unwrap();
     let other = e.create(backup("a", "i1")).await.unwrap();
     eventually("the heads submit", || {
-        [first.id, other.id].iter().all(|id| {
-            e.get(id)
-                .ok()
-                .flatten()
-                .is_some_and(|j| j.phase == crate::job::Phase::Submitting)
-        })
+        [first.id, other.id]
+            .iter()
+            .all(|id| seen(&e, id, |j| j.phase == crate::job::Phase::Submitting))
     })
     .await;
     {
@@ -630,16 +631,13 @@ async fn a_parked_jobs_record_is_only_in_the_store() {
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
     let mut rx = e.subscribe();
     let job = e.create(backup("a", "i0")).await.unwrap();
-    let cold = || match lock(&e.live).get(&job.id) {
-        Some(LiveEntry::Cold(seq)) => Some(*seq),
-        _ => None,
-    };
+    let now_cold = || cold(&e, &job.id);
     let mut newest = 0;
     let seq = loop {
         while let Ok(ev) = rx.try_recv() {
             newest = newest.max(ev.seq);
         }
-        if let Some(seq) = cold()
+        if let Some(seq) = now_cold()
             && b.calls("poll").len() == 2
         {
             break seq;
@@ -653,7 +651,7 @@ async fn a_parked_jobs_record_is_only_in_the_store() {
     let (read_seq, read) = e.snapshot(&job.id).unwrap().unwrap();
     assert_eq!((read_seq, read.phase), (seq, Phase::Polling));
     assert_eq!(read.message, "half way");
-    assert_eq!(cold(), Some(seq), "reading does not bring it back");
+    assert_eq!(now_cold(), Some(seq), "reading does not bring it back");
     let next = rx.recv().await.unwrap();
     assert_eq!(next.seq, seq + 1, "the versions go on after a cold wait");
     assert_eq!(next.job.message, "nearly");
@@ -678,10 +676,7 @@ async fn a_cold_job_refuses_a_cancel_with_the_reason() {
     b.with(|s| s.poll.extend((0..3).map(|_| running("half way"))));
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
     let job = e.create(backup("a", "i0")).await.unwrap();
-    eventually("cold", || {
-        matches!(lock(&e.live).get(&job.id), Some(LiveEntry::Cold(_)))
-    })
-    .await;
+    eventually("cold", || cold(&e, &job.id).is_some()).await;
     let refused = e.cancel(&job.id).await.unwrap_err().to_string();
     assert!(refused.contains("cannot be stopped"), "{refused}");
     let end = until_end(&e, job.id).await.pop().unwrap();
@@ -710,7 +705,7 @@ async fn a_reader_that_found_a_job_cold_and_then_gone_reads_again() {
     );
     let job = e.create(backup("a", "i0")).await.unwrap();
     eventually("parked cold after one poll", || {
-        b.calls("poll").len() == 1 && matches!(lock(&e.live).get(&job.id), Some(LiveEntry::Cold(_)))
+        b.calls("poll").len() == 1 && cold(&e, &job.id).is_some()
     })
     .await;
     let (read_tx, read_rx) = std::sync::mpsc::channel();
