@@ -1,7 +1,10 @@
-//! The embedded store (sled). Every sled call of the daemon is in this
-//! module, so the engine can be swapped (etcd for the scale-out).
+//! The embedded store. Every call of the storage engine is in this module:
+//! `Store` (here) owns the key layout, the indexes and the group-commit
+//! flusher, written once; below it, an ordered byte-key map
+//! ([`kv::Kv`]), implemented by sled (`sled_kv.rs`, the default), chosen
+//! by [`StoreEngine`].
 //!
-//! One tree, keys by prefix, so that a job and its indexes change in one
+//! One map, keys by prefix, so that a job and its indexes change in one
 //! atomic batch:
 //! - `j{uuid}` → the job record (JSON, versioned)
 //! - `l{uuid}` → present while the job is not terminal (start-up reads only these)
@@ -13,10 +16,14 @@
 //! - `c{schedule id}` → a schedule record (JSON, versioned)
 //! - `m…` → metadata (which index layout the store has)
 //!
-//! Durability: `put_job` writes to sled's memory; `flush().await` returns
-//! once a `flush()` that started after the write has finished. One flusher
-//! task serves all waiters (group commit), because sled 0.34's
+//! Durability: `put_job` writes to the engine without making it durable
+//! (sled's memory); `flush().await` returns
+//! once a [`kv::Kv::flush`] that started after the write has finished. One
+//! flusher task serves all waiters (group commit), because sled 0.34's
 //! `flush_async` hangs with concurrent callers (see `docs/store.md`).
+
+mod kv;
+mod sled_kv;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,6 +38,7 @@ use crate::{
     job::{DecodeError, JobKind, JobRecord, JobState},
     schedule_record::ScheduleRecord,
 };
+use kv::{AnyKv, Batch, Kv};
 
 /// A way to walk jobs newest first without decoding the whole history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +51,70 @@ pub enum JobIndex {
     Kind(JobKind),
     /// The full target name.
     Target(String),
+}
+
+/// The key-value engine under the store (`store_engine` in the config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// sled 0.34 in `data_dir/db` (the default).
+    #[default]
+    Sled,
+}
+
+impl StoreEngine {
+    pub const ALL: [StoreEngine; 1] = [StoreEngine::Sled];
+
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreEngine::Sled => "sled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<StoreEngine> {
+        StoreEngine::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// Where this engine keeps its data in `data_dir`.
+    pub fn location(self, data_dir: &Path) -> PathBuf {
+        match self {
+            StoreEngine::Sled => sled_kv::location(data_dir),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StoreEngine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        StoreEngine::from_name(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "store_engine: unknown engine {s:?}: expected \"sled\""
+            ))
+        })
+    }
+}
+
+/// Why `engine` must not open `data_dir`: the data of another engine is
+/// there (a store is never converted, and an empty one must not silently
+/// stand in for it). `None` when nothing of another engine is found.
+pub fn engine_conflict(data_dir: &Path, engine: StoreEngine) -> Option<String> {
+    StoreEngine::ALL
+        .into_iter()
+        .filter(|other| *other != engine)
+        .map(|other| (other, other.location(data_dir)))
+        .find(|(_, found)| found.exists())
+        .map(|(other, found)| {
+            format!(
+                "store_engine is \"{engine}\", but {} holds a {other} store: refusing to start with an empty {engine} store beside it (custos does not convert stores). Set store_engine = \"{other}\" to use it, or move it out of data_dir",
+                found.display()
+            )
+        })
 }
 
 /// Marks a store whose `s`/`k`/`t` indexes are complete.
@@ -99,6 +171,9 @@ fn index_keys(rec: &JobRecord) -> Vec<Vec<u8>> {
 pub enum StoreError {
     #[error("cannot open the store in {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// `data_dir` holds another engine's store (see [`engine_conflict`]).
+    #[error("cannot open the store in {path}: {message}")]
+    OtherEngine { path: PathBuf, message: String },
     #[error("store I/O failed: {0}")]
     Io(String),
     #[error("a stored record is unreadable: {0}")]
@@ -107,18 +182,12 @@ pub enum StoreError {
     Closed,
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Io(e.to_string())
-    }
-}
-
 type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
 /// The store handle; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    kv: AnyKv,
     flush_tx: mpsc::UnboundedSender<Waiter>,
     stats: Arc<FlushStats>,
     /// Whether the last flush succeeded (false while the store cannot make
@@ -178,26 +247,26 @@ fn request_key(request_id: &str) -> Vec<u8> {
 }
 
 /// A job and its index entries, into `batch`.
-fn add_job(batch: &mut sled::Batch, rec: &JobRecord) -> Result<(), StoreError> {
+fn add_job(batch: &mut Batch, rec: &JobRecord) -> Result<(), StoreError> {
     let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
-    batch.insert(&key(b'j', &rec.id), bytes);
+    batch.put(key(b'j', &rec.id), bytes);
     // Kind and target never change: indexed before the job starts
     // (its first writes); the end state once it has ended.
     if rec.start_time.is_none() || rec.state.is_terminal() {
         for k in index_keys(rec) {
-            batch.insert(k, &[]);
+            batch.put(k, []);
         }
     }
     if rec.state.is_terminal() {
-        batch.remove(&key(b'l', &rec.id));
+        batch.remove(key(b'l', &rec.id));
         if let Some(end) = rec.end_time {
-            batch.insert(&end_key(end, &rec.id), &[]);
+            batch.put(end_key(end, &rec.id), []);
         }
     } else {
-        batch.insert(&key(b'l', &rec.id), &[]);
+        batch.put(key(b'l', &rec.id), []);
     }
     if let Some(r) = &rec.request_id {
-        batch.insert(request_key(r), rec.id.as_bytes());
+        batch.put(request_key(r), rec.id.as_bytes().as_slice());
     }
     Ok(())
 }
@@ -216,21 +285,34 @@ impl From<DecodeError> for StoreError {
 }
 
 impl Store {
-    /// Opens (or creates, mode 0700) the store. Must run inside a tokio
-    /// runtime: it starts the flusher task.
+    /// Opens (or creates, mode 0700) the store with the default engine
+    /// (sled). Must run inside a tokio runtime: it starts the flusher task.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, StoreEngine::default())
+    }
+
+    /// Opens (or creates, mode 0700) the store in `dir` with `engine`;
+    /// refuses a `dir` that holds another engine's store. Must run inside
+    /// a tokio runtime: it starts the flusher task.
+    pub fn open_with(dir: &Path, engine: StoreEngine) -> Result<Store, StoreError> {
         let open_err = |message: String| StoreError::Open {
             path: dir.to_path_buf(),
             message,
         };
+        if let Some(message) = engine_conflict(dir, engine) {
+            return Err(StoreError::OtherEngine {
+                path: dir.to_path_buf(),
+                message,
+            });
+        }
         if !dir.exists() {
             create_private_dir(dir).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| open_err(format!("{e} (is another custos using this data_dir?)")))?;
+        let kv = match engine {
+            StoreEngine::Sled => {
+                AnyKv::Sled(sled_kv::SledKv::open(dir, CACHE_BYTES).map_err(open_err)?)
+            }
+        };
         let (flush_tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(FlushStats::default());
         #[cfg(test)]
@@ -241,14 +323,14 @@ impl Store {
         let gate = None;
         let writable = Arc::new(tokio::sync::watch::Sender::new(true));
         tokio::spawn(flusher(
-            db.clone(),
+            kv.clone(),
             rx,
             stats.clone(),
             writable.clone(),
             gate,
         ));
         let store = Store {
-            db,
+            kv,
             flush_tx,
             stats,
             writable,
@@ -269,7 +351,7 @@ impl Store {
 
     /// The store's size on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        self.kv.size_on_disk()
     }
 
     pub fn flush_stats(&self) -> &FlushStats {
@@ -296,29 +378,27 @@ impl Store {
                 return Err(StoreError::Io("injected write failure".into()));
             }
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for rec in recs {
             add_job(&mut batch, rec)?;
         }
-        self.db.apply_batch(batch)?;
-        Ok(())
+        self.kv.apply(batch)
     }
 
     /// Takes a job and all its index entries out of the store, in one batch
     /// (a job whose creation could not be made durable). Not yet durable:
     /// await [`Store::flush`].
     pub fn remove_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(&key(b'j', &rec.id));
-        batch.remove(&key(b'l', &rec.id));
+        let mut batch = Batch::default();
+        batch.remove(key(b'j', &rec.id));
+        batch.remove(key(b'l', &rec.id));
         if let Some(r) = &rec.request_id {
             batch.remove(request_key(r));
         }
         for k in index_keys(rec) {
             batch.remove(k);
         }
-        self.db.apply_batch(batch)?;
-        Ok(())
+        self.kv.apply(batch)
     }
 
     /// Waits until everything written before this call is on disk.
@@ -329,7 +409,11 @@ impl Store {
     }
 
     pub fn get_job(&self, id: &Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let r = self.db.get(key(b'j', id))?.map(|v| decode(&v)).transpose();
+        let r = self
+            .kv
+            .get(&key(b'j', id))?
+            .map(|v| decode(v.as_ref()))
+            .transpose();
         // A test stops a reader here, after its read (engine tests).
         #[cfg(test)]
         if std::thread::current().name() == Some("reader") {
@@ -345,17 +429,18 @@ impl Store {
     /// The job created with this `request_id`, if it is still kept.
     pub fn job_for_request(&self, request_id: &str) -> Result<Option<Uuid>, StoreError> {
         Ok(self
-            .db
-            .get(request_key(request_id))?
-            .and_then(|v| Uuid::from_slice(&v).ok()))
+            .kv
+            .get(&request_key(request_id))?
+            .and_then(|v| Uuid::from_slice(v.as_ref()).ok()))
     }
 
     /// All non-terminal jobs, oldest first.
     pub fn live_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix([b'l']) {
+        for kv in self.kv.range(b"l", b"m", false) {
             let (k, _) = kv?;
-            let id = Uuid::from_slice(&k[1..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let id = Uuid::from_slice(&k.as_ref()[1..])
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if let Some(rec) = self.get_job(&id)? {
                 out.push(rec);
             }
@@ -385,9 +470,9 @@ impl Store {
             }
         };
         let n = prefix.len();
-        self.db.range(prefix..end).rev().map(move |kv| {
+        self.kv.range(&prefix, &end, true).map(move |kv| {
             let (k, _) = kv?;
-            Uuid::from_slice(&k[n..]).map_err(|e| StoreError::Corrupt(e.to_string()))
+            Uuid::from_slice(&k.as_ref()[n..]).map_err(|e| StoreError::Corrupt(e.to_string()))
         })
     }
 
@@ -400,39 +485,38 @@ impl Store {
             Some(id) => key(b'j', &id).to_vec(),
             None => vec![b'j' + 1],
         };
-        self.db
-            .range(vec![b'j']..end)
-            .rev()
-            .map(|kv| kv.map_err(StoreError::from).and_then(|(_, v)| decode(&v)))
+        self.kv
+            .range(b"j", &end, true)
+            .map(|kv| kv.and_then(|(_, v)| decode(v.as_ref())))
     }
 
     /// Writes the `s`/`k`/`t` indexes of every job once, for a store made
     /// by a release that had none.
     fn build_indexes(&self) -> Result<(), StoreError> {
-        if self.db.contains_key(INDEX_MARK)? {
+        if self.kv.contains(INDEX_MARK)? {
             return Ok(());
         }
         let mut n = 0u64;
-        for kv in self.db.scan_prefix([b'j']) {
+        for kv in self.kv.range(b"j", b"k", false) {
             let (k, v) = kv?;
             // One unreadable record must not keep the daemon from starting:
             // it stays where it is (GetJob reports it) and is not indexed.
-            let rec = match decode(&v) {
+            let rec = match decode(v.as_ref()) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(key = ?k, error = %e, "skipping an unreadable job record while indexing");
+                    tracing::error!(key = ?k.as_ref(), error = %e, "skipping an unreadable job record while indexing");
                     continue;
                 }
             };
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             for k in index_keys(&rec) {
-                batch.insert(k, &[]);
+                batch.put(k, []);
             }
-            self.db.apply_batch(batch)?;
+            self.kv.apply(batch)?;
             n += 1;
         }
-        self.db.insert(INDEX_MARK, &[])?;
-        self.db.flush()?;
+        self.kv.put(INDEX_MARK, &[])?;
+        self.kv.flush()?;
         if n > 0 {
             tracing::info!(jobs = n, "indexed the stored jobs for ListJobs filters");
         }
@@ -442,13 +526,13 @@ impl Store {
     /// Deletes finished jobs that ended before `cutoff`, with their
     /// idempotency keys. Returns how many went.
     pub fn prune_finished_before(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
-        let start = vec![b'e'];
-        let end = end_key(cutoff, &Uuid::nil()).to_vec();
+        let end = end_key(cutoff, &Uuid::nil());
         let mut n = 0;
-        for kv in self.db.range(start..end) {
+        for kv in self.kv.range(b"e", &end, false) {
             let (k, _) = kv?;
+            let k = k.as_ref();
             let id = Uuid::from_slice(&k[9..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut batch = sled::Batch::default();
+            let mut batch = Batch::default();
             // An unreadable record is removed all the same (its index
             // entries, unknown, stay behind harmlessly: lists skip ids
             // without a record), so that one bad record cannot stop
@@ -465,9 +549,9 @@ impl Store {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(job = %id, error = %e, "pruning an unreadable job record"),
             }
-            batch.remove(&key(b'j', &id));
+            batch.remove(key(b'j', &id));
             batch.remove(k);
-            self.db.apply_batch(batch)?;
+            self.kv.apply(batch)?;
             n += 1;
         }
         Ok(n)
@@ -489,31 +573,30 @@ impl Store {
     /// Writes a schedule (not yet durable: await [`Store::flush`]).
     pub fn put_schedule(&self, rec: &ScheduleRecord) -> Result<(), StoreError> {
         let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
-        self.db.insert(schedule_key(&rec.id), bytes)?;
-        Ok(())
+        self.kv.put(&schedule_key(&rec.id), &bytes)
     }
 
     pub fn get_schedule(&self, id: &str) -> Result<Option<ScheduleRecord>, StoreError> {
-        self.db
-            .get(schedule_key(id))?
-            .map(|v| ScheduleRecord::decode(&v).map_err(StoreError::Corrupt))
+        self.kv
+            .get(&schedule_key(id))?
+            .map(|v| ScheduleRecord::decode(v.as_ref()).map_err(StoreError::Corrupt))
             .transpose()
     }
 
     /// Whether it existed (not yet durable: await [`Store::flush`]).
     pub fn remove_schedule(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.db.remove(schedule_key(id))?.is_some())
+        self.kv.remove(&schedule_key(id))
     }
 
     /// Every schedule, by id; one that cannot be read comes as its id and
     /// the reason, so that one bad record cannot hide the others.
     pub fn schedules(&self) -> Result<Vec<StoredSchedule>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix([b'c']) {
+        for kv in self.kv.range(b"c", b"d", false) {
             let (k, v) = kv?;
             out.push(
-                ScheduleRecord::decode(&v)
-                    .map_err(|why| (String::from_utf8_lossy(&k[1..]).into_owned(), why)),
+                ScheduleRecord::decode(v.as_ref())
+                    .map_err(|why| (String::from_utf8_lossy(&k.as_ref()[1..]).into_owned(), why)),
             );
         }
         Ok(out)
@@ -535,7 +618,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// blocking thread, answer them all. Waiters that arrive during a flush are
 /// served by the next one, so each waiter's writes are covered.
 async fn flusher(
-    db: sled::Db,
+    kv: AnyKv,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
     stats: Arc<FlushStats>,
     writable: Arc<tokio::sync::watch::Sender<bool>>,
@@ -554,10 +637,10 @@ async fn flusher(
             Some((g, _)) => Some(g.read().await),
             None => None,
         };
-        let db2 = db.clone();
-        let r = match tokio::task::spawn_blocking(move || db2.flush()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Io(e.to_string())),
+        let kv2 = kv.clone();
+        let r = match tokio::task::spawn_blocking(move || kv2.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
             Err(e) => Err(StoreError::Io(format!("flush task failed: {e}"))),
         };
         let r = match &gate {
@@ -597,11 +680,32 @@ mod tests {
         r
     }
 
-    #[tokio::test]
-    async fn writability_follows_the_flushes() {
+    /// Every test of the store, once per engine (`store::tests::sled::…`).
+    macro_rules! for_each_engine {
+        ($($test:ident),* $(,)?) => {
+            mod sled {
+                $(#[tokio::test]
+                async fn $test() {
+                    super::$test(super::StoreEngine::Sled).await
+                })*
+            }
+        };
+    }
+
+    for_each_engine!(
+        writability_follows_the_flushes,
+        live_index_idempotency_and_pruning,
+        indexes_serve_filters_and_are_built_for_old_stores,
+        put_jobs_writes_every_job_and_its_keys_or_none,
+        concurrent_flush_waiters_all_complete,
+        schedules_are_written_read_and_removed,
+        acknowledged_writes_survive_reopening,
+    );
+
+    async fn writability_follows_the_flushes(engine: StoreEngine) {
         use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
         let mut w = store.writable();
         assert!(*w.borrow());
         store.faults.fail_flushes.store(1, Ordering::SeqCst);
@@ -622,10 +726,9 @@ mod tests {
         assert!(changed(&mut w).await, "and a good one writable again");
     }
 
-    #[tokio::test]
-    async fn live_index_idempotency_and_pruning() {
+    async fn live_index_idempotency_and_pruning(engine: StoreEngine) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
         let mut a = rec(Some("req-1"));
         let b = rec(None);
         store.put_job(&a).unwrap();
@@ -662,10 +765,9 @@ mod tests {
         assert!(store.get_job(&b.id).unwrap().is_some());
     }
 
-    #[tokio::test]
-    async fn indexes_serve_filters_and_are_built_for_old_stores() {
+    async fn indexes_serve_filters_and_are_built_for_old_stores(engine: StoreEngine) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
         let mut a = rec(None);
         let mut b = rec(None);
         b.target = "backends/cf/serviceInstances/y".into();
@@ -707,10 +809,14 @@ mod tests {
         assert_eq!(after_c, vec![a.id]);
 
         // A store written before the indexes existed gets them at open.
-        for k in store.db.iter().keys() {
-            let k = k.unwrap();
+        let keys: Vec<Vec<u8>> = store
+            .kv
+            .range(&[], &[0xff], false)
+            .map(|kv| kv.unwrap().0.as_ref().to_vec())
+            .collect();
+        for k in keys {
             if [b's', b'k', b't', b'm'].contains(&k[0]) {
-                store.db.remove(k).unwrap();
+                assert!(store.kv.remove(&k).unwrap());
             }
         }
         assert!(ids(JobIndex::Kind(JobKind::Restore)).is_empty());
@@ -730,11 +836,10 @@ mod tests {
 
     /// Issue 12 (P5): many jobs in one batch: all of them with all their
     /// keys, or (a failed write) none.
-    #[tokio::test]
-    async fn put_jobs_writes_every_job_and_its_keys_or_none() {
+    async fn put_jobs_writes_every_job_and_its_keys_or_none(engine: StoreEngine) {
         use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
         let recs: Vec<JobRecord> = (0..3).map(|i| rec(Some(&format!("req-{i}")))).collect();
         store.put_jobs(&recs).unwrap();
         store.flush().await.unwrap();
@@ -753,10 +858,9 @@ mod tests {
         assert!(more.iter().all(|r| store.get_job(&r.id).unwrap().is_none()));
     }
 
-    #[tokio::test]
-    async fn concurrent_flush_waiters_all_complete() {
+    async fn concurrent_flush_waiters_all_complete(engine: StoreEngine) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
         let mut tasks = Vec::new();
         for _ in 0..64 {
             let s = store.clone();
@@ -775,5 +879,111 @@ mod tests {
             .load(std::sync::atomic::Ordering::Relaxed);
         assert!((1..=64).contains(&flushes));
         assert_eq!(store.live_jobs().unwrap().len(), 64);
+    }
+
+    fn schedule(id: &str) -> ScheduleRecord {
+        let now = Utc::now();
+        ScheduleRecord {
+            v: crate::schedule_record::SCHEDULE_VERSION,
+            id: id.into(),
+            target: "backends/cf/serviceInstances/x".into(),
+            backend: "cf".into(),
+            cron: "0 0 * * * *".into(),
+            time_zone: String::new(),
+            paused: false,
+            overlap: Default::default(),
+            catch_up: Default::default(),
+            retention: None,
+            labels: Default::default(),
+            incremental: false,
+            create_time: now,
+            update_time: now,
+            fired_until: now,
+            last_job: None,
+            last_skip: None,
+        }
+    }
+
+    async fn schedules_are_written_read_and_removed(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let (a, mut b) = (schedule("a"), schedule("b"));
+        store.put_schedule(&a).unwrap();
+        store.put_schedule(&b).unwrap();
+        b.paused = true;
+        store.put_schedule(&b).unwrap();
+        // A job record does not show up among the schedules.
+        store.put_job(&rec(None)).unwrap();
+        assert_eq!(store.get_schedule("b").unwrap(), Some(b.clone()));
+        let all: Vec<ScheduleRecord> = store
+            .schedules()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.unwrap())
+            .collect();
+        assert_eq!(all, vec![a.clone(), b]);
+        assert!(store.remove_schedule("b").unwrap());
+        assert!(!store.remove_schedule("b").unwrap(), "already gone");
+        assert_eq!(store.get_schedule("b").unwrap(), None);
+        assert_eq!(store.schedules().unwrap().len(), 1);
+    }
+
+    /// Opens `dir` again once the previous handle (and its flusher) has let
+    /// go of it.
+    async fn reopen(dir: &Path, engine: StoreEngine) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open_with(dir, engine) {
+                Ok(s) => return s,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// What a flush acknowledged is there after the store is closed and
+    /// opened again: jobs, their indexes, request ids, a removed job and a
+    /// schedule.
+    async fn acknowledged_writes_survive_reopening(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let recs: Vec<JobRecord> = (0..50).map(|i| rec(Some(&format!("req-{i}")))).collect();
+        for r in &recs[..10] {
+            store.put_job(r).unwrap();
+        }
+        store.put_jobs(&recs[10..]).unwrap();
+        let mut done = recs[3].clone();
+        done.state = JobState::Succeeded;
+        done.start_time = Some(Utc::now());
+        done.end_time = Some(Utc::now());
+        store.put_job(&done).unwrap();
+        store.remove_job(&recs[7]).unwrap();
+        store.put_schedule(&schedule("s")).unwrap();
+        store.flush().await.unwrap();
+        let size = store.size_on_disk().unwrap();
+        assert!(size > 0);
+        drop(store);
+
+        let store = reopen(dir.path(), engine).await;
+        let live: Vec<Uuid> = store.live_jobs().unwrap().iter().map(|r| r.id).collect();
+        let want: Vec<Uuid> = recs
+            .iter()
+            .filter(|r| r.id != recs[3].id && r.id != recs[7].id)
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(live, want);
+        assert_eq!(store.get_job(&done.id).unwrap(), Some(done.clone()));
+        assert_eq!(store.get_job(&recs[7].id).unwrap(), None);
+        assert_eq!(store.job_for_request("req-3").unwrap(), Some(done.id));
+        assert_eq!(store.job_for_request("req-7").unwrap(), None);
+        let ended: Vec<Uuid> = store
+            .job_ids(&JobIndex::Ended(JobState::Succeeded), None)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(ended, vec![done.id]);
+        assert_eq!(store.jobs_newest_first(None).count(), 49);
+        assert!(store.get_schedule("s").unwrap().is_some());
     }
 }

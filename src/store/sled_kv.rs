@@ -1,0 +1,113 @@
+//! The sled 0.34 engine (the default): one tree in `data_dir/db`.
+//!
+//! A write is in sled's memory when it returns (sled seals and syncs its
+//! log buffer on every batch, but promises nothing until a flush);
+//! [`Kv::flush`] is `sled::Db::flush`, which writes with `sync_file_range`
+//! (survives `kill -9`, not a power loss: `docs/store.md`). sled 0.34's
+//! `flush_async` hangs with concurrent callers, so `Store` calls `flush`
+//! from one flusher task only.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    StoreError,
+    kv::{Batch, Kv, Op},
+};
+
+/// Where the sled store lives in a data dir.
+pub(crate) fn location(data_dir: &Path) -> PathBuf {
+    data_dir.join("db")
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct SledKv {
+    db: sled::Db,
+}
+
+impl SledKv {
+    /// Opens (or creates) the store in `data_dir/db`, its cache capped at
+    /// `cache_bytes`.
+    pub(crate) fn open(data_dir: &Path, cache_bytes: u64) -> Result<SledKv, String> {
+        let db = sled::Config::new()
+            .path(location(data_dir))
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| format!("{e} (is another custos using this data_dir?)"))?;
+        Ok(SledKv { db })
+    }
+}
+
+/// sled's range, walked forwards or backwards.
+pub(crate) struct SledRange {
+    iter: sled::Iter,
+    rev: bool,
+}
+
+impl Iterator for SledRange {
+    type Item = Result<(sled::IVec, sled::IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = if self.rev {
+            self.iter.next_back()
+        } else {
+            self.iter.next()
+        };
+        next.map(|kv| kv.map_err(StoreError::from))
+    }
+}
+
+impl Kv for SledKv {
+    type Bytes = sled::IVec;
+    type Range = SledRange;
+
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.db.get(key)?)
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(key)?)
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put(k, v) => b.insert(k, v),
+                Op::Remove(k) => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(key, value)?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.db.remove(key)?.is_some())
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], rev: bool) -> SledRange {
+        SledRange {
+            iter: self.db.range::<&[u8], _>(start..end),
+            rev,
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
