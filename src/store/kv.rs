@@ -1,9 +1,9 @@
 //! The key-value engine under [`Store`](super::Store): an ordered map of
 //! byte keys to byte values. `Store` keeps every key layout, index and the
-//! group-commit flusher; an engine only stores bytes. Engines:
-//! `sled_kv.rs` (the default), chosen by [`StoreEngine`](super::StoreEngine);
-//! [`AnyKv`] is the one `Store` holds (an enum, so calls are a `match`, not
-//! a virtual call).
+//! group-commit flusher; an engine only stores bytes. Two engines:
+//! `sled_kv.rs` (the default) and `redb_kv.rs`, chosen by
+//! [`StoreEngine`](super::StoreEngine); [`AnyKv`] is the one `Store` holds
+//! (an enum, so calls are a `match`, not a virtual call).
 //!
 //! What every engine promises:
 //! - a write ([`Kv::apply`], [`Kv::put`], [`Kv::remove`]) is visible to
@@ -59,28 +59,32 @@ pub(crate) trait Kv: Clone + Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }
 
-use super::sled_kv::SledKv;
+use super::{redb_kv::RedbKv, sled_kv::SledKv};
 
 /// The engine a [`Store`](super::Store) runs on.
 #[derive(Clone)]
 pub(crate) enum AnyKv {
     Sled(SledKv),
+    Redb(RedbKv),
 }
 
 pub(crate) enum AnyBytes {
     Sled(<SledKv as Kv>::Bytes),
+    Redb(<RedbKv as Kv>::Bytes),
 }
 
 impl AsRef<[u8]> for AnyBytes {
     fn as_ref(&self) -> &[u8] {
         match self {
             AnyBytes::Sled(b) => b.as_ref(),
+            AnyBytes::Redb(b) => b.as_ref(),
         }
     }
 }
 
 pub(crate) enum AnyRange {
     Sled(<SledKv as Kv>::Range),
+    Redb(<RedbKv as Kv>::Range),
 }
 
 impl Iterator for AnyRange {
@@ -91,6 +95,9 @@ impl Iterator for AnyRange {
             AnyRange::Sled(r) => r
                 .next()
                 .map(|kv| kv.map(|(k, v)| (AnyBytes::Sled(k), AnyBytes::Sled(v)))),
+            AnyRange::Redb(r) => r
+                .next()
+                .map(|kv| kv.map(|(k, v)| (AnyBytes::Redb(k), AnyBytes::Redb(v)))),
         }
     }
 }
@@ -102,48 +109,56 @@ impl Kv for AnyKv {
     fn get(&self, key: &[u8]) -> Result<Option<AnyBytes>, StoreError> {
         Ok(match self {
             AnyKv::Sled(kv) => kv.get(key)?.map(AnyBytes::Sled),
+            AnyKv::Redb(kv) => kv.get(key)?.map(AnyBytes::Redb),
         })
     }
 
     fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
         match self {
             AnyKv::Sled(kv) => kv.contains(key),
+            AnyKv::Redb(kv) => kv.contains(key),
         }
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         match self {
             AnyKv::Sled(kv) => kv.apply(batch),
+            AnyKv::Redb(kv) => kv.apply(batch),
         }
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         match self {
             AnyKv::Sled(kv) => kv.put(key, value),
+            AnyKv::Redb(kv) => kv.put(key, value),
         }
     }
 
     fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
         match self {
             AnyKv::Sled(kv) => kv.remove(key),
+            AnyKv::Redb(kv) => kv.remove(key),
         }
     }
 
     fn range(&self, start: &[u8], end: &[u8], rev: bool) -> AnyRange {
         match self {
             AnyKv::Sled(kv) => AnyRange::Sled(kv.range(start, end, rev)),
+            AnyKv::Redb(kv) => AnyRange::Redb(kv.range(start, end, rev)),
         }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
         match self {
             AnyKv::Sled(kv) => kv.flush(),
+            AnyKv::Redb(kv) => kv.flush(),
         }
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         match self {
             AnyKv::Sled(kv) => kv.size_on_disk(),
+            AnyKv::Redb(kv) => kv.size_on_disk(),
         }
     }
 }

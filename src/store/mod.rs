@@ -1,8 +1,9 @@
 //! The embedded store. Every call of the storage engine is in this module:
 //! `Store` (here) owns the key layout, the indexes and the group-commit
 //! flusher, written once; below it, an ordered byte-key map
-//! ([`kv::Kv`]), implemented by sled (`sled_kv.rs`, the default), chosen
-//! by [`StoreEngine`].
+//! ([`kv::Kv`]) with two engines, sled (`sled_kv.rs`, the default) and
+//! redb (`redb_kv.rs`), chosen by [`StoreEngine`] (`store_engine` in the
+//! config).
 //!
 //! One map, keys by prefix, so that a job and its indexes change in one
 //! atomic batch:
@@ -17,12 +18,13 @@
 //! - `m…` → metadata (which index layout the store has)
 //!
 //! Durability: `put_job` writes to the engine without making it durable
-//! (sled's memory); `flush().await` returns
+//! (sled's memory; a non-durable redb commit); `flush().await` returns
 //! once a [`kv::Kv::flush`] that started after the write has finished. One
 //! flusher task serves all waiters (group commit), because sled 0.34's
 //! `flush_async` hangs with concurrent callers (see `docs/store.md`).
 
 mod kv;
+mod redb_kv;
 mod sled_kv;
 
 use std::{
@@ -59,15 +61,18 @@ pub enum StoreEngine {
     /// sled 0.34 in `data_dir/db` (the default).
     #[default]
     Sled,
+    /// redb in `data_dir/custos.redb`.
+    Redb,
 }
 
 impl StoreEngine {
-    pub const ALL: [StoreEngine; 1] = [StoreEngine::Sled];
+    pub const ALL: [StoreEngine; 2] = [StoreEngine::Sled, StoreEngine::Redb];
 
     /// Its name in the config.
     pub fn name(self) -> &'static str {
         match self {
             StoreEngine::Sled => "sled",
+            StoreEngine::Redb => "redb",
         }
     }
 
@@ -79,6 +84,7 @@ impl StoreEngine {
     pub fn location(self, data_dir: &Path) -> PathBuf {
         match self {
             StoreEngine::Sled => sled_kv::location(data_dir),
+            StoreEngine::Redb => redb_kv::location(data_dir),
         }
     }
 }
@@ -94,7 +100,7 @@ impl<'de> serde::Deserialize<'de> for StoreEngine {
         let s = String::deserialize(d)?;
         StoreEngine::from_name(&s).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "store_engine: unknown engine {s:?}: expected \"sled\""
+                "store_engine: unknown engine {s:?}: expected \"sled\" (the default) or \"redb\""
             ))
         })
     }
@@ -311,6 +317,9 @@ impl Store {
         let kv = match engine {
             StoreEngine::Sled => {
                 AnyKv::Sled(sled_kv::SledKv::open(dir, CACHE_BYTES).map_err(open_err)?)
+            }
+            StoreEngine::Redb => {
+                AnyKv::Redb(redb_kv::RedbKv::open(dir, CACHE_BYTES).map_err(open_err)?)
             }
         };
         let (flush_tx, rx) = mpsc::unbounded_channel();
@@ -680,13 +689,20 @@ mod tests {
         r
     }
 
-    /// Every test of the store, once per engine (`store::tests::sled::…`).
+    /// Every test of the store, once per engine (`store::tests::sled::…`
+    /// and `store::tests::redb::…`).
     macro_rules! for_each_engine {
         ($($test:ident),* $(,)?) => {
             mod sled {
                 $(#[tokio::test]
                 async fn $test() {
                     super::$test(super::StoreEngine::Sled).await
+                })*
+            }
+            mod redb {
+                $(#[tokio::test]
+                async fn $test() {
+                    super::$test(super::StoreEngine::Redb).await
                 })*
             }
         };
@@ -700,6 +716,7 @@ mod tests {
         concurrent_flush_waiters_all_complete,
         schedules_are_written_read_and_removed,
         acknowledged_writes_survive_reopening,
+        refuses_a_data_dir_of_the_other_engine,
     );
 
     async fn writability_follows_the_flushes(engine: StoreEngine) {
@@ -985,5 +1002,33 @@ mod tests {
         assert_eq!(ended, vec![done.id]);
         assert_eq!(store.jobs_newest_first(None).count(), 49);
         assert!(store.get_schedule("s").unwrap().is_some());
+    }
+
+    /// A data dir with the other engine's store is refused with a message
+    /// naming `store_engine`, the path found and why; nothing is created.
+    async fn refuses_a_data_dir_of_the_other_engine(engine: StoreEngine) {
+        let other = match engine {
+            StoreEngine::Sled => StoreEngine::Redb,
+            StoreEngine::Redb => StoreEngine::Sled,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), other).unwrap();
+        let r = rec(None);
+        store.put_job(&r).unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let e = Store::open_with(dir.path(), engine).err().expect("refused");
+        let msg = e.to_string();
+        assert!(matches!(e, StoreError::OtherEngine { .. }), "{msg}");
+        assert!(msg.contains("store_engine"), "{msg}");
+        assert!(msg.contains(&format!("\"{engine}\"")), "{msg}");
+        let found = other.location(dir.path());
+        assert!(msg.contains(&found.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("holds a {other} store")), "{msg}");
+        assert!(!engine.location(dir.path()).exists(), "nothing created");
+        // The other engine still opens it, with the job.
+        let store = reopen(dir.path(), other).await;
+        assert!(store.get_job(&r.id).unwrap().is_some());
     }
 }
