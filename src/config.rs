@@ -66,9 +66,14 @@ pub struct Config {
     /// release (a warning says so at start).
     #[serde(default)]
     pub metrics_listen: Option<String>,
-    /// The sled store; created 0700 if missing.
+    /// The store; created 0700 if missing.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The store's engine: `"sled"` (the default, in `data_dir/db`) or
+    /// `"redb"` (in `data_dir/custos.redb`). A data dir holding the other
+    /// engine's store is refused at start.
+    #[serde(default)]
+    pub store_engine: crate::store::StoreEngine,
     #[serde(default)]
     pub log_format: LogFormat,
     /// `error`, `warn`, `info` (default), `debug`, `trace`, or a filter
@@ -439,6 +444,7 @@ impl Config {
             listen: default_listen(),
             metrics_listen: None,
             data_dir: default_data_dir(),
+            store_engine: Default::default(),
             log_format: LogFormat::Text,
             log_level: None,
             job_history: default_job_history(),
@@ -578,6 +584,30 @@ client_secret_envv = "B"
         .to_string();
         assert!(e.contains("job_history") && e.contains("line 2"), "{e}");
         assert!(e.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn store_engine_defaults_to_sled_and_a_bad_one_is_named() {
+        use crate::store::StoreEngine;
+        let c = Config::parse("listen = \"127.0.0.1:1\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.store_engine, StoreEngine::Sled);
+        let c = Config::parse("store_engine = \"redb\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.store_engine, StoreEngine::Redb);
+        let c = Config::parse("store_engine = \"sled\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.store_engine, StoreEngine::Sled);
+        for bad in ["\"rocksdb\"", "\"Redb\"", "1"] {
+            let e = Config::parse(
+                &format!("listen = \"127.0.0.1:1\"\nstore_engine = {bad}\n"),
+                Path::new("c"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("store_engine") && e.contains("line 2"), "{e}");
+        }
+        let e = Config::parse("store_engine = \"rocksdb\"\n", Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"sled\"") && e.contains("\"redb\""), "{e}");
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn config_check(file: &Path) -> anyhow::Result<i32> {
     let problems = server::check_config(&cfg);
     if problems.is_empty() {
         println!(
-            "{}: OK ({} token(s), backends: {}; data_dir {})",
+            "{}: OK ({} token(s), backends: {}; data_dir {}, store_engine {})",
             file.display(),
             cfg.tokens.len(),
             cfg.backends
@@ -157,7 +157,8 @@ fn config_check(file: &Path) -> anyhow::Result<i32> {
                 .map(|b| format!("{} ({})", b.name, b.kind))
                 .collect::<Vec<_>>()
                 .join(", "),
-            cfg.data_dir.display()
+            cfg.data_dir.display(),
+            cfg.store_engine
         );
         return Ok(0);
     }

@@ -87,6 +87,9 @@ pub fn check_config(config: &Config) -> Vec<String> {
         problems.push(e.to_string());
     }
     let d = &config.data_dir;
+    if let Some(why) = crate::store::engine_conflict(d, config.store_engine) {
+        problems.push(format!("data_dir {}: {why}", d.display()));
+    }
     if d.exists() && !d.is_dir() {
         problems.push(format!(
             "data_dir {}: exists and is not a folder",
@@ -160,7 +163,7 @@ pub async fn run(
         ));
     }
 
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open_with(&config.data_dir, config.store_engine)?;
     let engine = Engine::new(
         store,
         entries,

@@ -8,8 +8,30 @@ use custos_cf_v3::sim::SimConfig;
 
 use crate::harness::*;
 
+/// The generated config with `store_engine` set.
+fn on(engine: &str) -> Opts {
+    Opts {
+        extra: format!("store_engine = \"{engine}\""),
+        ..Opts::default()
+    }
+}
+
 #[tokio::test]
 async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
+    kill_nine_with_fifty_jobs_in_flight(&Opts::default()).await;
+}
+
+/// The same with `store_engine = "redb"`: what was acknowledged (a
+/// creation, each change a driver flushed before acting) survives kill -9.
+#[tokio::test]
+async fn kill_nine_with_fifty_jobs_in_flight_then_resume_on_redb() {
+    let dir = kill_nine_with_fifty_jobs_in_flight(&on("redb")).await;
+    let data = dir.path().join("data");
+    assert!(data.join("custos.redb").is_file());
+    assert!(!data.join("db").exists(), "no sled store beside it");
+}
+
+async fn kill_nine_with_fifty_jobs_in_flight(opts: &Opts) -> tempfile::TempDir {
     let sim = sim(
         SimConfig {
             job_duration: Duration::from_millis(1500),
@@ -19,7 +41,7 @@ async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let d = Daemon::start(&sim, dir.path(), opts);
     let mut c = d.op().await;
     let mut names = Vec::new();
     for i in 0..50 {
@@ -53,10 +75,21 @@ async fn kill_nine_with_fifty_jobs_in_flight_then_resume() {
         .unwrap()
         .into_inner();
     assert_eq!(list.jobs.len(), 50);
+    drop(d);
+    dir
 }
 
 #[tokio::test]
 async fn kill_nine_during_restores_never_restores_twice() {
+    kill_nine_during_restores(&Opts::default()).await;
+}
+
+#[tokio::test]
+async fn kill_nine_during_restores_never_restores_twice_on_redb() {
+    kill_nine_during_restores(&on("redb")).await;
+}
+
+async fn kill_nine_during_restores(opts: &Opts) {
     let sim = sim(
         SimConfig {
             job_duration: Duration::from_millis(1000),
@@ -66,7 +99,7 @@ async fn kill_nine_during_restores_never_restores_twice() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let d = Daemon::start(&sim, dir.path(), opts);
     let mut c = d.op().await;
     let mut names = Vec::new();
     for i in 0..20 {
@@ -239,4 +272,90 @@ async fn sighup_without_tls_does_not_end_the_daemon() {
     c.list_backends(pb::ListBackendsRequest::default())
         .await
         .unwrap();
+}
+
+/// A data dir that holds the other engine's store: the daemon does not
+/// serve (exits non-zero) and says why, naming `store_engine` and the path
+/// found; `config check` says the same; the store is left as it was.
+#[tokio::test]
+async fn a_data_dir_of_the_other_engine_is_refused() {
+    let sim = sim(SimConfig::default(), 1).await;
+    for (first, second) in [("sled", "redb"), ("redb", "sled")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start(&sim, dir.path(), &on(first));
+        let mut c = d.op().await;
+        let job = start_backup(&mut c, 0, "before").await;
+        d.kill9();
+        drop(d);
+        let data = dir.path().join("data");
+        let found = data.join(if first == "sled" { "db" } else { "custos.redb" });
+        assert!(found.exists(), "{}", found.display());
+
+        let config = dir.path().join("other.toml");
+        std::fs::write(&config, crate::harness::config(&sim, &data, &on(second))).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_custos"))
+            .args(["config", "check"])
+            .arg(&config)
+            .env("CUSTOS_IT_OP", OP_TOKEN)
+            .env("CUSTOS_IT_RO", RO_TOKEN)
+            .env("CUSTOS_IT_CF_SECRET", sim.config().client_secret)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{first} -> {second}: {said}");
+        assert!(said.contains("store_engine") && said.contains(&found.display().to_string()));
+
+        let logs = match Daemon::start_with(&config, &sim, dir.path()) {
+            Err(logs) => logs,
+            Ok(mut d) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                let status = loop {
+                    if let Some(s) = d.child.try_wait().unwrap() {
+                        break s;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{first} -> {second}: still running\n{}",
+                        d.logs()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                assert!(!status.success(), "{first} -> {second}: {status:?}");
+                d.logs()
+            }
+        };
+        for want in [
+            "store_engine".to_string(),
+            format!("\"{second}\""),
+            found.display().to_string(),
+            format!("holds a {first} store"),
+        ] {
+            assert!(
+                logs.contains(&want),
+                "{first} -> {second}: {want} not in\n{logs}"
+            );
+        }
+        let made = data.join(if second == "sled" {
+            "db"
+        } else {
+            "custos.redb"
+        });
+        assert!(
+            !made.exists(),
+            "{first} -> {second}: created {}",
+            made.display()
+        );
+
+        // The first engine still has the job.
+        let d = Daemon::start(&sim, dir.path(), &on(first));
+        let mut c = d.op().await;
+        let j = c
+            .get_job(pb::GetJobRequest {
+                name: job.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(j.name, job.name);
+    }
 }
