@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use custos::api::pb::{self, backup_service_client::BackupServiceClient};
+use custos::{
+    api::pb::{self, backup_service_client::BackupServiceClient},
+    store::StoreEngine,
+};
 use custos_cf_v3::sim::{CounterSnapshot, SimConfig, Simulator};
 use tonic::{
     Request,
@@ -102,10 +105,26 @@ impl Sims {
     }
 }
 
+/// The store engine of every daemon this run starts (`--store`), and of
+/// the store P4 writes itself; set once by `main`, sled when not set.
+static STORE_ENGINE: std::sync::OnceLock<StoreEngine> = std::sync::OnceLock::new();
+
+/// Sets the engine for the whole run (the first call wins).
+pub fn set_store_engine(engine: StoreEngine) {
+    let _ = STORE_ENGINE.set(engine);
+}
+
+/// The engine of this run (`--store`; sled by default).
+pub fn store_engine() -> StoreEngine {
+    STORE_ENGINE.get().copied().unwrap_or_default()
+}
+
 /// The keys of the bench's `custos.toml` that a figure may set; every
 /// one is written explicitly (and printed), none left to the defaults.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DaemonConfig {
+    /// `store_engine`: the run's `--store`.
+    pub store_engine: String,
     pub job_history: String,
     pub max_running_jobs: u32,
     pub per_backend_running_jobs: u32,
@@ -115,9 +134,10 @@ pub struct DaemonConfig {
 }
 
 impl Default for DaemonConfig {
-    /// The defaults of `config.md`.
+    /// The defaults of `config.md`, with the run's `--store`.
     fn default() -> Self {
         DaemonConfig {
+            store_engine: store_engine().name().into(),
             job_history: "30d".into(),
             max_running_jobs: 256,
             per_backend_running_jobs: 64,
@@ -133,6 +153,7 @@ impl DaemonConfig {
         let mut out = format!(
             r#"listen = "127.0.0.1:0"
 data_dir = "{data}"
+store_engine = "{engine}"
 job_history = "{history}"
 shutdown_timeout = "5s"
 
@@ -146,6 +167,7 @@ role = "operator"
 token_env = "BENCH_TOKEN"
 "#,
             data = data_dir.display(),
+            engine = self.store_engine,
             history = self.job_history,
             max = self.max_running_jobs,
             per = self.per_backend_running_jobs,
@@ -178,7 +200,8 @@ client_secret_env = "BENCH_CF_SECRET"
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "max_running_jobs={} per_backend_running_jobs={} timeout={} poll_interval={} poll_max_interval={} job_history={}",
+            "store_engine={} max_running_jobs={} per_backend_running_jobs={} timeout={} poll_interval={} poll_max_interval={} job_history={}",
+            self.store_engine,
             self.max_running_jobs,
             self.per_backend_running_jobs,
             self.timeout,

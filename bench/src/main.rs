@@ -29,6 +29,7 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use custos::store::StoreEngine;
 use report::Figure;
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,11 @@ struct Cli {
     /// stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// The daemon's store engine (`store_engine` in the config it is
+    /// given), and that of the store P4 writes: sled or redb [default:
+    /// sled].
+    #[arg(long, global = true, value_parser = parse_store)]
+    store: Option<StoreEngine>,
     /// Tiny sizes (for CI: checks that the tool runs, in seconds); flags
     /// given explicitly still win.
     #[arg(long, global = true)]
@@ -162,6 +168,10 @@ enum Which {
     P6,
 }
 
+fn parse_store(s: &str) -> Result<StoreEngine, String> {
+    StoreEngine::from_name(s).ok_or_else(|| format!("{s:?}: expected sled or redb"))
+}
+
 /// `explicit`, else the quick size, else the full one.
 fn pick<T>(explicit: Option<T>, quick: bool, tiny: T, full: T) -> T {
     explicit.unwrap_or(if quick { tiny } else { full })
@@ -194,7 +204,12 @@ async fn run(cli: Cli) -> Result<bool> {
             eprintln!("custos-bench: {s}");
         }
     };
-    log(&format!("daemon {}", bin.display()));
+    daemon::set_store_engine(cli.store.unwrap_or_default());
+    log(&format!(
+        "daemon {}, store_engine {}",
+        bin.display(),
+        daemon::store_engine()
+    ));
 
     if want(Which::P1) {
         let a = p1::Args {

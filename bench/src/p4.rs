@@ -3,14 +3,15 @@
 //! `SERVING`, and until every live job has been polled again.
 //!
 //! The store is written by this process through the `custos` library
-//! (`Store::open`, `put_job`, `flush`) into a fresh data dir before the
-//! daemon starts, as the daemon itself would have left it:
+//! (`Store::open_with` with the run's `--store` engine, `put_job`,
+//! `flush`) into a fresh data dir before the daemon starts, as the daemon
+//! itself would have left it:
 //! - finished jobs: CF backups `SUCCEEDED` over the last four weeks
 //!   (inside the default `job_history` of 30 days, so none is pruned),
 //!   round-robin over the L service instances, with what a real run
 //!   stores (request id, fingerprint, intent, job URL, backup id, five
 //!   history events); each written once (the daemon writes a job 5 or 6
-//!   times, so sled's log here is smaller than a daemon's would be: P6);
+//!   times, so the store here is smaller than a daemon's would be: P6);
 //! - live jobs: one per instance, `RUNNING` in `Phase::Polling`, their
 //!   handle the URL of a job the simulator has running
 //!   (`Simulator::add_running_job`, an hour long), written as the daemon
@@ -422,8 +423,8 @@ fn v7(at: DateTime<Utc>) -> Uuid {
 
 /// Writes the plan into a store at `data`, on a thread with a runtime of
 /// its own; returns once the store is flushed and closed (the runtime
-/// gone, and with it the store's flusher and its handle on sled, so that
-/// the daemon can open it).
+/// gone, and with it the store's flusher and its handle on the engine, so
+/// that the daemon can open it).
 async fn seed_store(data: PathBuf, plan: Plan) -> Result<Duration> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -433,7 +434,7 @@ async fn seed_store(data: PathBuf, plan: Plan) -> Result<Duration> {
                 .build()?;
             let r = rt.block_on(async {
                 let t0 = Instant::now();
-                let store = Store::open(&data)?;
+                let store = Store::open_with(&data, crate::daemon::store_engine())?;
                 for i in 0..plan.finished {
                     store.put_job(&plan.finished(i))?;
                 }

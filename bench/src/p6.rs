@@ -46,7 +46,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
     let sims = std::sync::Arc::new(Sims::start(Duration::ZERO, targets as usize, a.sims).await?);
     let mut d = Daemon::start(bin, &sims, &cfg)?;
     let data = d.data_dir();
-    // The empty store as sled leaves it after a graceful stop.
+    // The empty store as the engine leaves it after a graceful stop.
     d.stop(Duration::from_secs(30))?;
     let empty = dir_size(&data);
     d.restart(&sims, &cfg)?;
@@ -150,9 +150,9 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         pruned.0 as f64 / MIB,
         pruned_after.as_secs_f64()
     ));
-    f.notes.push(
-        "sizes after a graceful stop (SIGTERM), sled's own files; the per-1,000,000 figure is scaled linearly, not measured"
-            .into(),
-    );
+    f.notes.push(format!(
+        "sizes after a graceful stop (SIGTERM), the store engine's own files (store_engine = {}); the per-1,000,000 figure is scaled linearly, not measured",
+        cfg.store_engine
+    ));
     Ok(f)
 }
