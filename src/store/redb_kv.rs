@@ -65,6 +65,12 @@ impl RedbKv {
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(TABLE).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
+        // redb syncs the file, not the folder that names it: a new file's
+        // entry is made durable here, before anything in it is
+        // acknowledged.
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("syncing {}: {e}", data_dir.display()))?;
         Ok(RedbKv {
             db: Arc::new(db),
             path,
