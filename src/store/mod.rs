@@ -534,38 +534,62 @@ impl Store {
 
     /// Deletes finished jobs that ended before `cutoff`, with their
     /// idempotency keys. Returns how many went.
+    ///
+    /// In chunks of [`PRUNE_CHUNK`] jobs, each read with a range that is
+    /// dropped before the chunk is deleted, and flushed after it: redb
+    /// reuses the pages of deleted records only after a durable commit
+    /// and once no read transaction sees them, so one range over
+    /// everything and no flush grew its file by what was pruned. Blocking:
+    /// run it on a blocking thread.
     pub fn prune_finished_before(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         let end = end_key(cutoff, &Uuid::nil());
         let mut n = 0;
-        for kv in self.kv.range(b"e", &end, false) {
-            let (k, _) = kv?;
-            let k = k.as_ref();
-            let id = Uuid::from_slice(&k[9..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut batch = Batch::default();
-            // An unreadable record is removed all the same (its index
-            // entries, unknown, stay behind harmlessly: lists skip ids
-            // without a record), so that one bad record cannot stop
-            // pruning for good.
-            match self.get_job(&id) {
-                Ok(Some(rec)) => {
-                    if let Some(r) = &rec.request_id {
-                        batch.remove(request_key(r));
+        loop {
+            let chunk = self
+                .kv
+                .range(b"e", &end, false)
+                .take(PRUNE_CHUNK)
+                .map(|kv| kv.map(|(k, _)| k.as_ref().to_vec()))
+                .collect::<Result<Vec<_>, _>>()?;
+            if chunk.is_empty() {
+                return Ok(n);
+            }
+            for k in chunk {
+                let id = k
+                    .get(9..)
+                    .and_then(|id| Uuid::from_slice(id).ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("end-time key {k:?}")))?;
+                let mut batch = Batch::default();
+                // An unreadable record is removed all the same (its index
+                // entries, unknown, stay behind harmlessly: lists skip ids
+                // without a record), so that one bad record cannot stop
+                // pruning for good.
+                match self.get_job(&id) {
+                    Ok(Some(rec)) => {
+                        if let Some(r) = &rec.request_id {
+                            batch.remove(request_key(r));
+                        }
+                        for k in index_keys(&rec) {
+                            batch.remove(k);
+                        }
                     }
-                    for k in index_keys(&rec) {
-                        batch.remove(k);
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %id, error = %e, "pruning an unreadable job record")
                     }
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(job = %id, error = %e, "pruning an unreadable job record"),
+                batch.remove(key(b'j', &id));
+                batch.remove(k);
+                self.kv.apply(batch)?;
+                n += 1;
             }
-            batch.remove(key(b'j', &id));
-            batch.remove(k);
-            self.kv.apply(batch)?;
-            n += 1;
+            self.kv.flush()?;
         }
-        Ok(n)
     }
 }
+
+/// How many jobs [`Store::prune_finished_before`] deletes between flushes.
+const PRUNE_CHUNK: usize = 1000;
 
 /// A stored schedule, or its id and why it cannot be read.
 pub type StoredSchedule = Result<ScheduleRecord, (String, String)>;
@@ -717,6 +741,7 @@ mod tests {
         schedules_are_written_read_and_removed,
         acknowledged_writes_survive_reopening,
         refuses_a_data_dir_of_the_other_engine,
+        pruning_goes_through_every_chunk,
     );
 
     async fn writability_follows_the_flushes(engine: StoreEngine) {
@@ -1030,5 +1055,44 @@ mod tests {
         // The other engine still opens it, with the job.
         let store = reopen(dir.path(), other).await;
         assert!(store.get_job(&r.id).unwrap().is_some());
+    }
+
+    /// More finished jobs than one chunk of pruning: all of them go, with
+    /// their keys; a job that ended later stays.
+    async fn pruning_goes_through_every_chunk(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let old = Utc::now() - chrono::Duration::days(40);
+        let ended = |i: usize, end: DateTime<Utc>| {
+            let mut r = rec(Some(&format!("req-{i}")));
+            r.state = JobState::Succeeded;
+            r.start_time = Some(end);
+            r.end_time = Some(end);
+            r
+        };
+        let n = 2 * PRUNE_CHUNK + 7;
+        let recs: Vec<JobRecord> = (0..n).map(|i| ended(i, old)).collect();
+        store.put_jobs(&recs).unwrap();
+        let recent = ended(n, Utc::now());
+        store.put_job(&recent).unwrap();
+        store.flush().await.unwrap();
+        let cutoff = Utc::now() - chrono::Duration::days(30);
+        assert_eq!(store.prune_finished_before(cutoff).unwrap(), n);
+        let left: Vec<Uuid> = store
+            .job_ids(&JobIndex::All, None)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(left, vec![recent.id]);
+        assert_eq!(store.job_for_request("req-0").unwrap(), None);
+        assert_eq!(
+            store.job_for_request(&format!("req-{n}")).unwrap(),
+            Some(recent.id)
+        );
+        let ended_ids: Vec<Uuid> = store
+            .job_ids(&JobIndex::Ended(JobState::Succeeded), None)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(ended_ids, vec![recent.id]);
+        assert_eq!(store.prune_finished_before(cutoff).unwrap(), 0);
     }
 }
