@@ -751,6 +751,17 @@ impl Scheduler {
             self.set_record(rec);
             return Ok(None);
         };
+        // Its job was made already (before a crash that came before the
+        // schedule's record was stored): it ran, however late this is, and
+        // neither missed nor overlapping with itself.
+        if let Some(made) = self.store.job_for_request(&fire_request_id(id, latest))? {
+            rec.last_job = Some(made);
+            return Ok(Some(Plan {
+                rec,
+                latest,
+                job: None,
+            }));
+        }
         // Judged from the first try: a retry after a failure is not late
         // because of the wait before it.
         let seen = first_try.map_or(now, |f| f.min(now));

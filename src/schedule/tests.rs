@@ -293,6 +293,38 @@ async fn a_crash_after_the_job_was_made_does_not_fire_it_again() {
     assert_eq!(t.rec("s").last_job, Some(t.jobs("s")[0].id));
 }
 
+/// Finding (issue 12 review): with `catch_up = SKIP`, the job of a due
+/// time was made, the daemon died before the schedule's record was
+/// stored, and came back after the grace period: the schedule said the due
+/// time was "not run" (and pointed at no job), although its job existed
+/// and ran. It ran: the schedule now says so.
+#[tokio::test]
+async fn a_skip_schedule_whose_job_was_made_before_a_crash_says_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = start(dir.path(), at(0)).await;
+        let mut s = spec("0 * * * * *");
+        s.catch_up = CatchUp::Skip;
+        t.sched.create("s".into(), s).await.unwrap();
+        let rec = t.rec("s");
+        t.engine
+            .create(new_backup_job(&rec, Some(at(60))).unwrap())
+            .await
+            .unwrap();
+        t.all_ended("s").await;
+        stop(t).await;
+    }
+    // Back 30 s after the due time: later than the grace period.
+    let t = start(dir.path(), at(90)).await;
+    t.tick_at(at(90)).await;
+    let jobs = t.jobs("s");
+    assert_eq!(jobs.len(), 1, "the same job, not a second");
+    let rec = t.rec("s");
+    assert_eq!(rec.fired_until, at(60));
+    assert_eq!(rec.last_job, Some(jobs[0].id));
+    assert_eq!(rec.last_skip, None, "it was not skipped");
+}
+
 #[tokio::test]
 async fn retention_keeps_keep_last_and_leaves_other_backups_alone() {
     let dir = tempfile::tempdir().unwrap();
