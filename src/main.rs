@@ -110,20 +110,18 @@ async fn serve(
     // Before anyone can see the daemon listening: from here on SIGHUP
     // never ends it (it reloads [tls]).
     custos::tls::on_sighup(cfg.tls.is_some());
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let addr = listener.local_addr()?;
+    // The port is taken now (a port in use fails at once), but
+    // connections are refused until the daemon can answer them
+    // (`server::run` listens once the store is open).
+    let socket = server::bind(&cfg.listen).await?;
     #[cfg(feature = "sim")]
     if let Some(env) = &dev_env {
-        println!("{}", env.banner(addr));
+        println!("{}", env.banner(socket.local_addr()?));
     }
-    // One line that scripts and tests can wait for.
-    println!("custos: listening on {addr}");
     let shutdown = server::shutdown_on_signal();
     server::run(
         cfg,
-        listener,
+        socket,
         server::Mode {
             insecure: insecure || dev,
         },

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -118,10 +118,36 @@ fn plaintext_warning(addr: std::net::SocketAddr, tokens: bool) -> Option<String>
     })
 }
 
-/// Serves until `shutdown` is cancelled, then drains and returns.
+/// Takes the address `listen` names (the first it resolves to) without
+/// listening yet: nobody can connect to a daemon that cannot answer.
+pub async fn bind(listen: &str) -> anyhow::Result<TcpSocket> {
+    let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot listen on {listen}: {e}");
+    let addr = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| cannot(&e))?
+        .next()
+        .ok_or_else(|| cannot(&"the name resolves to no address"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| cannot(&e))?;
+    // As `TcpListener::bind` does: a restart need not wait for the old
+    // connections' TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).map_err(|e| cannot(&e))?;
+    socket.bind(addr).map_err(|e| cannot(&e))?;
+    Ok(socket)
+}
+
+/// Serves until `shutdown` is cancelled, then drains and returns. Listens
+/// on `socket` (from [`bind`]) only once the store is open and the jobs
+/// resumed, and then prints the line scripts wait for; until then a
+/// connection is refused at once rather than left without an answer.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    socket: TcpSocket,
     mode: Mode,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -248,7 +274,10 @@ pub async fn run(
         health_service,
     )?;
 
+    let listener = socket.listen(1024)?;
     let addr = listener.local_addr()?;
+    // One line that scripts and tests can wait for.
+    println!("custos: listening on {addr}");
     if config.tls.is_none()
         && let Some(w) = plaintext_warning(addr, !config.tokens.is_empty())
     {

@@ -146,7 +146,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         "MiB",
     ));
     f.notes.push(format!(
-        "with {fin} finished: store written at {:.0} jobs/s ({:.0} B on disk a job); the daemon said it listened after {:.3} s (before opening the store), SERVING after {:.3} s, all {live} polled after {:.3} s; {} RUNNING in ListJobs",
+        "with {fin} finished: store written at {:.0} jobs/s ({:.0} B on disk a job); the daemon listened after {:.3} s (once its store was open and its jobs resumed), SERVING after {:.3} s, all {live} polled after {:.3} s; {} RUNNING in ListJobs",
         (fin + live) as f64 / full.seed.as_secs_f64().max(1e-9),
         full.seed_bytes as f64 / (fin + live) as f64,
         full.listening.as_secs_f64(),

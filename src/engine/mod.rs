@@ -150,6 +150,15 @@ impl NewJob {
 /// same `request_id` made (`Ok(Err(id))`), or why it failed.
 type Staged = Result<Result<usize, Uuid>, EngineError>;
 
+/// A `create` waiting for its turn in the intake, with where its answer goes.
+type Intake = (
+    NewJob,
+    tokio::sync::oneshot::Sender<Result<JobRecord, EngineError>>,
+);
+
+/// At most this many `create`s share one write (and one task).
+const INTAKE_GROUP: usize = 256;
+
 /// Limits and clocks of the engine.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineSettings {
@@ -191,6 +200,11 @@ pub struct Engine {
     live: Mutex<HashMap<Uuid, LiveEntry>>,
     /// Serialises the idempotency check with the insert.
     create_lock: Mutex<()>,
+    /// Where `create` queues its job for the intake task, which writes the
+    /// jobs queued meanwhile in one batch (`Engine::intake`).
+    intake_tx: tokio::sync::mpsc::UnboundedSender<Intake>,
+    /// Taken by the intake task when the first job is created.
+    intake_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Intake>>>,
     targets: TargetQueues,
     /// One entry per job that has a driver, running or parked.
     drivers: Mutex<HashMap<Uuid, Slot>>,
@@ -260,12 +274,15 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Arc<Engine> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (intake_tx, intake_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new_cyclic(|me| Engine {
             store,
             backends: backends.into_iter().map(|b| (b.name.clone(), b)).collect(),
             global: Arc::new(Semaphore::new(settings.max_running.max(1))),
             live: Mutex::new(HashMap::new()),
             create_lock: Mutex::new(()),
+            intake_tx,
+            intake_rx: Mutex::new(Some(intake_rx)),
             targets: TargetQueues::default(),
             drivers: Mutex::new(HashMap::new()),
             parking: Arc::default(),
@@ -427,43 +444,54 @@ impl Engine {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
-        let me = self.clone();
-        match tokio::spawn(async move { me.create_detached(new).await }).await {
-            Ok(r) => r,
-            Err(e) => Err(EngineError::Store(StoreError::Io(format!(
-                "creating the job failed: {e}"
-            )))),
+        if let Some(rx) = lock(&self.intake_rx).take() {
+            tokio::spawn(Engine::intake(self.me.clone(), rx));
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lost = || {
+            EngineError::Store(StoreError::Io(
+                "creating the job failed: the engine's intake stopped".into(),
+            ))
+        };
+        self.intake_tx.send((new, tx)).map_err(|_| lost())?;
+        rx.await.map_err(|_| lost())?
     }
 
-    async fn create_detached(self: Arc<Self>, new: NewJob) -> Result<JobRecord, EngineError> {
-        let fingerprint = new.fingerprint();
-        let existing = {
-            let _g = lock(&self.create_lock);
-            let existing = match &new.request_id {
-                Some(r) => self.store.job_for_request(r)?,
-                None => None,
-            };
-            match existing {
-                Some(id) => Ok(id),
-                None => {
-                    let rec = self.go_live(&new, fingerprint);
-                    if let Err(e) = self.store.put_job(&rec) {
-                        lock(&self.live).remove(&rec.id);
-                        return Err(e.into());
-                    }
-                    self.targets.enqueue(&rec.target, rec.id);
-                    Err(rec)
+    /// Group commit for `create`: the jobs queued while the last group
+    /// was being written are written together, in one batch (sled takes
+    /// a global lock and syncs its log once per batch), then flushed and
+    /// answered in a task of their own while the next group is written.
+    /// A caller that goes away does not stop its job's creation.
+    /// It holds no strong reference to the engine while it waits.
+    async fn intake(
+        me: std::sync::Weak<Engine>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Intake>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            while group.len() < INTAKE_GROUP {
+                match rx.try_recv() {
+                    Ok(x) => group.push(x),
+                    Err(_) => break,
                 }
             }
-        };
-        let id = match existing {
-            Ok(id) => id,
-            Err(fresh) => return self.accept(fresh).await,
-        };
-        // A retry of an earlier request: the same job, once durable.
-        self.store.flush().await?;
-        self.existing(&new, id)
+            let Some(engine) = me.upgrade() else { return };
+            let (news, answers): (Vec<NewJob>, Vec<_>) = group.into_iter().unzip();
+            // This task creates every job: a panic while writing one
+            // group must not end it (its callers get an error).
+            let staged =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.stage_many(&news)));
+            let Ok(staged) = staged else {
+                tracing::error!(jobs = news.len(), "writing new jobs panicked");
+                continue;
+            };
+            tokio::spawn(async move {
+                let results = engine.finish_many(&news, staged).await;
+                for (answer, r) in answers.into_iter().zip(results) {
+                    let _ = answer.send(r);
+                }
+            });
+        }
     }
 
     /// The job an earlier request with the same `request_id` made (after
@@ -485,26 +513,6 @@ impl Engine {
             ));
         }
         Ok(old)
-    }
-
-    /// Makes a new job durable, publishes it and starts its driver; if the
-    /// store cannot flush, the job is given up and its target released.
-    async fn accept(self: &Arc<Self>, rec: JobRecord) -> Result<JobRecord, EngineError> {
-        match self.store.flush().await {
-            Ok(()) => {
-                self.accepted(&rec);
-                self.start_if_head(&rec.target);
-                Ok(rec)
-            }
-            Err(e) => {
-                self.not_accepted(&rec, &e);
-                // A job queued behind this one may have been passed over
-                // while this one was being created (review finding).
-                self.start_if_head(&rec.target);
-                self.flush_in_background();
-                Err(e.into())
-            }
-        }
     }
 
     /// A new job is durable: it is published (its driver is the caller's
@@ -562,7 +570,18 @@ impl Engine {
         // blocking thread (tried), the batches' writes lost the CPU to the
         // drivers and readers, and P5 got slower (median of 3: 1.77 s
         // against 1.46 s).
-        let (staged, fresh) = self.stage_many(&news);
+        let staged = self.stage_many(&news);
+        self.finish_many(&news, staged).await
+    }
+
+    /// The second half of creating jobs after `stage_many`: one flush,
+    /// then each new job is accepted (or, if the flush failed, taken back
+    /// out), and each request gets its answer, in the order of `news`.
+    async fn finish_many(
+        self: &Arc<Self>,
+        news: &[NewJob],
+        (staged, fresh): (Vec<Staged>, Vec<JobRecord>),
+    ) -> Vec<Result<JobRecord, EngineError>> {
         // Nothing written and nothing to look up: no flush to wait for.
         if staged.iter().all(Result::is_err) {
             return staged
@@ -891,7 +910,7 @@ impl Engine {
                 rec.record_event(Utc::now());
             }
             // Written under the lock so that store order = change order.
-            self.store.put_job(&rec)?;
+            self.store.update_job(&rec)?;
             let rec = Arc::new(rec);
             l.rec = rec.clone();
             l.seq += 1;
@@ -1234,7 +1253,7 @@ impl Engine {
     /// Gives the head of `target`'s queue its driver, once its creation is
     /// durable. A job queued behind another costs a queue entry, not a
     /// task: it is started here when the job before it ends (and by
-    /// `accept` if it is the head already; whichever comes second starts
+    /// `finish_many` if it is the head already; whichever comes second starts
     /// it, `supervise` ignoring the other).
     fn start_if_head(self: &Arc<Self>, target: &str) {
         loop {
@@ -1254,7 +1273,7 @@ impl Engine {
                     self.supervise(head, target.to_string());
                     return;
                 }
-                // Being created: `accept` starts it once it is durable.
+                // Being created: `finish_many` starts it once it is durable.
                 Some((false, _)) => return,
                 // Ended without a driver (cancelled while queued): it
                 // leaves the queue here; one with a driver leaves when

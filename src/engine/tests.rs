@@ -433,6 +433,56 @@ async fn a_create_whose_caller_left_during_the_flush_is_still_driven() {
     assert_eq!(done.state, JobState::Succeeded);
 }
 
+/// Issue 12 (P1): `create`s that arrive together are written together
+/// (one batch, not one each), and each still gets its own answer: the
+/// same job for the same request id, a refusal for a request id reused
+/// for something else.
+#[tokio::test]
+async fn creates_that_arrive_together_share_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let batches = || e.store.flush_stats().batches.load(Ordering::SeqCst);
+    let before = batches();
+    let mut callers = Vec::new();
+    for i in 0..32 {
+        let n = match i {
+            0 | 1 => with_request("i0", Some("same")),
+            // "same" again, for another instance: refused.
+            31 => with_request("other", Some("same")),
+            _ => with_request(&format!("i{i}"), Some(&format!("r{i}"))),
+        };
+        let e2 = e.clone();
+        callers.push(tokio::spawn(async move { e2.create(n).await }));
+    }
+    let mut answers = Vec::new();
+    for c in callers {
+        answers.push(c.await.unwrap());
+    }
+    let written = batches() - before;
+    assert!(written <= 4, "32 creates took {written} writes");
+    let first = answers[0].as_ref().unwrap().id;
+    assert_eq!(
+        answers[1].as_ref().unwrap().id,
+        first,
+        "one job per request id"
+    );
+    assert!(
+        matches!(&answers[31], Err(EngineError::RequestIdReused(id, _)) if id == "same"),
+        "{:?}",
+        answers[31]
+    );
+    let made: std::collections::HashSet<Uuid> = answers[..31]
+        .iter()
+        .map(|a| a.as_ref().unwrap().id)
+        .collect();
+    assert_eq!(made.len(), 30);
+    for id in made {
+        let done = real_wait_end(&e, id, Duration::from_secs(10)).await;
+        assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
+    }
+}
+
 /// Cancel is refused once a submit may have been sent, and a job
 /// cancelled while it prepares sends nothing.
 #[tokio::test]

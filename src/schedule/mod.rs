@@ -38,7 +38,7 @@ pub mod cron;
 pub mod retention;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -200,6 +200,9 @@ pub struct Scheduler {
     /// firing, retention) happen one at a time, different schedules'
     /// in parallel.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Due schedules whose lock was taken when their time came: a task of
+    /// their own waits for the lock and fires them (`fire_when_free`).
+    waiting: Mutex<HashSet<String>>,
     shutdown: CancellationToken,
 }
 
@@ -223,6 +226,7 @@ impl Scheduler {
             broken: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             locks: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashSet::new()),
             shutdown,
         };
         for stored in s.store.schedules()? {
@@ -602,7 +606,7 @@ impl Scheduler {
     /// ([`Engine::create_many`]), and only then their records (with
     /// `fired_until` moved) are stored together with one more flush. A
     /// schedule whose lock is taken (an API call, retention) is fired on
-    /// its own once the lock is free.
+    /// its own once the lock is free, without holding up the tick.
     async fn fire_batch(self: &Arc<Self>, ids: Vec<String>, now: DateTime<Utc>) {
         let mut busy = Vec::new();
         let mut planned = Vec::new();
@@ -658,17 +662,38 @@ impl Scheduler {
                 }
             }
         }
-        let mut set = tokio::task::JoinSet::new();
         for id in busy {
-            let me = self.clone();
-            set.spawn(async move {
-                match me.fire(&id, now).await {
-                    Ok(()) | Err(ScheduleError::NotFound(_)) => {}
-                    Err(e) => me.fire_failed(&id, now, &e),
-                }
-            });
+            self.fire_when_free(id, now);
         }
-        while set.join_next().await.is_some() {}
+    }
+
+    /// A due schedule whose lock is taken fires in a task of its own once
+    /// the lock is free: the tick does not wait for it, so a slow
+    /// retention or API call on one schedule cannot hold up the others'
+    /// due times. Meanwhile ticks pass it by for [`RETRY_FIRE`] at a time
+    /// (it is not due at once again, or the run loop would spin); one
+    /// task waits per schedule.
+    fn fire_when_free(self: &Arc<Self>, id: String, now: DateTime<Utc>) {
+        if let Some(en) = lock(&self.entries).get_mut(&id) {
+            en.hold_until = chrono::Duration::from_std(RETRY_FIRE)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d));
+        }
+        if !lock(&self.waiting).insert(id.clone()) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let fired = me.fire(&id, now).await;
+            lock(&me.waiting).remove(&id);
+            match fired {
+                Ok(()) | Err(ScheduleError::NotFound(_)) => {}
+                Err(e) => me.fire_failed(&id, now, &e),
+            }
+            // Its next due time may come before the one the run loop
+            // sleeps until.
+            me.changed.notify_one();
+        });
     }
 
     /// Schedule `id`'s lock if it is free now (`None` if it is taken).
@@ -726,6 +751,17 @@ impl Scheduler {
             self.set_record(rec);
             return Ok(None);
         };
+        // Its job was made already (before a crash that came before the
+        // schedule's record was stored): it ran, however late this is, and
+        // neither missed nor overlapping with itself.
+        if let Some(made) = self.store.job_for_request(&fire_request_id(id, latest))? {
+            rec.last_job = Some(made);
+            return Ok(Some(Plan {
+                rec,
+                latest,
+                job: None,
+            }));
+        }
         // Judged from the first try: a retry after a failure is not late
         // because of the wait before it.
         let seen = first_try.map_or(now, |f| f.min(now));
@@ -875,10 +911,7 @@ impl Scheduler {
     }
 
     /// Every backup id the backend lists for the schedule's target.
-    async fn listed_backups(
-        &self,
-        rec: &ScheduleRecord,
-    ) -> Result<std::collections::HashSet<String>, ScheduleError> {
+    async fn listed_backups(&self, rec: &ScheduleRecord) -> Result<HashSet<String>, ScheduleError> {
         let entry = self.engine.backend(&rec.backend).ok_or_else(|| {
             ScheduleError::FailedPrecondition(format!(
                 "backend {:?} is not configured",

@@ -293,6 +293,38 @@ async fn a_crash_after_the_job_was_made_does_not_fire_it_again() {
     assert_eq!(t.rec("s").last_job, Some(t.jobs("s")[0].id));
 }
 
+/// Finding (issue 12 review): with `catch_up = SKIP`, the job of a due
+/// time was made, the daemon died before the schedule's record was
+/// stored, and came back after the grace period: the schedule said the due
+/// time was "not run" (and pointed at no job), although its job existed
+/// and ran. It ran: the schedule now says so.
+#[tokio::test]
+async fn a_skip_schedule_whose_job_was_made_before_a_crash_says_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = start(dir.path(), at(0)).await;
+        let mut s = spec("0 * * * * *");
+        s.catch_up = CatchUp::Skip;
+        t.sched.create("s".into(), s).await.unwrap();
+        let rec = t.rec("s");
+        t.engine
+            .create(new_backup_job(&rec, Some(at(60))).unwrap())
+            .await
+            .unwrap();
+        t.all_ended("s").await;
+        stop(t).await;
+    }
+    // Back 30 s after the due time: later than the grace period.
+    let t = start(dir.path(), at(90)).await;
+    t.tick_at(at(90)).await;
+    let jobs = t.jobs("s");
+    assert_eq!(jobs.len(), 1, "the same job, not a second");
+    let rec = t.rec("s");
+    assert_eq!(rec.fired_until, at(60));
+    assert_eq!(rec.last_job, Some(jobs[0].id));
+    assert_eq!(rec.last_skip, None, "it was not skipped");
+}
+
 #[tokio::test]
 async fn retention_keeps_keep_last_and_leaves_other_backups_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -539,8 +571,13 @@ async fn many_schedules_due_at_once_fire_once_each() {
     })
     .await;
     assert!(t.jobs("s1").is_empty(), "not while its lock is held");
+    // The tick does not wait for it.
+    tokio::time::timeout(Duration::from_secs(5), tick)
+        .await
+        .expect("the tick waited for a held lock")
+        .unwrap();
     drop(busy);
-    tick.await.unwrap();
+    eventually("it fires once free", || t.jobs("s1").len() == 1).await;
     t.fired_once(&ids, at(60));
     assert!(t.jobs("paused").is_empty());
     let all = |t: &T| {
@@ -665,4 +702,53 @@ async fn retention_is_not_held_up_by_schedules_without_retention() {
     })
     .await;
     drop(held);
+}
+
+/// Finding (issue 12 review): a tick waited for every due schedule, so one
+/// whose lock was held (a slow retention, a long API call) held up every
+/// other schedule's next due time until it was free. Now it fires on its
+/// own once free, exactly once, and the others keep their times.
+#[tokio::test]
+async fn a_schedule_whose_lock_is_held_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), at(0)).await;
+    for (id, inst) in [("slow", "x0"), ("other", "x1")] {
+        t.sched
+            .create(id.into(), spec_on("0 * * * * *", inst))
+            .await
+            .unwrap();
+    }
+    let busy = t.sched.hold("slow", false).await.unwrap();
+    for (n, due) in [(1, at(60)), (2, at(120))] {
+        tokio::time::timeout(Duration::from_secs(5), t.tick_at(due))
+            .await
+            .expect("the tick waited for a schedule whose lock is held");
+        assert_eq!(t.jobs("other").len(), n, "the other fired at {due}");
+    }
+    // Its lock is taken: it is passed by, and not due again at once (the
+    // run loop would spin).
+    let next = t.sched.tick(at(120)).await.unwrap();
+    assert!(next > at(120), "next due {next}");
+    assert!(t.jobs("slow").is_empty(), "not while its lock is held");
+    drop(busy);
+    eventually("it fires once its lock is free", || {
+        t.jobs("slow").len() == 1
+    })
+    .await;
+    let rid = fire_request_id("slow", at(60));
+    assert_eq!(t.jobs("slow")[0].request_id.as_deref(), Some(rid.as_str()));
+    // Then it keeps its times: 120 (passed by while held) and 180.
+    t.tick_at(at(121)).await;
+    t.tick_at(at(180)).await;
+    let mut fired: Vec<String> = t
+        .jobs("slow")
+        .into_iter()
+        .filter_map(|j| j.request_id)
+        .collect();
+    fired.sort();
+    let want: Vec<String> = [60, 120, 180]
+        .map(|s| fire_request_id("slow", at(s)))
+        .into();
+    assert_eq!(fired, want);
+    assert_eq!(t.jobs("other").len(), 3);
 }

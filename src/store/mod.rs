@@ -220,11 +220,14 @@ pub(crate) struct TestFaults {
         std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
-/// Counts flushes and the writes they covered, for benchmarks and logs.
+/// Counts flushes and the writes they covered, for benchmarks, logs and
+/// tests.
 #[derive(Debug, Default)]
 pub struct FlushStats {
     pub flushes: std::sync::atomic::AtomicU64,
     pub waiters: std::sync::atomic::AtomicU64,
+    /// Atomic batches of jobs written (`put_jobs`, `remove_job`).
+    pub batches: std::sync::atomic::AtomicU64,
 }
 
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -378,20 +381,30 @@ impl Store {
     /// Cheaper than one `put_job` each: sled writes (and syncs) its log
     /// buffer once per batch, not once per job.
     pub fn put_jobs(&self, recs: &[JobRecord]) -> Result<(), StoreError> {
-        #[cfg(test)]
-        {
-            use std::sync::atomic::Ordering;
-            let f = &self.faults.fail_puts;
-            if f.load(Ordering::SeqCst) > 0 {
-                f.fetch_sub(1, Ordering::SeqCst);
-                return Err(StoreError::Io("injected write failure".into()));
-            }
-        }
+        self.injected_put_failure()?;
         let mut batch = Batch::default();
         for rec in recs {
             add_job(&mut batch, rec)?;
         }
-        self.kv.apply(batch)
+        self.kv.apply(batch)?;
+        self.count_batch();
+        Ok(())
+    }
+
+    /// Writes a new version of a job that is already in the store (not yet
+    /// durable: await [`Store::flush`]). A version that has not ended
+    /// changes only the record, whose index entries were written with the
+    /// job: one key, not a batch. (sled takes a global write lock for a
+    /// batch and seals and syncs its log buffer once for each: five times a
+    /// job when every version was a batch.) A version that has ended goes
+    /// with its index changes in one batch, like [`Store::put_job`].
+    pub fn update_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
+        if rec.state.is_terminal() {
+            return self.put_job(rec);
+        }
+        self.injected_put_failure()?;
+        let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
+        self.kv.put(&key(b'j', &rec.id), &bytes)
     }
 
     /// Takes a job and all its index entries out of the store, in one batch
@@ -407,7 +420,27 @@ impl Store {
         for k in index_keys(rec) {
             batch.remove(k);
         }
-        self.kv.apply(batch)
+        self.kv.apply(batch)?;
+        self.count_batch();
+        Ok(())
+    }
+
+    fn count_batch(&self) {
+        (self.stats.batches).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A write failure a test asked for (`TestFaults::fail_puts`).
+    fn injected_put_failure(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            let f = &self.faults.fail_puts;
+            if f.load(Ordering::SeqCst) > 0 {
+                f.fetch_sub(1, Ordering::SeqCst);
+                return Err(StoreError::Io("injected write failure".into()));
+            }
+        }
+        Ok(())
     }
 
     /// Waits until everything written before this call is on disk.
@@ -738,6 +771,7 @@ mod tests {
         indexes_serve_filters_and_are_built_for_old_stores,
         put_jobs_writes_every_job_and_its_keys_or_none,
         concurrent_flush_waiters_all_complete,
+        updates_keep_the_indexes_and_the_end_changes_them,
         schedules_are_written_read_and_removed,
         acknowledged_writes_survive_reopening,
         refuses_a_data_dir_of_the_other_engine,
@@ -898,6 +932,45 @@ mod tests {
         assert!(store.put_jobs(&more).is_err());
         assert_eq!(store.job_for_request("req-x").unwrap(), None);
         assert!(more.iter().all(|r| store.get_job(&r.id).unwrap().is_none()));
+    }
+
+    /// Issue 12: a version that has not ended is one key; the job keeps
+    /// its index entries, and its end changes them.
+    async fn updates_keep_the_indexes_and_the_end_changes_them(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let mut a = rec(Some("req-a"));
+        store.put_job(&a).unwrap();
+        let keys = |s: &Store| -> Vec<Vec<u8>> {
+            s.kv.range(&[], &[0xff], false)
+                .map(|kv| kv.unwrap().0.as_ref().to_vec())
+                .filter(|k| k[0] != b'j' && k[0] != b'm')
+                .collect()
+        };
+        let at_creation = keys(&store);
+        a.state = JobState::Running;
+        a.start_time = Some(Utc::now());
+        a.message = "polling".into();
+        store.update_job(&a).unwrap();
+        assert_eq!(keys(&store), at_creation, "a running version adds no key");
+        assert_eq!(store.get_job(&a.id).unwrap().as_ref(), Some(&a));
+        assert_eq!(store.live_jobs().unwrap(), vec![a.clone()]);
+
+        a.state = JobState::Failed;
+        a.end_time = Some(Utc::now());
+        store.update_job(&a).unwrap();
+        store.flush().await.unwrap();
+        assert!(store.live_jobs().unwrap().is_empty());
+        let failed: Vec<Uuid> = store
+            .job_ids(&JobIndex::Ended(JobState::Failed), None)
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(failed, vec![a.id]);
+        assert_eq!(store.job_for_request("req-a").unwrap(), Some(a.id));
+        let pruned = store
+            .prune_finished_before(Utc::now() + chrono::Duration::days(1))
+            .unwrap();
+        assert_eq!(pruned, 1, "the end is indexed for pruning");
     }
 
     async fn concurrent_flush_waiters_all_complete(engine: StoreEngine) {

@@ -359,3 +359,70 @@ async fn a_data_dir_of_the_other_engine_is_refused() {
         assert_eq!(j.name, job.name);
     }
 }
+
+/// Finding (issue 12, P4): the daemon bound its port and printed
+/// `listening` before it had opened its store, so while a large store
+/// opened, connections were accepted and nothing answered: a health probe
+/// hung instead of being told. Now it listens once it can answer: before
+/// that a connection is refused at once, after it a probe is answered.
+#[tokio::test]
+async fn a_probe_is_answered_as_soon_as_the_daemon_says_it_listens() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let sim = sim(SimConfig::default(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A store that takes a while to open: many finished jobs written
+    // since it was last opened (sled reads its log on open).
+    let seeded = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = custos::store::Store::open(&data).unwrap();
+            let op = custos_adapter_core::Operation::CreateBackup {
+                resource: custos_adapter_core::Resource {
+                    kind: custos_adapter_core::ResourceKind::ServiceInstance,
+                    id: inst(0),
+                },
+                incremental: false,
+            };
+            for _ in 0..40 {
+                let batch: Vec<custos::job::JobRecord> = (0..1000)
+                    .map(|_| {
+                        let mut r = custos::job::JobRecord::new(
+                            custos::job::JobKind::Backup,
+                            target(0),
+                            "cf".into(),
+                            op.clone(),
+                            Default::default(),
+                        );
+                        r.state = custos::job::JobState::Succeeded;
+                        r.end_time = Some(chrono::Utc::now());
+                        r.message = "x".repeat(1500);
+                        r
+                    })
+                    .collect();
+                store.put_jobs(&batch).unwrap();
+            }
+            store.flush().await.unwrap();
+        });
+    });
+    seeded.join().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.addr))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_millis(500),
+        HealthClient::new(ch).check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("a health check right after `listening` got no answer")
+    .unwrap();
+    assert_eq!(answer.into_inner().status(), ServingStatus::Serving);
+}
