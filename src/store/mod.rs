@@ -473,7 +473,16 @@ impl Store {
         Ok(self
             .kv
             .get(&request_key(request_id))?
-            .and_then(|v| Uuid::from_slice(v.as_ref()).ok()))
+            .map(|v| {
+                // Unreadable is an error, not "no job": a retried request
+                // must not make a second job (a restore run twice).
+                Uuid::from_slice(v.as_ref()).map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "the job of request_id {request_id:?} is stored unreadably: {e}"
+                    ))
+                })
+            })
+            .transpose()?)
     }
 
     /// All non-terminal jobs, oldest first.
@@ -772,6 +781,7 @@ mod tests {
         put_jobs_writes_every_job_and_its_keys_or_none,
         concurrent_flush_waiters_all_complete,
         updates_keep_the_indexes_and_the_end_changes_them,
+        an_unreadable_request_index_is_an_error_not_no_job,
         schedules_are_written_read_and_removed,
         acknowledged_writes_survive_reopening,
         refuses_a_data_dir_of_the_other_engine,
@@ -971,6 +981,21 @@ mod tests {
             .prune_finished_before(Utc::now() + chrono::Duration::days(1))
             .unwrap();
         assert_eq!(pruned, 1, "the end is indexed for pruning");
+    }
+
+    /// Finding (review of the store trait): an unreadable job id under a
+    /// request id read as "no job", so a retry of that request made a
+    /// second job.
+    async fn an_unreadable_request_index_is_an_error_not_no_job(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        store
+            .kv
+            .put(&request_key("req-bad"), b"not a uuid")
+            .unwrap();
+        let found = store.job_for_request("req-bad");
+        assert!(matches!(found, Err(StoreError::Corrupt(_))), "{found:?}");
+        assert_eq!(store.job_for_request("req-none").unwrap(), None);
     }
 
     async fn concurrent_flush_waiters_all_complete(engine: StoreEngine) {
