@@ -470,8 +470,7 @@ impl Store {
 
     /// The job created with this `request_id`, if it is still kept.
     pub fn job_for_request(&self, request_id: &str) -> Result<Option<Uuid>, StoreError> {
-        Ok(self
-            .kv
+        self.kv
             .get(&request_key(request_id))?
             .map(|v| {
                 // Unreadable is an error, not "no job": a retried request
@@ -482,7 +481,7 @@ impl Store {
                     ))
                 })
             })
-            .transpose()?)
+            .transpose()
     }
 
     /// All non-terminal jobs, oldest first.
