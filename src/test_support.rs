@@ -209,12 +209,27 @@ pub fn timing() -> BackendTiming {
 
 /// An engine over a store in `dir`, with `backends` (name, adapter,
 /// per-backend limit), after `resume`.
+/// Opens the store in `dir` once an earlier handle (and its flusher task)
+/// has let go of it: a test that reopens a store needs no fixed sleep.
+pub async fn open_store(dir: &std::path::Path, engine: crate::store::StoreEngine) -> Store {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open_with(dir, engine) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 pub async fn engine(
     dir: &std::path::Path,
     backends: Vec<(&str, Arc<Scripted>, usize)>,
     max_running: usize,
 ) -> Arc<Engine> {
-    let store = Store::open(dir).unwrap();
+    let store = open_store(dir, crate::store::StoreEngine::Sled).await;
     let entries = backends
         .into_iter()
         .map(|(n, b, limit)| BackendEntry::new(n.into(), b, timing(), limit))

@@ -264,8 +264,6 @@ async fn jobs_of_a_removed_backend_say_why_and_can_be_cancelled() {
         store.flush().await.unwrap();
         rec.id
     };
-    // sled needs the first handle closed before the second open.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let e = engine(dir.path(), vec![], 8).await;
     let j = e.get(&id).unwrap().unwrap();
     assert_eq!(j.state, JobState::Pending);

@@ -70,7 +70,6 @@ fn on_instance_y(s: &mut ScheduleSpec) {
 async fn stop(t: T) {
     t.engine.shutdown(Duration::from_secs(1)).await;
     drop(t);
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 struct T {

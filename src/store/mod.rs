@@ -1067,21 +1067,6 @@ mod tests {
         assert_eq!(store.schedules().unwrap().len(), 1);
     }
 
-    /// Opens `dir` again once the previous handle (and its flusher) has let
-    /// go of it.
-    async fn reopen(dir: &Path, engine: StoreEngine) -> Store {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Store::open_with(dir, engine) {
-                Ok(s) => return s,
-                Err(e) => {
-                    assert!(std::time::Instant::now() < deadline, "{e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
-
     /// What a flush acknowledged is there after the store is closed and
     /// opened again: jobs, their indexes, request ids, a removed job and a
     /// schedule.
@@ -1105,7 +1090,7 @@ mod tests {
         assert!(size > 0);
         drop(store);
 
-        let store = reopen(dir.path(), engine).await;
+        let store = crate::test_support::open_store(dir.path(), engine).await;
         let live: Vec<Uuid> = store.live_jobs().unwrap().iter().map(|r| r.id).collect();
         let want: Vec<Uuid> = recs
             .iter()
@@ -1139,7 +1124,6 @@ mod tests {
         store.put_job(&r).unwrap();
         store.flush().await.unwrap();
         drop(store);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let e = Store::open_with(dir.path(), engine).err().expect("refused");
         let msg = e.to_string();
         assert!(matches!(e, StoreError::OtherEngine { .. }), "{msg}");
@@ -1150,7 +1134,7 @@ mod tests {
         assert!(msg.contains(&format!("holds a {other} store")), "{msg}");
         assert!(!engine.location(dir.path()).exists(), "nothing created");
         // The other engine still opens it, with the job.
-        let store = reopen(dir.path(), other).await;
+        let store = crate::test_support::open_store(dir.path(), other).await;
         assert!(store.get_job(&r.id).unwrap().is_some());
     }
 
