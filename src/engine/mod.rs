@@ -159,6 +159,10 @@ type Intake = (
 /// At most this many `create`s share one write (and one task).
 const INTAKE_GROUP: usize = 256;
 
+/// How long a retry waits for the creation of its request's job to settle
+/// before it is told to try again.
+const CREATION_SETTLES: Duration = Duration::from_secs(30);
+
 /// Limits and clocks of the engine.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineSettings {
@@ -205,6 +209,9 @@ pub struct Engine {
     intake_tx: tokio::sync::mpsc::UnboundedSender<Intake>,
     /// Taken by the intake task when the first job is created.
     intake_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Intake>>>,
+    /// Told (all waiters) each time the new jobs of a write were accepted
+    /// or given up (`Engine::existing_settled`).
+    settled: tokio::sync::Notify,
     targets: TargetQueues,
     /// One entry per job that has a driver, running or parked.
     drivers: Mutex<HashMap<Uuid, Slot>>,
@@ -283,6 +290,7 @@ impl Engine {
             create_lock: Mutex::new(()),
             intake_tx,
             intake_rx: Mutex::new(Some(intake_rx)),
+            settled: tokio::sync::Notify::new(),
             targets: TargetQueues::default(),
             drivers: Mutex::new(HashMap::new()),
             parking: Arc::default(),
@@ -599,6 +607,9 @@ impl Engine {
             }
             targets.insert(rec.target.clone());
         }
+        if !fresh.is_empty() {
+            self.settled.notify_waiters();
+        }
         // Each target once, after all of its new jobs were published.
         for t in &targets {
             self.start_if_head(t);
@@ -606,14 +617,52 @@ impl Engine {
         if flushed.is_err() && !fresh.is_empty() {
             self.flush_in_background();
         }
-        news.iter()
-            .zip(staged)
-            .map(|(new, staged)| match (staged?, &flushed) {
-                (_, Err(e)) => Err(e.clone().into()),
-                (Ok(i), Ok(())) => Ok(fresh[i].clone()),
-                (Err(id), Ok(())) => self.existing(new, id),
-            })
-            .collect()
+        let mut answers = Vec::with_capacity(news.len());
+        for (new, staged) in news.iter().zip(staged) {
+            answers.push(match (staged, &flushed) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(e.clone().into()),
+                (Ok(Ok(i)), Ok(())) => Ok(fresh[i].clone()),
+                (Ok(Err(id)), Ok(())) => self.existing_settled(new, id).await,
+            });
+        }
+        answers
+    }
+
+    /// [`Engine::existing`], once the creation of that job has settled:
+    /// a job that another write is still creating (written, not yet
+    /// durable) is waited for, so that a retry is never answered with a
+    /// job whose creation then fails and is taken back out, nor told
+    /// that its job does not exist (review finding).
+    async fn existing_settled(&self, new: &NewJob, id: Uuid) -> Result<JobRecord, EngineError> {
+        let retry = |why: &str| {
+            EngineError::Store(StoreError::Io(format!(
+                "the job {} of an earlier request with request_id {:?} {why}; send the request again",
+                crate::names::job_name(id),
+                new.request_id.as_deref().unwrap_or_default()
+            )))
+        };
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let creating = matches!(self.peek(&id), Peek::Hot(e) if lock(&e).published.is_none());
+            if !creating {
+                break;
+            }
+            if tokio::time::timeout(CREATION_SETTLES, settled)
+                .await
+                .is_err()
+            {
+                return Err(retry("is still being made durable"));
+            }
+        }
+        match self.existing(new, id) {
+            Err(EngineError::NotFound(_)) => {
+                Err(retry("could not be made durable and was given up"))
+            }
+            r => r,
+        }
     }
 
     /// Under the create lock: for each request the job made before with

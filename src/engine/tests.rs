@@ -481,6 +481,54 @@ async fn creates_that_arrive_together_share_one_write() {
     }
 }
 
+/// Review finding: a retry whose request id named a job that an earlier
+/// write was still creating was answered at once: with that job, which
+/// was then taken back out of the store when its flush failed (the retry
+/// acknowledged with a job that no longer existed), or with NotFound. It
+/// now waits until that creation has settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_until_the_creation_of_its_job_has_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let gate = e.store.faults.flush_gate.clone();
+    let held = gate.write().await;
+    let e1 = e.clone();
+    let first = tokio::spawn(async move { e1.create(with_request("i0", Some("same"))).await });
+    eventually("the first create is written", || {
+        e.store.job_for_request("same").unwrap().is_some()
+    })
+    .await;
+    let e2 = e.clone();
+    let retry = tokio::spawn(async move { e2.create(with_request("i0", Some("same"))).await });
+    // The retry is written (found the first job) and waits for the next
+    // flush.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Giving the first job up takes the create lock: held here, as a
+    // write of other creates would.
+    let busy = lock(&e.create_lock);
+    e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
+    drop(held);
+    // The runtime's two workers run the creates meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let early = retry.is_finished();
+    drop(busy);
+    assert!(!early, "the retry was answered before the first creation settled");
+    let again = tokio::time::timeout(Duration::from_secs(10), retry)
+        .await
+        .expect("the retry is answered once it settled")
+        .unwrap();
+    assert!(first.await.unwrap().is_err(), "the first flush failed");
+    match again {
+        Ok(j) => assert!(e.store.get_job(&j.id).unwrap().is_some(), "{j:?}"),
+        Err(err) => assert!(
+            matches!(&err, EngineError::Store(_))
+                && err.to_string().contains("send the request again"),
+            "{err}"
+        ),
+    }
+}
+
 /// Cancel is refused once a submit may have been sent, and a job
 /// cancelled while it prepares sends nothing.
 #[tokio::test]
