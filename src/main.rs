@@ -110,9 +110,9 @@ async fn serve(
     // Before anyone can see the daemon listening: from here on SIGHUP
     // never ends it (it reloads [tls]).
     custos::tls::on_sighup(cfg.tls.is_some());
-    // The port is taken now (a port in use fails at once), but
-    // connections are refused until the daemon can answer them
-    // (`server::run` listens once the store is open).
+    // The address is bound now (a port another process listens on fails
+    // at once), but connections are refused until the store is open
+    // (`server::run` listens then).
     let socket = server::bind(&cfg.listen).await?;
     #[cfg(feature = "sim")]
     if let Some(env) = &dev_env {

@@ -142,9 +142,10 @@ pub async fn bind(listen: &str) -> anyhow::Result<TcpSocket> {
 }
 
 /// Serves until `shutdown` is cancelled, then drains and returns. Listens
-/// on `socket` (from [`bind`]) only once the store is open and the jobs
-/// resumed, and then prints the line scripts wait for; until then a
-/// connection is refused at once rather than left without an answer.
+/// on `socket` (from [`bind`]) only once the store is open (until then a
+/// connection is refused at once rather than left without an answer while
+/// a large store opens), and before it resumes any job; prints the line
+/// scripts wait for once it serves.
 pub async fn run(
     config: Config,
     socket: TcpSocket,
@@ -190,6 +191,15 @@ pub async fn run(
     }
 
     let store = Store::open_with(&config.data_dir, config.store_engine)?;
+    // Listen now, before any job is resumed or schedule fired: two daemons
+    // may both have bound the address (SO_REUSEADDR allows it while
+    // neither listens), and the one that cannot listen must stop before it
+    // drives anything. Connections wait in the backlog from here until the
+    // router serves them (the resume; the store's open, the long part, is
+    // done).
+    let listener = socket
+        .listen(1024)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let engine = Engine::new(
         store,
         entries,
@@ -274,7 +284,6 @@ pub async fn run(
         health_service,
     )?;
 
-    let listener = socket.listen(1024)?;
     let addr = listener.local_addr()?;
     // One line that scripts and tests can wait for.
     println!("custos: listening on {addr}");

@@ -513,7 +513,10 @@ async fn a_retry_waits_until_the_creation_of_its_job_has_settled() {
     std::thread::sleep(Duration::from_millis(500));
     let early = retry.is_finished();
     drop(busy);
-    assert!(!early, "the retry was answered before the first creation settled");
+    assert!(
+        !early,
+        "the retry was answered before the first creation settled"
+    );
     let again = tokio::time::timeout(Duration::from_secs(10), retry)
         .await
         .expect("the retry is answered once it settled")

@@ -426,3 +426,90 @@ async fn a_probe_is_answered_as_soon_as_the_daemon_says_it_listens() {
     .unwrap();
     assert_eq!(answer.into_inner().status(), ServingStatus::Serving);
 }
+
+/// Review finding: two daemons could take the same port while both were
+/// starting (with SO_REUSEADDR, two sockets may bind one address while
+/// neither listens), and the one whose `listen` then failed had already
+/// resumed its jobs and started its scheduler. It now listens right after
+/// opening its store, so the one that cannot listen drives no job.
+#[tokio::test]
+async fn a_daemon_that_cannot_listen_drives_no_job() {
+    let sim = sim(SimConfig::default(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A job waiting to run, as a stopped daemon left it.
+    let d2 = data.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = custos::store::Store::open(&d2).unwrap();
+            let op = custos_adapter_core::Operation::CreateBackup {
+                resource: custos_adapter_core::Resource {
+                    kind: custos_adapter_core::ResourceKind::ServiceInstance,
+                    id: inst(0),
+                },
+                incremental: false,
+            };
+            let rec = custos::job::JobRecord::new(
+                custos::job::JobKind::Backup,
+                target(0),
+                "cf".into(),
+                op,
+                Default::default(),
+            );
+            store.put_job(&rec).unwrap();
+            store.flush().await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+    let config = dir.path().join("custos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+allow_inline_secrets = true
+
+[[backends]]
+name = "cf"
+kind = "cf_v3"
+endpoint = "{endpoint}"
+[backends.auth]
+type = "uaa"
+client_id = "{id}"
+client_secret = "{secret}"
+"#,
+            data = data.display(),
+            endpoint = sim.url(),
+            id = sim.config().client_id,
+            secret = sim.config().client_secret,
+        ),
+    )
+    .unwrap();
+    let cfg = custos::config::Config::load(&config).unwrap();
+    // Another daemon bound the same address first, and listened first.
+    let other = custos::server::bind("127.0.0.1:0").await.unwrap();
+    let addr = other.local_addr().unwrap().to_string();
+    let mine = custos::server::bind(&addr).await.unwrap();
+    let _other = other.listen(16).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ran = tokio::time::timeout(
+        Duration::from_secs(20),
+        custos::server::run(
+            cfg,
+            mine,
+            custos::server::Mode { insecure: true },
+            stop.clone(),
+        ),
+    )
+    .await
+    .expect("run returned");
+    assert!(ran.is_err(), "it cannot listen");
+    // Time for a driver it might have started to reach the backend.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.cancel();
+    let c = sim.counters();
+    assert_eq!((c.requests, c.backup_submits), (0, 0), "{c:?}");
+}
