@@ -207,8 +207,6 @@ pub fn timing() -> BackendTiming {
     }
 }
 
-/// An engine over a store in `dir`, with `backends` (name, adapter,
-/// per-backend limit), after `resume`.
 /// Opens the store in `dir` once an earlier handle (and its flusher task)
 /// has let go of it: a test that reopens a store needs no fixed sleep.
 pub async fn open_store(dir: &std::path::Path, engine: crate::store::StoreEngine) -> Store {
@@ -224,6 +222,8 @@ pub async fn open_store(dir: &std::path::Path, engine: crate::store::StoreEngine
     }
 }
 
+/// An engine over a store in `dir`, with `backends` (name, adapter,
+/// per-backend limit), after `resume`.
 pub async fn engine(
     dir: &std::path::Path,
     backends: Vec<(&str, Arc<Scripted>, usize)>,

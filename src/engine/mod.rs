@@ -445,9 +445,10 @@ impl Engine {
     // ---- creating -----------------------------------------------------------
 
     /// Creates a job (or returns the one created before with the same
-    /// `request_id`), durably, and starts it. The work runs in a task of
-    /// its own: a caller that goes away (deadline, reset) cannot leave a
-    /// stored job without a driver.
+    /// `request_id`), durably, and starts it. The work runs in the intake
+    /// task and its group's task (`Engine::intake`), not the caller's: a
+    /// caller that goes away (deadline, reset) cannot leave a stored job
+    /// without a driver.
     pub async fn create(self: &Arc<Self>, new: NewJob) -> Result<JobRecord, EngineError> {
         if self.shutdown.is_cancelled() {
             return Err(EngineError::ShuttingDown);

@@ -682,12 +682,28 @@ impl Scheduler {
         if !lock(&self.waiting).insert(id.clone()) {
             return;
         }
+        /// Takes the schedule out of `waiting` however the task ends (a
+        /// panic too), so that a later tick can start another waiter.
+        struct Waiting(Arc<Scheduler>, String);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                lock(&self.0.waiting).remove(&self.1);
+            }
+        }
         let me = self.clone();
         tokio::spawn(async move {
+            let waiting = Waiting(me.clone(), id.clone());
             let fired = me.fire(&id, now).await;
-            lock(&me.waiting).remove(&id);
+            drop(waiting);
             match fired {
-                Ok(()) | Err(ScheduleError::NotFound(_)) => {}
+                Ok(()) | Err(ScheduleError::NotFound(_)) => {
+                    // Nothing was due after all (`fired_saved` clears it
+                    // when something was): no longer passed by.
+                    if let Some(en) = lock(&me.entries).get_mut(&id) {
+                        en.hold_until = None;
+                        en.first_try = None;
+                    }
+                }
                 Err(e) => me.fire_failed(&id, now, &e),
             }
             // Its next due time may come before the one the run loop

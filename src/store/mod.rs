@@ -957,11 +957,19 @@ mod tests {
                 .collect()
         };
         let at_creation = keys(&store);
+        let batches = || {
+            store
+                .flush_stats()
+                .batches
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let before = batches();
         a.state = JobState::Running;
         a.start_time = Some(Utc::now());
         a.message = "polling".into();
         store.update_job(&a).unwrap();
         assert_eq!(keys(&store), at_creation, "a running version adds no key");
+        assert_eq!(batches(), before, "and is one key, not a batch");
         assert_eq!(store.get_job(&a.id).unwrap().as_ref(), Some(&a));
         assert_eq!(store.live_jobs().unwrap(), vec![a.clone()]);
 

@@ -4,8 +4,9 @@
 //! log buffer on every batch, but promises nothing until a flush);
 //! [`Kv::flush`] is `sled::Db::flush`, which writes with `sync_file_range`
 //! (survives `kill -9`, not a power loss: `docs/store.md`). sled 0.34's
-//! `flush_async` hangs with concurrent callers, so `Store` calls `flush`
-//! from one flusher task only.
+//! `flush_async` hangs with concurrent callers, so `Store` never calls it:
+//! its flusher task (and, outside it, pruning and the index build at
+//! open) calls the blocking `flush`.
 
 use std::path::{Path, PathBuf};
 
