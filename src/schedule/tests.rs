@@ -265,25 +265,25 @@ async fn downtime_runs_once_with_run_once_and_not_at_all_with_skip() {
     t.all_ended("skip").await;
 }
 
+/// A store in `dir` where schedule `s` (made from `spec`, every minute)
+/// made the job of 12:01, and the daemon died before the schedule's
+/// `fired_until` was stored.
+async fn made_before_a_crash(dir: &std::path::Path, spec: ScheduleSpec) {
+    let t = start(dir, at(0)).await;
+    t.sched.create("s".into(), spec).await.unwrap();
+    let rec = t.rec("s");
+    t.engine
+        .create(new_backup_job(&rec, Some(at(60))).unwrap())
+        .await
+        .unwrap();
+    t.all_ended("s").await;
+    stop(t).await;
+}
+
 #[tokio::test]
 async fn a_crash_after_the_job_was_made_does_not_fire_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let t = start(dir.path(), at(0)).await;
-        t.sched
-            .create("s".into(), spec("0 * * * * *"))
-            .await
-            .unwrap();
-        // The job of 12:01 was made, and the daemon died before the
-        // schedule's fired_until was stored.
-        let rec = t.rec("s");
-        t.engine
-            .create(new_backup_job(&rec, Some(at(60))).unwrap())
-            .await
-            .unwrap();
-        t.all_ended("s").await;
-        stop(t).await;
-    }
+    made_before_a_crash(dir.path(), spec("0 * * * * *")).await;
     let t = start(dir.path(), at(61)).await;
     assert_eq!(t.rec("s").fired_until, at(0));
     t.tick_at(at(61)).await;
@@ -300,19 +300,9 @@ async fn a_crash_after_the_job_was_made_does_not_fire_it_again() {
 #[tokio::test]
 async fn a_skip_schedule_whose_job_was_made_before_a_crash_says_it_ran() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let t = start(dir.path(), at(0)).await;
-        let mut s = spec("0 * * * * *");
-        s.catch_up = CatchUp::Skip;
-        t.sched.create("s".into(), s).await.unwrap();
-        let rec = t.rec("s");
-        t.engine
-            .create(new_backup_job(&rec, Some(at(60))).unwrap())
-            .await
-            .unwrap();
-        t.all_ended("s").await;
-        stop(t).await;
-    }
+    let mut s = spec("0 * * * * *");
+    s.catch_up = CatchUp::Skip;
+    made_before_a_crash(dir.path(), s).await;
     // Back 30 s after the due time: later than the grace period.
     let t = start(dir.path(), at(90)).await;
     t.tick_at(at(90)).await;

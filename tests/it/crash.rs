@@ -375,39 +375,16 @@ async fn a_probe_is_answered_as_soon_as_the_daemon_says_it_listens() {
     let data = dir.path().join("data");
     // A store that takes a while to open: many finished jobs written
     // since it was last opened (sled reads its log on open).
-    let seeded = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let store = custos::store::Store::open(&data).unwrap();
-            let op = custos_adapter_core::Operation::CreateBackup {
-                resource: custos_adapter_core::Resource {
-                    kind: custos_adapter_core::ResourceKind::ServiceInstance,
-                    id: inst(0),
-                },
-                incremental: false,
-            };
-            for _ in 0..40 {
-                let batch: Vec<custos::job::JobRecord> = (0..1000)
-                    .map(|_| {
-                        let mut r = custos::job::JobRecord::new(
-                            custos::job::JobKind::Backup,
-                            target(0),
-                            "cf".into(),
-                            op.clone(),
-                            Default::default(),
-                        );
-                        r.state = custos::job::JobState::Succeeded;
-                        r.end_time = Some(chrono::Utc::now());
-                        r.message = "x".repeat(1500);
-                        r
-                    })
-                    .collect();
-                store.put_jobs(&batch).unwrap();
-            }
-            store.flush().await.unwrap();
-        });
-    });
-    seeded.join().unwrap();
+    let finished = (0..40_000)
+        .map(|_| {
+            let mut r = backup_record(0);
+            r.state = custos::job::JobState::Succeeded;
+            r.end_time = Some(chrono::Utc::now());
+            r.message = "x".repeat(1500);
+            r
+        })
+        .collect();
+    seed_store(&data, finished);
     let d = Daemon::start(&sim, dir.path(), &Opts::default());
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", d.addr))
         .unwrap()
@@ -438,31 +415,7 @@ async fn a_daemon_that_cannot_listen_drives_no_job() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // A job waiting to run, as a stopped daemon left it.
-    let d2 = data.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let store = custos::store::Store::open(&d2).unwrap();
-            let op = custos_adapter_core::Operation::CreateBackup {
-                resource: custos_adapter_core::Resource {
-                    kind: custos_adapter_core::ResourceKind::ServiceInstance,
-                    id: inst(0),
-                },
-                incremental: false,
-            };
-            let rec = custos::job::JobRecord::new(
-                custos::job::JobKind::Backup,
-                target(0),
-                "cf".into(),
-                op,
-                Default::default(),
-            );
-            store.put_job(&rec).unwrap();
-            store.flush().await.unwrap();
-        });
-    })
-    .join()
-    .unwrap();
+    seed_store(&data, vec![backup_record(0)]);
     let config = dir.path().join("custos.toml");
     std::fs::write(
         &config,

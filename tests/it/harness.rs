@@ -432,3 +432,41 @@ pub async fn start_vbs(
     .await;
     (vbs, ids, d)
 }
+
+/// A backup job of test instance `i` on backend `cf`, PENDING, as
+/// `CreateBackup` makes it: for tests that write a store before the
+/// daemon starts.
+pub fn backup_record(i: usize) -> custos::job::JobRecord {
+    let op = custos_adapter_core::Operation::CreateBackup {
+        resource: custos_adapter_core::Resource {
+            kind: custos_adapter_core::ResourceKind::ServiceInstance,
+            id: inst(i),
+        },
+        incremental: false,
+    };
+    custos::job::JobRecord::new(
+        custos::job::JobKind::Backup,
+        target(i),
+        "cf".into(),
+        op,
+        Default::default(),
+    )
+}
+
+/// Writes `recs` (1,000 to a batch) into the sled store of `data`, made
+/// if missing, flushes and closes it, as a stopped daemon leaves a store.
+pub fn seed_store(data: &Path, recs: Vec<custos::job::JobRecord>) {
+    let data = data.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = custos::store::Store::open(&data).unwrap();
+            for chunk in recs.chunks(1000) {
+                store.put_jobs(chunk).unwrap();
+            }
+            store.flush().await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+}
