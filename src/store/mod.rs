@@ -596,10 +596,14 @@ impl Store {
                 return Ok(n);
             }
             for k in chunk {
-                let id = k
-                    .get(9..)
-                    .and_then(|id| Uuid::from_slice(id).ok())
-                    .ok_or_else(|| StoreError::Corrupt(format!("end-time key {k:?}")))?;
+                let Some(id) = k.get(9..).and_then(|id| Uuid::from_slice(id).ok()) else {
+                    // It names no job: it goes, so that one bad key
+                    // cannot stop pruning for good (each run would end
+                    // at it).
+                    tracing::warn!(key = ?k, "removing an unreadable end-time key while pruning");
+                    self.kv.remove(&k)?;
+                    continue;
+                };
                 let mut batch = Batch::default();
                 // An unreadable record is removed all the same (its index
                 // entries, unknown, stay behind harmlessly: lists skip ids
@@ -781,6 +785,7 @@ mod tests {
         concurrent_flush_waiters_all_complete,
         updates_keep_the_indexes_and_the_end_changes_them,
         an_unreadable_request_index_is_an_error_not_no_job,
+        an_unreadable_end_time_key_does_not_stop_pruning,
         schedules_are_written_read_and_removed,
         acknowledged_writes_survive_reopening,
         refuses_a_data_dir_of_the_other_engine,
@@ -1003,6 +1008,26 @@ mod tests {
         let found = store.job_for_request("req-bad");
         assert!(matches!(found, Err(StoreError::Corrupt(_))), "{found:?}");
         assert_eq!(store.job_for_request("req-none").unwrap(), None);
+    }
+
+    /// Review finding: one unreadable end-time key ended every pruning
+    /// run with an error at that key, so nothing after it was pruned again.
+    async fn an_unreadable_end_time_key_does_not_stop_pruning(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        store.kv.put(b"e\0\0\0", b"").unwrap();
+        let mut old = rec(Some("req-old"));
+        old.state = JobState::Succeeded;
+        old.end_time = Some(Utc::now() - chrono::Duration::days(40));
+        store.put_job(&old).unwrap();
+        let cutoff = Utc::now() - chrono::Duration::days(30);
+        assert_eq!(store.prune_finished_before(cutoff).unwrap(), 1);
+        assert!(store.get_job(&old.id).unwrap().is_none());
+        assert!(
+            store.kv.get(b"e\0\0\0").unwrap().is_none(),
+            "the bad key went"
+        );
+        assert_eq!(store.prune_finished_before(cutoff).unwrap(), 0);
     }
 
     async fn concurrent_flush_waiters_all_complete(engine: StoreEngine) {
