@@ -1102,7 +1102,9 @@ mod tests {
 
     /// What a flush acknowledged is there after the store is closed and
     /// opened again: jobs, their indexes, request ids, a removed job and a
-    /// schedule.
+    /// schedule. A clean close persists even without a flush, so this does
+    /// not test the flush's durability: the kill -9 tests of
+    /// `tests/it/crash.rs` do (on both engines).
     async fn acknowledged_writes_survive_reopening(engine: StoreEngine) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_with(dir.path(), engine).unwrap();

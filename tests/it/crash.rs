@@ -363,8 +363,13 @@ async fn a_data_dir_of_the_other_engine_is_refused() {
 /// Finding (issue 12, P4): the daemon bound its port and printed
 /// `listening` before it had opened its store, so while a large store
 /// opened, connections were accepted and nothing answered: a health probe
-/// hung instead of being told. Now it listens once it can answer: before
-/// that a connection is refused at once, after it a probe is answered.
+/// hung instead of being told. Now it listens only once the store is
+/// open, so a probe right after `listening` is answered.
+/// What it relies on: opening this store takes longer than the 500 ms the
+/// probe is given (0.57 s from spawn to `listening` here, debug build);
+/// on a much faster machine the old order could pass it.
+/// `a_daemon_that_cannot_listen_drives_no_job` checks the order of
+/// listening and resuming without timing.
 #[tokio::test]
 async fn a_probe_is_answered_as_soon_as_the_daemon_says_it_listens() {
     use tonic_health::pb::{
