@@ -41,6 +41,7 @@ pub const SCHEDULE_UNREADABLE: &str = "SCHEDULE_UNREADABLE";
 pub const SCHEDULE_RUN_OVERLAP: &str = "SCHEDULE_RUN_OVERLAP";
 pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
 pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+pub const CREATION_OUTCOME_UNKNOWN: &str = "CREATION_OUTCOME_UNKNOWN";
 pub const WATCH_FELL_BEHIND: &str = "WATCH_FELL_BEHIND";
 pub const TOKEN_MISSING: &str = "TOKEN_MISSING";
 pub const TOKEN_MALFORMED: &str = "TOKEN_MALFORMED";
@@ -133,6 +134,15 @@ pub enum ApiError {
         reason: &'static str,
         message: String,
         retry: Duration,
+    },
+    /// The request may or may not have taken effect: sending it again
+    /// with a new `request_id` could do it twice (UNKNOWN).
+    #[error("{message}")]
+    OutcomeUnknown {
+        reason: &'static str,
+        /// The job it may have made, e.g. `jobs/{uuid}`.
+        name: String,
+        message: String,
     },
     /// A watch stream that fell behind.
     #[error("{message}")]
@@ -262,6 +272,11 @@ impl From<EngineError> for ApiError {
                 message: m,
             },
             e @ EngineError::ShuttingDown => ApiError::shutting_down(e.to_string()),
+            ref e @ EngineError::CreationUnknown { job, .. } => ApiError::OutcomeUnknown {
+                reason: CREATION_OUTCOME_UNKNOWN,
+                name: crate::names::job_name(job),
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -344,6 +359,14 @@ impl From<ApiError> for Status {
                 d.set_error_info(reason, DOMAIN, HashMap::new());
                 d.set_retry_info(Some(retry));
                 Code::Unavailable
+            }
+            ApiError::OutcomeUnknown { reason, name, .. } => {
+                d.set_error_info(
+                    reason,
+                    DOMAIN,
+                    meta([("resource_type", "job".to_string()), ("resource", name)]),
+                );
+                Code::Unknown
             }
             ApiError::Aborted { reason, .. } => {
                 d.set_error_info(reason, DOMAIN, HashMap::new());
@@ -463,6 +486,11 @@ mod tests {
             EngineError::NotFound("jobs/x".into()).into(),
             EngineError::FailedPrecondition("ended".into()).into(),
             EngineError::ShuttingDown.into(),
+            EngineError::CreationUnknown {
+                job: uuid::Uuid::nil(),
+                error: StoreError::Io("disk full".into()),
+            }
+            .into(),
             StoreError::Closed.into(),
             ApiError::Aborted {
                 reason: WATCH_FELL_BEHIND,
@@ -504,6 +532,7 @@ mod tests {
             kinds.iter().map(|k| backend_reason(*k)).collect();
         assert_eq!(backend.len(), kinds.len());
         assert!(reasons.contains("BACKEND_OUTCOME_UNKNOWN"));
+        assert!(reasons.contains(CREATION_OUTCOME_UNKNOWN));
     }
 
     #[test]

@@ -197,3 +197,38 @@ mod field_behavior {
         assert_eq!(behaviors(&set, "Backup", "name"), [OUTPUT_ONLY]);
     }
 }
+
+/// A `CreateBackup` whose job was written but could not be made durable
+/// is answered UNKNOWN (`CREATION_OUTCOME_UNKNOWN`, naming the job, with
+/// no `RetryInfo`: a new request id could make a second job); the same
+/// request id gets the job once the store made it durable.
+#[tokio::test]
+async fn a_create_whose_flush_failed_is_answered_outcome_unknown() {
+    use std::sync::atomic::Ordering;
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), vec![("a", Scripted::new(), 64)], 64).await;
+    let svc = service(&e);
+    let request = || {
+        let mut r = Request::new(pb::CreateBackupRequest {
+            target: "backends/a/serviceInstances/i0".into(),
+            request_id: "r-1".into(),
+            ..Default::default()
+        });
+        r.extensions_mut().insert(Caller {
+            name: "t".into(),
+            role: Role::Operator,
+        });
+        r
+    };
+    e.store().faults.fail_flushes.store(1, Ordering::SeqCst);
+    let status = svc.create_backup(request()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "CREATION_OUTCOME_UNKNOWN");
+    let name = info.metadata.get("resource").unwrap().clone();
+    assert!(status.message().contains(&name), "{}", status.message());
+    assert!(status.get_details_retry_info().is_none());
+    let job = svc.create_backup(request()).await.unwrap().into_inner();
+    assert_eq!(job.name, name, "the same request id gets that job");
+}

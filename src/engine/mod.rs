@@ -64,6 +64,17 @@ pub enum EngineError {
     FailedPrecondition(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// A new job was written but its flush failed: it may or may not be
+    /// durable. It is kept, and runs once a later flush succeeds (the
+    /// engine retries); if the daemon stops first, it runs after the
+    /// restart if the store kept it.
+    #[error(
+        "the outcome is unknown: job {} was written, but the store could not make it durable ({error}); \
+         it runs once the store recovers, or after a restart if the store kept it. \
+         Do not send this request again with a new request_id: the same request_id gets this job",
+        crate::names::job_name(*.job)
+    )]
+    CreationUnknown { job: Uuid, error: StoreError },
 }
 
 /// A configured backend with its limits.
@@ -210,7 +221,7 @@ pub struct Engine {
     /// Taken by the intake task when the first job is created.
     intake_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Intake>>>,
     /// Told (all waiters) each time the new jobs of a write were accepted
-    /// or given up (`Engine::existing_settled`).
+    /// (`Engine::existing_settled`).
     settled: tokio::sync::Notify,
     targets: TargetQueues,
     /// One entry per job that has a driver, running or parked.
@@ -524,28 +535,25 @@ impl Engine {
         Ok(old)
     }
 
-    /// A new job is durable: it is published (its driver is the caller's
-    /// `start_if_head`).
-    fn accepted(&self, rec: &JobRecord) {
-        log_state(rec);
-        if let Some(shared) = self.entry(&rec.id).map(|e| lock(&e).rec.clone()) {
-            self.publish(shared, 1);
+    /// New jobs are durable: each is published, a retry waiting for one
+    /// of them is woken, and each target's head is started (each target
+    /// once, after all of its new jobs were published).
+    fn accept_all(self: &Arc<Self>, fresh: &[JobRecord]) {
+        if fresh.is_empty() {
+            return;
         }
-    }
-
-    /// A new job could not be made durable, so it is not accepted: it is
-    /// taken back out of the store (all its keys, in one batch) so that a
-    /// later flush or a restart cannot bring it to life behind the
-    /// client's back, and out of `live` and its target's queue (the
-    /// caller then calls `start_if_head` and `flush_in_background`).
-    fn not_accepted(&self, rec: &JobRecord, e: &StoreError) {
-        tracing::error!(job = %rec.id, error = %e, "the store could not make a new job durable; it is not accepted");
-        let _g = lock(&self.create_lock);
-        if let Err(e2) = self.store.remove_job(rec) {
-            tracing::error!(job = %rec.id, error = %e2, "could not take the unaccepted job back out of the store");
+        let mut targets = std::collections::HashSet::new();
+        for rec in fresh {
+            log_state(rec);
+            if let Some(shared) = self.entry(&rec.id).map(|e| lock(&e).rec.clone()) {
+                self.publish(shared, 1);
+            }
+            targets.insert(rec.target.clone());
         }
-        lock(&self.live).remove(&rec.id);
-        self.targets.remove(&rec.target, rec.id);
+        self.settled.notify_waiters();
+        for t in &targets {
+            self.start_if_head(t);
+        }
     }
 
     /// Creates several jobs, each as [`Engine::create`] would, with one
@@ -600,31 +608,35 @@ impl Engine {
                 .collect();
         }
         let flushed = self.store.flush().await;
-        let mut targets = std::collections::HashSet::new();
-        for rec in &fresh {
-            match &flushed {
-                Ok(()) => self.accepted(rec),
-                Err(e) => self.not_accepted(rec, e),
+        match &flushed {
+            Ok(()) => self.accept_all(&fresh),
+            // Written, durable or not: nothing can take them back out for
+            // sure (redb refuses writes after a failed commit; a crash
+            // loses sled's unflushed removal), so they are kept, not
+            // started, and accepted once a flush succeeds.
+            Err(e) if !fresh.is_empty() => {
+                tracing::error!(jobs = fresh.len(), error = %e, "the store could not make new jobs durable; they start once a flush succeeds");
+                self.accept_once_durable(fresh.clone());
             }
-            targets.insert(rec.target.clone());
-        }
-        if !fresh.is_empty() {
-            self.settled.notify_waiters();
-        }
-        // Each target once, after all of its new jobs were published.
-        for t in &targets {
-            self.start_if_head(t);
-        }
-        if flushed.is_err() && !fresh.is_empty() {
-            self.flush_in_background();
+            Err(_) => {}
         }
         let mut answers = Vec::with_capacity(news.len());
         for (new, staged) in news.iter().zip(staged) {
             answers.push(match (staged, &flushed) {
                 (Err(e), _) => Err(e),
-                (Ok(_), Err(e)) => Err(e.clone().into()),
                 (Ok(Ok(i)), Ok(())) => Ok(fresh[i].clone()),
-                (Ok(Err(id)), Ok(())) => self.existing_settled(new, id).await,
+                (Ok(Ok(i)), Err(e)) => Err(EngineError::CreationUnknown {
+                    job: fresh[i].id,
+                    error: e.clone(),
+                }),
+                // The same request twice in this group.
+                (Ok(Err(id)), Err(e)) if fresh.iter().any(|r| r.id == id) => {
+                    Err(EngineError::CreationUnknown {
+                        job: id,
+                        error: e.clone(),
+                    })
+                }
+                (Ok(Err(id)), _) => self.existing_settled(new, id).await,
             });
         }
         answers
@@ -632,9 +644,9 @@ impl Engine {
 
     /// [`Engine::existing`], once the creation of that job has settled:
     /// a job that another write is still creating (written, not yet
-    /// durable) is waited for, so that a retry is never answered with a
-    /// job whose creation then fails and is taken back out, nor told
-    /// that its job does not exist (review finding).
+    /// durable, or held after its flush failed) is waited for, so that a
+    /// retry is answered with the job once it is durable, never before
+    /// (review finding), or told to send the request again.
     async fn existing_settled(&self, new: &NewJob, id: Uuid) -> Result<JobRecord, EngineError> {
         let retry = |why: &str| {
             EngineError::Store(StoreError::Io(format!(
@@ -659,9 +671,7 @@ impl Engine {
             }
         }
         match self.existing(new, id) {
-            Err(EngineError::NotFound(_)) => {
-                Err(retry("could not be made durable and was given up"))
-            }
+            Err(EngineError::NotFound(_)) => Err(retry("is not in the store")),
             r => r,
         }
     }
@@ -749,23 +759,25 @@ impl Engine {
         rec
     }
 
-    /// Retries a failed flush until one succeeds, so that what was written
-    /// becomes durable (and is published) once the store recovers.
-    fn flush_in_background(&self) {
-        let store = self.store.clone();
-        let stop = self.shutdown.clone();
+    /// Retries a failed flush until one succeeds, then accepts the new
+    /// jobs whose own flush had failed (written, kept unpublished and not
+    /// started meanwhile). Stops at shutdown: the next start runs the ones
+    /// the store kept.
+    fn accept_once_durable(self: &Arc<Self>, held: Vec<JobRecord>) {
+        let me = self.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
             loop {
-                match store.flush().await {
-                    Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, "store flush failed; retrying"),
-                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = stop.cancelled() => return,
+                    _ = me.shutdown.cancelled() => return,
+                }
+                match me.store.flush().await {
+                    Ok(()) => break,
+                    Err(e) => tracing::warn!(error = %e, "store flush failed; retrying"),
                 }
             }
+            me.accept_all(&held);
         });
     }
 
