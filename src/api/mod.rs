@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, pin::Pin, sync::Arc};
 
 use custos_adapter_core::{Capabilities, FieldViolation, Operation};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -272,13 +272,17 @@ fn capability(
 
 type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send + 'static>>;
 
-/// Changes a `WatchJobs` client may have unread before it is cut off.
-const WATCH_BUFFER: usize = 1024;
+/// Changes a `WatchJobs` client may have unread before it is cut off: as
+/// many as the engine keeps (`EVENT_BUFFER`), so a burst (a schedule
+/// firing thousands of jobs) does not cut off a reader that keeps up. The
+/// buffer holds the engine's shared events (a pointer each), converted to
+/// messages only as they are sent.
+const WATCH_BUFFER: usize = crate::engine::EVENT_BUFFER;
 
 /// Ends a `WatchJobs` stream whose reader fell behind with a status that
 /// says what to do. Only the watch task sends, and it keeps one slot free,
 /// so this never waits.
-fn fell_behind(tx: &mpsc::Sender<Result<pb::Job, Status>>) {
+fn fell_behind<T>(tx: &mpsc::Sender<Result<T, Status>>) {
     tracing::info!("a WatchJobs reader fell behind; ending its stream with ABORTED");
     let status = ApiError::Aborted {
         reason: error::WATCH_FELL_BEHIND,
@@ -720,11 +724,7 @@ impl BackupService for Service {
                             fell_behind(&tx);
                             return;
                         }
-                        let mut shown = convert::job_view(&e.job, full);
-                        if let Some(m) = engine.waiting_message(&e.job) {
-                            shown.message = m;
-                        }
-                        if tx.send(Ok(shown)).await.is_err() {
+                        if tx.send(Ok(e)).await.is_err() {
                             return;
                         }
                     }
@@ -737,7 +737,16 @@ impl BackupService for Service {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let shown = ReceiverStream::new(rx).map(move |item| {
+            item.map(|e| {
+                let mut shown = convert::job_view(&e.job, full);
+                if let Some(m) = engine.waiting_message(&e.job) {
+                    shown.message = m;
+                }
+                shown
+            })
+        });
+        Ok(Response::new(Box::pin(shown)))
     }
 
     async fn cancel_job(

@@ -46,10 +46,17 @@ async fn a_watch_jobs_reader_that_falls_behind_is_told() {
         .await
         .unwrap()
         .into_inner();
-    // 400 jobs × (created, running, submitting, polling, ended) changes,
-    // none read meanwhile.
-    for i in 0..400 {
-        e.create(backup("a", &format!("i{i}"))).await.unwrap();
+    // 2,000 jobs × (created, running, submitting, polling, ended): more
+    // changes than a watcher may have unread (`WATCH_BUFFER`), none read
+    // meanwhile.
+    let jobs = 2 * super::WATCH_BUFFER / 5 + 400;
+    let mut made = tokio::task::JoinSet::new();
+    for i in 0..jobs {
+        let e = e.clone();
+        made.spawn(async move { e.create(backup("a", &format!("i{i}"))).await });
+    }
+    while let Some(r) = made.join_next().await {
+        r.unwrap().unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let read = tokio::time::timeout(Duration::from_secs(20), async {
@@ -231,4 +238,45 @@ async fn a_create_whose_flush_failed_is_answered_outcome_unknown() {
     assert!(status.get_details_retry_info().is_none());
     let job = svc.create_backup(request()).await.unwrap().into_inner();
     assert_eq!(job.name, name, "the same request id gets that job");
+}
+
+/// Issue 12 (P5, found by the benchmark): a burst of changes well within
+/// the engine's event buffer cut a `WatchJobs` reader off with ABORTED,
+/// because each watcher's own buffer held only 1,024 converted messages:
+/// a schedule burst published them faster than the connection sent them,
+/// and a reader watching 10,000 scheduled jobs being made was cut off
+/// after a few hundred. Now a watcher buffers as many changes as the
+/// engine keeps (shared events, converted when sent).
+#[tokio::test]
+async fn a_watch_jobs_reader_keeps_up_with_a_burst_within_the_event_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), vec![("a", Scripted::new(), 64)], 64).await;
+    let svc = service(&e);
+    let mut stream = svc
+        .watch_jobs(as_reader(pb::WatchJobsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    // 400 jobs × (created, running, submitting, polling, ended): 2,000
+    // changes, none read meanwhile, fewer than the engine keeps.
+    let jobs = 400;
+    for i in 0..jobs {
+        e.create(backup("a", &format!("i{i}"))).await.unwrap();
+    }
+    let ended = |j: &pb::Job| j.state == pb::job::State::Succeeded as i32;
+    let mut done = std::collections::HashSet::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while done.len() < jobs {
+            match stream.next().await {
+                Some(Ok(j)) if ended(&j) => {
+                    done.insert(j.name);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(s)) => panic!("cut off after {} jobs ended: {s:?}", done.len()),
+                None => panic!("ended after {} jobs", done.len()),
+            }
+        }
+    })
+    .await
+    .expect("every job's end was shown");
 }

@@ -213,8 +213,12 @@ pub struct Engine {
     /// order = change order without serialising all jobs). Std mutexes:
     /// never held across an await. Lock order: a job's, then the map's.
     live: Mutex<HashMap<Uuid, LiveEntry>>,
-    /// Serialises the idempotency check with the insert.
-    create_lock: Mutex<()>,
+    /// Serialises the idempotency check with the insert (`stage_many`).
+    /// A tokio mutex: a group waiting for another's write yields its
+    /// worker, so that watchers, drivers and RPCs keep running during a
+    /// burst (with a std mutex both workers could sit in creation, one
+    /// writing and one blocked, and a watcher fell 8,192 events behind).
+    create_lock: tokio::sync::Mutex<()>,
     /// Where `create` queues its job for the intake task, which writes the
     /// jobs queued meanwhile in one batch (`Engine::intake`).
     intake_tx: tokio::sync::mpsc::UnboundedSender<Intake>,
@@ -282,7 +286,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Room in the event channel; a watcher further behind is told so.
-const EVENT_BUFFER: usize = 8192;
+pub const EVENT_BUFFER: usize = 8192;
 
 impl Engine {
     pub fn new(
@@ -298,7 +302,7 @@ impl Engine {
             backends: backends.into_iter().map(|b| (b.name.clone(), b)).collect(),
             global: Arc::new(Semaphore::new(settings.max_running.max(1))),
             live: Mutex::new(HashMap::new()),
-            create_lock: Mutex::new(()),
+            create_lock: tokio::sync::Mutex::new(()),
             intake_tx,
             intake_rx: Mutex::new(Some(intake_rx)),
             settled: tokio::sync::Notify::new(),
@@ -499,8 +503,11 @@ impl Engine {
             let (news, answers): (Vec<NewJob>, Vec<_>) = group.into_iter().unzip();
             // This task creates every job: a panic while writing one
             // group must not end it (its callers get an error).
-            let staged =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.stage_many(&news)));
+            let held = engine.create_lock.lock().await;
+            let staged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.stage_many(&news, &held)
+            }));
+            drop(held);
             let Ok(staged) = staged else {
                 tracing::error!(jobs = news.len(), "writing new jobs panicked");
                 continue;
@@ -587,7 +594,9 @@ impl Engine {
         // blocking thread (tried), the batches' writes lost the CPU to the
         // drivers and readers, and P5 got slower (median of 3: 1.77 s
         // against 1.46 s).
-        let staged = self.stage_many(&news);
+        let held = self.create_lock.lock().await;
+        let staged = self.stage_many(&news, &held);
+        drop(held);
         self.finish_many(&news, staged).await
     }
 
@@ -681,11 +690,14 @@ impl Engine {
     /// `live` but unpublished, queued on its target; the new ones are
     /// written in one batch (not yet durable). If that write fails, none
     /// is: each of them is that error.
-    fn stage_many(&self, news: &[NewJob]) -> (Vec<Staged>, Vec<JobRecord>) {
+    fn stage_many(
+        &self,
+        news: &[NewJob],
+        _held: &tokio::sync::MutexGuard<'_, ()>,
+    ) -> (Vec<Staged>, Vec<JobRecord>) {
         let fingerprints: Vec<String> = news.iter().map(NewJob::fingerprint).collect();
         let mut staged = Vec::with_capacity(news.len());
         let mut fresh: Vec<JobRecord> = Vec::new();
-        let _g = lock(&self.create_lock);
         // Request ids made in this batch (not in the store yet).
         let mut made: HashMap<&str, Uuid> = HashMap::new();
         for (new, fingerprint) in news.iter().zip(fingerprints) {
