@@ -115,15 +115,19 @@ async fn serve(
     // (`server::run` listens then).
     let socket = server::bind(&cfg.listen).await?;
     #[cfg(feature = "sim")]
-    if let Some(env) = &dev_env {
-        println!("{}", env.banner(socket.local_addr()?));
-    }
+    let banner = match &dev_env {
+        Some(env) => Some(env.banner(socket.local_addr()?)),
+        None => None,
+    };
+    #[cfg(not(feature = "sim"))]
+    let banner = None;
     let shutdown = server::shutdown_on_signal();
     server::run(
         cfg,
         socket,
         server::Mode {
             insecure: insecure || dev,
+            banner,
         },
         shutdown,
     )

@@ -21,10 +21,13 @@ use crate::{
 };
 
 /// How the daemon was started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Mode {
     /// Serve without client tokens (everyone is an operator).
     pub insecure: bool,
+    /// Printed once the daemon serves, before the line scripts wait for
+    /// (`serve --dev`'s banner: its commands work from then on).
+    pub banner: Option<String>,
 }
 
 /// One `[[tokens]]` entry: its secret value and who it makes the caller.
@@ -121,24 +124,42 @@ fn plaintext_warning(addr: std::net::SocketAddr, tokens: bool) -> Option<String>
 /// Takes the address `listen` names (the first it resolves to) without
 /// listening yet: nobody can connect to a daemon that cannot answer.
 pub async fn bind(listen: &str) -> anyhow::Result<TcpSocket> {
-    let cannot = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot listen on {listen}: {e}");
-    let addr = tokio::net::lookup_host(listen)
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(listen)
         .await
-        .map_err(|e| cannot(&e))?
-        .next()
-        .ok_or_else(|| cannot(&"the name resolves to no address"))?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?
+        .collect();
+    bind_any(listen, &addrs)
+}
+
+/// The first of `addrs` (a name's addresses, in the resolver's order)
+/// that can be bound, as `TcpListener::bind` does: a name that resolves to
+/// an address this host lacks (`::1` without IPv6) and one it has binds
+/// the one it has. If none can, the error names each address and why.
+fn bind_any(listen: &str, addrs: &[std::net::SocketAddr]) -> anyhow::Result<TcpSocket> {
+    let one = |addr: std::net::SocketAddr| -> std::io::Result<TcpSocket> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        // As `TcpListener::bind` does: a restart need not wait for the old
+        // connections' TIME_WAIT.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(socket)
+    };
+    let mut failed = Vec::new();
+    for addr in addrs {
+        match one(*addr) {
+            Ok(socket) => return Ok(socket),
+            Err(e) => failed.push(format!("{addr}: {e}")),
+        }
     }
-    .map_err(|e| cannot(&e))?;
-    // As `TcpListener::bind` does: a restart need not wait for the old
-    // connections' TIME_WAIT.
-    #[cfg(unix)]
-    socket.set_reuseaddr(true).map_err(|e| cannot(&e))?;
-    socket.bind(addr).map_err(|e| cannot(&e))?;
-    Ok(socket)
+    if failed.is_empty() {
+        anyhow::bail!("cannot listen on {listen}: the name resolves to no address");
+    }
+    anyhow::bail!("cannot listen on {listen}: {}", failed.join("; "))
 }
 
 /// Serves until `shutdown` is cancelled, then drains and returns. Listens
@@ -285,6 +306,9 @@ pub async fn run(
     )?;
 
     let addr = listener.local_addr()?;
+    if let Some(b) = &mode.banner {
+        println!("{b}");
+    }
     // One line that scripts and tests can wait for.
     println!("custos: listening on {addr}");
     if config.tls.is_none()
@@ -388,6 +412,28 @@ async fn wait_signal() {
 
 #[cfg(test)]
 mod tests {
+    /// Finding (review): `bind` tried only the first address a name
+    /// resolved to, so a name whose first address this host lacks could
+    /// not be listened on at all.
+    #[test]
+    fn bind_takes_the_first_address_that_can_be_bound() {
+        // 192.0.2.1 (TEST-NET-1) is no address of this host.
+        let absent: std::net::SocketAddr = "192.0.2.1:0".parse().unwrap();
+        let here: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = super::bind_any("x", &[absent, here]).unwrap();
+            assert!(s.local_addr().unwrap().ip().is_loopback());
+            let e = super::bind_any("x", &[absent]).unwrap_err().to_string();
+            assert!(e.contains("cannot listen on x: 192.0.2.1:0: "), "{e}");
+            let e = super::bind_any("x", &[]).unwrap_err().to_string();
+            assert!(e.contains("resolves to no address"), "{e}");
+        });
+    }
+
     #[test]
     fn plaintext_tokens_off_loopback_are_warned_about() {
         let w = |a: &str, t| super::plaintext_warning(a.parse().unwrap(), t);

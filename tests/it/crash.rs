@@ -458,7 +458,10 @@ client_secret = "{secret}"
         custos::server::run(
             cfg,
             mine,
-            custos::server::Mode { insecure: true },
+            custos::server::Mode {
+                insecure: true,
+                banner: None,
+            },
             stop.clone(),
         ),
     )
