@@ -135,8 +135,11 @@ pub enum ApiError {
         message: String,
         retry: Duration,
     },
-    /// The request may or may not have taken effect: sending it again
-    /// with a new `request_id` could do it twice (UNKNOWN).
+    /// The store failed while the request was being made durable: it may
+    /// or may not have taken effect. UNAVAILABLE, as `api.md` has it for
+    /// the store, with a reason of its own and the job it may have made:
+    /// sending it again is safe with the same `request_id` (it gets that
+    /// job), and could do it twice with a new one.
     #[error("{message}")]
     OutcomeUnknown {
         reason: &'static str,
@@ -366,7 +369,8 @@ impl From<ApiError> for Status {
                     DOMAIN,
                     meta([("resource_type", "job".to_string()), ("resource", name)]),
                 );
-                Code::Unknown
+                d.set_retry_info(Some(DEFAULT_RETRY));
+                Code::Unavailable
             }
             ApiError::Aborted { reason, .. } => {
                 d.set_error_info(reason, DOMAIN, HashMap::new());
