@@ -34,18 +34,21 @@ fn service(e: &std::sync::Arc<crate::engine::Engine>) -> Service {
     Service::new(e.clone(), sched, stop)
 }
 
+/// A `WatchJobs` stream of every change, as a reader.
+async fn watch_all(svc: &Service) -> <Service as BackupService>::WatchJobsStream {
+    svc.watch_jobs(as_reader(pb::WatchJobsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Finding: a `WatchJobs` reader that fell behind silently lost changes.
 /// Now its stream ends with ABORTED, after what it had not yet read.
 #[tokio::test]
 async fn a_watch_jobs_reader_that_falls_behind_is_told() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), vec![("a", Scripted::new(), 64)], 64).await;
-    let svc = service(&e);
-    let mut stream = svc
-        .watch_jobs(as_reader(pb::WatchJobsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_all(&service(&e)).await;
     // 2,000 jobs × (created, running, submitting, polling, ended): more
     // changes than a watcher may have unread (`WATCH_BUFFER`), none read
     // meanwhile.
@@ -256,12 +259,7 @@ async fn a_create_whose_flush_failed_says_its_outcome_is_unknown() {
 async fn a_watch_jobs_reader_keeps_up_with_a_burst_within_the_event_buffer() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), vec![("a", Scripted::new(), 64)], 64).await;
-    let svc = service(&e);
-    let mut stream = svc
-        .watch_jobs(as_reader(pb::WatchJobsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_all(&service(&e)).await;
     // 400 jobs × (created, running, submitting, polling, ended): 2,000
     // changes, none read meanwhile, fewer than the engine keeps.
     let jobs = 400;

@@ -493,15 +493,7 @@ async fn a_retry_waits_until_the_creation_of_its_job_has_settled() {
     let dir = tempfile::tempdir().unwrap();
     let b = Scripted::new();
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
-    let gate = e.store.faults.flush_gate.clone();
-    let held = gate.write().await;
-    let e1 = e.clone();
-    let first = tokio::spawn(async move { e1.create(with_request("i0", Some("same"))).await });
-    eventually("the first create is written", || {
-        e.store.job_for_request("same").unwrap().is_some()
-    })
-    .await;
-    let id = e.store.job_for_request("same").unwrap().unwrap();
+    let (first, id, held) = create_with_flush_held(&e, "same").await;
     let e2 = e.clone();
     let retry = tokio::spawn(async move { e2.create(with_request("i0", Some("same"))).await });
     // The retry is read (it found the first job) and waits for the next
@@ -546,15 +538,7 @@ async fn a_creation_whose_flush_failed_runs_once_durable_and_the_answer_says_so(
     let dir = tempfile::tempdir().unwrap();
     let b = Scripted::new();
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
-    let gate = e.store.faults.flush_gate.clone();
-    let held = gate.write().await;
-    let e1 = e.clone();
-    let first = tokio::spawn(async move { e1.create(with_request("i0", Some("r1"))).await });
-    eventually("the create is written", || {
-        e.store.job_for_request("r1").unwrap().is_some()
-    })
-    .await;
-    let id = e.store.job_for_request("r1").unwrap().unwrap();
+    let (first, id, held) = create_with_flush_held(&e, "r1").await;
     // Its flush fails, and so would a write that takes it back out (as
     // redb's would, after a failed commit).
     e.store.faults.fail_flushes.store(1, Ordering::SeqCst);
@@ -850,6 +834,29 @@ async fn a_reader_that_found_a_job_cold_and_then_gone_reads_again() {
         rec.state,
         rec.phase
     );
+}
+
+/// A create with `request_id` (on `i0`) whose flush is held: its task,
+/// the job it wrote (not durable yet), and the hold (drop it to let the
+/// flush run).
+async fn create_with_flush_held(
+    e: &Arc<Engine>,
+    request_id: &str,
+) -> (
+    tokio::task::JoinHandle<Result<JobRecord, EngineError>>,
+    Uuid,
+    tokio::sync::OwnedRwLockWriteGuard<()>,
+) {
+    let held = e.store.faults.flush_gate.clone().write_owned().await;
+    let e1 = e.clone();
+    let r = request_id.to_string();
+    let task = tokio::spawn(async move { e1.create(with_request("i0", Some(&r))).await });
+    eventually("the create is written", || {
+        e.store.job_for_request(request_id).unwrap().is_some()
+    })
+    .await;
+    let id = e.store.job_for_request(request_id).unwrap().unwrap();
+    (task, id, held)
 }
 
 fn with_request(instance: &str, request_id: Option<&str>) -> NewJob {
