@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let include = protoc_bin_vendored::include_path()?;
     // `env::set_var("PROTOC", ..)` is `unsafe` in edition 2024 (and this
-    // workspace forbids unsafe code), so the path goes to the builder.
+    // workspace denies unsafe code), so the path goes to the builder.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);

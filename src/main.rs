@@ -32,8 +32,23 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime starts its threads (each keeps its first arena).
+    custos::memory::limit_arenas(custos::memory::ARENAS);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("custos: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> ExitCode {
     let args = Cli::parse();
     let result = match args.command {
         Command::Serve {
@@ -114,6 +129,8 @@ async fn serve(
     // at once), but connections are refused until the store is open
     // (`server::run` listens then).
     let socket = server::bind(&cfg.listen).await?;
+    // Freed memory back to the system every 10 s (glibc; `memory.rs`).
+    custos::memory::start_trimming(custos::memory::TRIM_EVERY);
     #[cfg(feature = "sim")]
     let banner = match &dev_env {
         Some(env) => Some(env.banner(socket.local_addr()?)),

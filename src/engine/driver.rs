@@ -38,6 +38,12 @@ const GRACE_CHECKS: u32 = 3;
 /// to the backend's `max_retry_after`).
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// The backoff between retries of a job's failed calls, from its
+/// backend's `poll_interval`.
+pub(super) fn retry_backoff(poll_interval: Duration) -> Backoff {
+    Backoff::new(poll_interval.min(Duration::from_secs(1)), RETRY_MAX)
+}
+
 /// How a driver stopped without an error.
 pub(super) enum Driven {
     /// The job ended, was cancelled, or the engine is stopping.
@@ -67,10 +73,10 @@ pub(super) async fn drive(
     };
     let timing = entry.timing;
     let woken = resume.is_some();
-    let Resume { retry, poll } = resume.unwrap_or_else(|| Resume {
-        retry: Backoff::new(timing.poll_interval.min(Duration::from_secs(1)), RETRY_MAX),
-        poll: Backoff::new(timing.poll_interval, timing.poll_max_interval),
-    });
+    // A parked job's schedules go on at the steps it kept.
+    let steps = resume.unwrap_or(Resume { retry: 0, poll: 0 });
+    let retry = retry_backoff(timing.poll_interval).at_step(steps.retry);
+    let poll = Backoff::new(timing.poll_interval, timing.poll_max_interval).at_step(steps.poll);
     let mut d = Driver {
         engine: &engine,
         entry,
@@ -151,12 +157,19 @@ struct Driver<'a> {
 
 impl Driver<'_> {
     /// Waits until the job is the head of its target's queue. False when
-    /// the job was cancelled or the engine is stopping. Nothing is written
+    /// the job was cancelled or the engine is stopping, or when its target
+    /// has no queue any more (the job left it: it cannot get a turn). Nothing is written
     /// meanwhile: readers are told what the job waits for
     /// (`Engine::snapshot`).
     async fn wait_turn(&self, job: &JobRecord) -> Result<bool, StoreError> {
+        // The usual case, and without a wake-up: the job heads its queue.
+        if self.engine.targets.head(&job.target) == Some(self.id) {
+            return Ok(true);
+        }
         loop {
-            let notify = self.engine.targets.notify(&job.target);
+            let Some(notify) = self.engine.targets.notify(&job.target) else {
+                return Ok(false);
+            };
             let notified = notify.notified();
             match self.engine.targets.head(&job.target) {
                 Some(h) if h == self.id => return Ok(true),
@@ -226,10 +239,7 @@ impl Driver<'_> {
                 Phase::Polling if !std::mem::take(&mut self.woken) => {
                     let wait = self.poll.next_delay();
                     let wait = self.within_deadline(wait, &job);
-                    let resume = Resume {
-                        retry: self.retry.clone(),
-                        poll: self.poll.clone(),
-                    };
+                    let resume = Resume::of(&self.retry, &self.poll);
                     return Ok(Driven::Parked(Instant::now() + wait, resume));
                 }
                 Phase::Polling => Box::pin(self.poll(&job)).await,

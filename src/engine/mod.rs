@@ -1292,7 +1292,11 @@ impl Engine {
                 // Its record could not be read back: try again after the
                 // retry backoff, which grows, so that an outage of the
                 // store does not log every parked job every second.
-                let delay = resume.retry.next_delay();
+                // Its backend is not known here: the schedule of a
+                // backend polled every second or more (the default).
+                let mut retry = driver::retry_backoff(Duration::from_secs(1)).at_step(resume.retry);
+                let delay = retry.next_delay();
+                resume.retry = retry.step();
                 tracing::error!(job = %id, error = %e, ?delay, "cannot read a waiting job's record; retrying");
                 self.park(id, tokio::time::Instant::now() + delay, resume);
                 return;

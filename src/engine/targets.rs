@@ -2,17 +2,22 @@
 //! target; the head may run, the others wait for a wake-up of their target.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     sync::{Arc, Mutex, MutexGuard},
 };
 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-#[derive(Default)]
+/// A target's queue. Most targets have one job and nobody waiting (P3:
+/// 100,000 targets, one job each), so the head is held inline, the jobs
+/// behind it in a deque that allocates only when there are some, and the
+/// wake-up is made by the first job that waits for its turn: a queue of
+/// one job is its map entry and the target's name, nothing else.
 struct Queue {
-    jobs: VecDeque<Uuid>,
-    notify: Arc<Notify>,
+    head: Uuid,
+    behind: VecDeque<Uuid>,
+    notify: Option<Arc<Notify>>,
 }
 
 #[derive(Default)]
@@ -27,33 +32,42 @@ impl TargetQueues {
 
     pub fn enqueue(&self, target: &str, id: Uuid) {
         let mut m = self.lock();
-        let q = m.entry(target.to_string()).or_default();
-        if !q.jobs.contains(&id) {
-            q.jobs.push_back(id);
+        match m.entry(target.to_string()) {
+            Entry::Vacant(v) => {
+                v.insert(Queue {
+                    head: id,
+                    behind: VecDeque::new(),
+                    notify: None,
+                });
+            }
+            Entry::Occupied(mut o) => {
+                let q = o.get_mut();
+                if q.head != id && !q.behind.contains(&id) {
+                    q.behind.push_back(id);
+                }
+            }
         }
     }
 
     pub fn head(&self, target: &str) -> Option<Uuid> {
-        self.lock()
-            .get(target)
-            .and_then(|q| q.jobs.front().copied())
+        self.lock().get(target).map(|q| q.head)
     }
 
-    /// The target's wake-up; create the `notified()` future *before*
-    /// reading `head` so that no release is missed.
-    pub fn notify(&self, target: &str) -> Arc<Notify> {
+    /// The target's wake-up, told whenever a job leaves its queue; `None`
+    /// when the target has no queue (no job of it can get a turn). Create
+    /// the `notified()` future *before* reading `head` so that no release
+    /// is missed.
+    pub fn notify(&self, target: &str) -> Option<Arc<Notify>> {
         self.lock()
-            .entry(target.to_string())
-            .or_default()
-            .notify
-            .clone()
+            .get_mut(target)
+            .map(|q| q.notify.get_or_insert_with(Default::default).clone())
     }
 
     /// The targets whose queue `id` heads.
     pub fn headed_by(&self, id: Uuid) -> Vec<String> {
         self.lock()
             .iter()
-            .filter(|(_, q)| q.jobs.front() == Some(&id))
+            .filter(|(_, q)| q.head == id)
             .map(|(t, _)| t.clone())
             .collect()
     }
@@ -61,12 +75,25 @@ impl TargetQueues {
     /// Takes a job off its target's queue and wakes the next ones.
     pub fn remove(&self, target: &str, id: Uuid) {
         let mut m = self.lock();
-        if let Some(q) = m.get_mut(target) {
-            q.jobs.retain(|j| *j != id);
-            q.notify.notify_waiters();
-            if q.jobs.is_empty() {
-                m.remove(target);
+        let Some(q) = m.get_mut(target) else {
+            return;
+        };
+        if q.head == id {
+            match q.behind.pop_front() {
+                Some(next) => q.head = next,
+                None => {
+                    if let Some(n) = &q.notify {
+                        n.notify_waiters();
+                    }
+                    m.remove(target);
+                    return;
+                }
             }
+        } else {
+            q.behind.retain(|j| *j != id);
+        }
+        if let Some(n) = &q.notify {
+            n.notify_waiters();
         }
     }
 }
@@ -88,5 +115,40 @@ mod tests {
         assert_eq!(t.head("x"), Some(b));
         t.remove("x", b);
         assert_eq!(t.head("x"), None);
+    }
+
+    #[test]
+    fn a_job_behind_another_leaves_the_queue_and_enqueueing_twice_adds_nothing() {
+        let t = TargetQueues::default();
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        for id in [a, b, c, a, b] {
+            t.enqueue("x", id);
+        }
+        t.remove("x", b);
+        assert_eq!(t.head("x"), Some(a));
+        t.remove("x", a);
+        assert_eq!(t.head("x"), Some(c));
+        assert_eq!(t.headed_by(c), vec!["x".to_string()]);
+        assert!(t.headed_by(a).is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiters_are_woken_when_the_head_leaves_and_a_gone_target_has_no_wake_up() {
+        let t = TargetQueues::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(t.notify("x").is_none());
+        t.enqueue("x", a);
+        t.enqueue("x", b);
+        let n = t.notify("x").expect("a queue");
+        let woken = n.notified();
+        t.remove("x", a);
+        woken.await;
+        assert_eq!(t.head("x"), Some(b));
+        // The last job leaving wakes waiters too, and the queue goes.
+        let n = t.notify("x").expect("a queue");
+        let woken = n.notified();
+        t.remove("x", b);
+        woken.await;
+        assert!(t.notify("x").is_none());
     }
 }

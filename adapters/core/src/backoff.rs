@@ -75,6 +75,19 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.step = 0;
     }
+
+    /// How many delays were taken since the start or the last reset: with
+    /// `base` and `max`, all that a schedule is (a waiting job keeps only
+    /// this; [`Backoff::at_step`] makes the schedule again).
+    pub fn step(&self) -> u32 {
+        self.step
+    }
+
+    /// This schedule, as it is after `step` delays.
+    pub fn at_step(mut self, step: u32) -> Self {
+        self.step = step;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +104,18 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_schedule_made_again_at_its_step_goes_on_where_it_was() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        b.next_delay();
+        b.next_delay();
+        let again =
+            Backoff::new(Duration::from_millis(100), Duration::from_millis(1000)).at_step(b.step());
+        assert_eq!(again.step(), 2);
+        assert_eq!(again.current_ceiling(), b.current_ceiling());
+        assert_eq!(again.current_ceiling(), Duration::from_millis(400));
     }
 
     #[test]
