@@ -7,7 +7,16 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::{BackendError, ErrorKind, backoff::Backoff};
 
-/// Builds the HTTP client an adapter uses: rustls, a timeout per call.
+/// How long an idle connection is kept for the next call. Polls reuse a
+/// few connections; the others, opened by a burst of submits (up to
+/// `per_backend_running_jobs` a backend), are closed after this. reqwest's
+/// 90 s kept ~17 MiB of idle connections in P3 (`docs/benchmarks.md`), and
+/// is longer than many servers and balancers keep one (60 s is common): a
+/// call sent on a connection the server is closing fails.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the HTTP client an adapter uses: rustls, a timeout per call,
+/// idle connections kept for [`POOL_IDLE_TIMEOUT`].
 ///
 /// Redirects are not followed: following one would send a POST again (307,
 /// 308, with its body, credentials included) or turn it into a GET (301,
@@ -16,6 +25,7 @@ use crate::{BackendError, ErrorKind, backoff::Backoff};
 pub fn client(timeout: Duration) -> Result<reqwest::Client, BackendError> {
     reqwest::Client::builder()
         .timeout(timeout)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("custos/", env!("CARGO_PKG_VERSION")))
