@@ -15,6 +15,9 @@
 //! | `custos_schedule_runs_total` | counter | schedule |
 //! | `custos_schedule_skips_total` | counter | schedule, reason |
 //! | `custos_store_size_bytes` | gauge | |
+//! | `custos_store_flushes_total` | counter | outcome |
+//! | `custos_store_flush_waiters_total` | counter | |
+//! | `custos_store_flush_duration_seconds` | histogram | |
 //! | `custos_backend_calls_total` | counter | backend, operation, outcome |
 //! | `custos_backend_call_duration_seconds` | histogram | backend, operation |
 //! | `custos_tls_reloads_total` | counter | outcome |
@@ -43,6 +46,12 @@ const CALL_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
+/// Store flush buckets, in seconds: 50 µs to a second (an fsync takes
+/// 0.1-0.25 ms on the machine of `docs/benchmarks.md`).
+const FLUSH_BUCKETS: [f64; 10] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.025, 0.1, 1.0,
+];
+
 /// Installs the process's recorder (once).
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(PrometheusBuilder::new()
@@ -57,6 +66,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full("custos_backend_http_request_duration_seconds".into()),
             &CALL_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("custos_store_flush_duration_seconds".into()),
+            &FLUSH_BUCKETS,
         )?
         .install_recorder()?)
 }
@@ -190,4 +203,15 @@ pub fn tls_reload(ok: bool) {
 
 pub fn store_size(bytes: u64) {
     gauge!("custos_store_size_bytes").set(bytes as f64);
+}
+
+/// One group commit of the store: how many writers waited for it, how
+/// long it took, whether it made their writes durable (`ok`, `error`).
+/// Waiters per flush is how well writes are grouped (P1, P2 in
+/// `docs/benchmarks.md`).
+pub fn store_flush(waiters: usize, took: std::time::Duration, ok: bool) {
+    counter!("custos_store_flushes_total", "outcome" => if ok { "ok" } else { "error" })
+        .increment(1);
+    counter!("custos_store_flush_waiters_total").increment(waiters as u64);
+    histogram!("custos_store_flush_duration_seconds").record(took.as_secs_f64());
 }

@@ -699,6 +699,7 @@ async fn flusher(
             None => None,
         };
         let kv2 = kv.clone();
+        let began = std::time::Instant::now();
         let r = match tokio::task::spawn_blocking(move || kv2.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e),
@@ -720,6 +721,7 @@ async fn flusher(
         if !ok {
             tracing::error!(error = ?r.as_ref().err(), "the store could not make writes durable");
         }
+        crate::telemetry::store_flush(waiters.len(), began.elapsed(), ok);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
             .waiters

@@ -113,6 +113,19 @@ async fn metrics_count_what_happened() {
         "{text}"
     );
     assert!(sample(&text, "custos_store_size_bytes", &[]).is_some_and(|b| b > 0.0));
+    // Every job was flushed at least at its creation and its end; each
+    // flush had a writer waiting.
+    let flushes =
+        sample(&text, "custos_store_flushes_total", &[("outcome", "ok")]).expect("flushes counted");
+    let waiters = sample(&text, "custos_store_flush_waiters_total", &[]).expect("waiters");
+    assert!(
+        flushes >= 2.0 && waiters >= flushes,
+        "{flushes} flushes, {waiters} waiters"
+    );
+    assert!(
+        sample(&text, "custos_store_flush_duration_seconds_count", &[]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     // The HTTP under the calls: every request the simulator received, by
     // status; the submits answered 202; the token fetches.
     let sum = |name: &str, want: &[(&str, &str)]| -> f64 {
