@@ -16,6 +16,7 @@
 //! jobs through the `custos` library), P5 schedules, P6 store.
 
 mod daemon;
+mod floor;
 mod load;
 mod p1;
 mod p2;
@@ -166,6 +167,10 @@ enum Which {
     P5,
     /// P6 store: bytes on disk per finished job, before and after pruning.
     P6,
+    /// (Internal) P3's plain poll client, a process of its own: a JSON
+    /// spec on stdin, its measurement on stdout.
+    #[command(hide = true)]
+    PollClient,
 }
 
 fn parse_store(s: &str) -> Result<StoreEngine, String> {
@@ -180,6 +185,15 @@ fn pick<T>(explicit: Option<T>, quick: bool, tiny: T, full: T) -> T {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.which == Which::PollClient {
+        return match floor::poll_client_main().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("custos-bench poll-client: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

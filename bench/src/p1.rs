@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::{
     daemon::{Daemon, DaemonConfig, Sims},
+    floor,
     load::{self, Until},
     report::{Figure, Goal, Row},
 };
@@ -73,6 +74,10 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
     let before = d.usage();
     let meas = load::run(a.streams, Until::Elapsed(dur), create).await;
     let after = d.usage();
+    // The floor alone, with the daemon gone: its jobs would compete.
+    drop(d);
+    let urls = sims.0.iter().map(|s| s.url()).collect();
+    let floor = floor::store_writes(a.targets, urls, a.streams, 1, Until::Elapsed(dur)).await?;
 
     f.rows.push(
         Row::new(
@@ -91,6 +96,24 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         Row::new("CreateBackup latency p99", meas.quantile_ms(0.99), "ms")
             .baseline("Health/Check p99", base.quantile_ms(0.99)),
     );
+    f.rows.push(
+        Row::new(
+            format!(
+                "the store alone: job creations made durable/s, {} writers (no daemon)",
+                a.streams
+            ),
+            floor.writes_per_s(),
+            "1/s",
+        )
+        .baseline("Health/Check/s", base.rate()),
+    );
+    f.notes.push(format!(
+        "the store alone ({} store, its group commit; no gRPC, no jobs run): {} creations in {:.1} s, {:.1} writers a flush; the ratio is P1's ceiling if a creation cost nothing but its durable write",
+        crate::daemon::store_engine(),
+        floor.writes,
+        floor.elapsed.as_secs_f64(),
+        floor.per_flush()
+    ));
     let cpu = (after.cpu_s - before.cpu_s) / meas.elapsed.as_secs_f64() * 100.0;
     f.rows.push(Row::new(
         "daemon CPU during CreateBackup load",

@@ -41,7 +41,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::{
     daemon::{Daemon, DaemonConfig, Sims, count_jobs},
-    load,
+    floor, load,
     report::{Figure, Goal, Row},
 };
 
@@ -161,6 +161,13 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
     let listed = count_jobs(&mut c, "state=SUCCEEDED").await?;
     let requests = sims.sum(|c| c.requests);
     let submits = sims.sum(|c| c.backup_submits);
+    // The store's part alone, with the daemon gone: every version the
+    // daemon writes of the same number of jobs, from as many writers as
+    // it may have (every running job, and every stream creating one).
+    drop(d);
+    let writers = cfg.max_running_jobs as usize + a.streams;
+    let urls = sims.0.iter().map(|s| s.url()).collect();
+    let floor = floor::store_writes(n, urls, writers, 5, load::Until::Calls(n as u64)).await?;
 
     f.rows.push(
         Row::new(
@@ -181,6 +188,19 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
             "1/s",
         )
         .baseline("plain client", n as f64 / base.elapsed.as_secs_f64()),
+    );
+    f.rows.push(
+        Row::new(
+            format!(
+                "the store alone: the 5 durable versions of each of {n} jobs, {writers} writers (no daemon)"
+            ),
+            floor.elapsed.as_secs_f64(),
+            "s",
+        )
+        .baseline(
+            "plain reqwest client, same calls",
+            base.elapsed.as_secs_f64(),
+        ),
     );
     f.rows.push(Row::new(
         format!("all {n} CreateBackup acknowledged after"),
@@ -221,6 +241,15 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         base.polls,
         base.polls as f64 / n as f64
     ));
+    f.notes.push(format!(
+        "the store alone ({} store, its group commit; no gRPC, no HTTP): {} versions ({} jobs: creation, start, intent, handle, end, each awaited durable) in {:.2} s, {:.0}/s, {:.1} writers a flush; the ratio is P2's ceiling if the daemon cost nothing but its durable writes",
+        crate::daemon::store_engine(),
+        floor.writes,
+        floor.jobs,
+        floor.elapsed.as_secs_f64(),
+        floor.writes_per_s(),
+        floor.per_flush()
+    ));
     f.notes.push(
         "the baseline runs first, each side on fresh simulators in this process (their CPU is the bench's, on the same cores)"
             .into(),
@@ -238,7 +267,7 @@ struct PlainRun {
 /// One CF endpoint as the plain client sees it: its HTTP client (one per
 /// backend, as the daemon's adapters have), its token once fetched, and
 /// its permits.
-struct Endpoint {
+pub(crate) struct Endpoint {
     base: String,
     http: reqwest::Client,
     client_id: String,
@@ -267,20 +296,20 @@ impl Plain {
         let mut endpoints = Vec::new();
         for sim in &sims.0 {
             let c = sim.config();
-            endpoints.push(Arc::new(Endpoint {
-                base: sim.url(),
-                // What the adapters' client does: a timeout per call, no
-                // redirects.
-                http: reqwest::Client::builder()
-                    .timeout(timeout)
-                    .connect_timeout(timeout.min(Duration::from_secs(10)))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()?,
-                client_id: c.client_id,
-                client_secret: c.client_secret,
-                token: OnceCell::new(),
-                permits: Arc::new(Semaphore::new(cfg.per_backend_running_jobs as usize)),
-            }));
+            // What the adapters' client does: a timeout per call, no
+            // redirects.
+            let http = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?;
+            endpoints.push(Arc::new(Endpoint::new(
+                sim.url(),
+                http,
+                c.client_id,
+                c.client_secret,
+                cfg.per_backend_running_jobs as usize,
+            )));
         }
         Ok(Plain {
             endpoints,
@@ -404,9 +433,28 @@ async fn backup_job(
 }
 
 impl Endpoint {
+    /// A simulator at `base` with the client credentials it accepts; calls
+    /// under `permits` at once (see [`permits`]).
+    pub(crate) fn new(
+        base: String,
+        http: reqwest::Client,
+        client_id: String,
+        client_secret: String,
+        permits: usize,
+    ) -> Endpoint {
+        Endpoint {
+            base,
+            http,
+            client_id,
+            client_secret,
+            token: OnceCell::new(),
+            permits: Arc::new(Semaphore::new(permits)),
+        }
+    }
+
     /// The UAA token, fetched once (the address from `GET /`, then a
     /// client-credentials grant with HTTP basic auth).
-    async fn token(&self) -> Result<String> {
+    pub(crate) async fn token(&self) -> Result<String> {
         self.token
             .get_or_try_init(|| async {
                 let root: Value = self

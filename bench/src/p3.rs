@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::{
     daemon::{Daemon, DaemonConfig, Sims},
-    load,
+    floor, load,
     report::{Figure, Goal, Row},
 };
 
@@ -104,11 +104,15 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
     let u1 = d.usage();
     let p1 = sims.counters().1;
     let dt = w0.elapsed().as_secs_f64();
+    // The same polls without the daemon: a plain client at the rate the
+    // daemon polled, once the daemon (and its polls) are gone.
+    drop(d);
+    let rate = (p1 - p0) as f64 / dt;
+    let plain = floor::plain_polls(&sims, a.jobs, rate.max(1.0), a.window).await;
 
     // The goal is in MB (10^6 bytes, 190.7 MiB), so is this row.
     let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
     let cpu = (u1.cpu_s - u0.cpu_s) / dt * 100.0;
-    let rate = (p1 - p0) as f64 / dt;
     // Once a job's backoff reached its ceiling, each delay is drawn from
     // [poll_max_interval/2, poll_max_interval]: at most 2/poll_max_interval
     // polls a second per job.
@@ -127,9 +131,44 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         (rss_max.saturating_sub(idle.rss_kib)) as f64 * 1024.0 / a.jobs as f64,
         "B",
     ));
-    f.rows.push(
-        Row::new("daemon CPU while waiting", cpu, "% of a core").goal(Goal::ValueAtMost(5.0)),
-    );
+    let mut cpu_row = Row::new("daemon CPU while waiting", cpu, "% of a core");
+    let per_poll = |cpu_s: f64, polls: f64| cpu_s / polls.max(1.0) * 1e6;
+    match &plain {
+        Ok(p) => {
+            cpu_row = cpu_row.baseline(
+                format!(
+                    "a plain client making the same polls ({:.0}/s, the adapters' HTTP client, no daemon)",
+                    p.rate()
+                ),
+                p.cpu_percent(),
+            );
+            f.rows.push(cpu_row.goal(Goal::ValueAtMost(5.0)));
+            f.rows.push(
+                Row::new(
+                    "daemon CPU per poll",
+                    per_poll(u1.cpu_s - u0.cpu_s, (p1 - p0) as f64),
+                    "us",
+                )
+                .baseline("plain client", per_poll(p.cpu_s, p.polls as f64)),
+            );
+            f.notes.push(format!(
+                "plain client (a process of its own, 2 runtime workers like the daemon): {} polls, {} failed, in {:.1} s; CPU {:.2} s; RSS {:.1} MiB{}",
+                p.polls,
+                p.errors,
+                p.seconds,
+                p.cpu_s,
+                p.rss_kib as f64 / 1024.0,
+                p.first_error
+                    .as_ref()
+                    .map(|e| format!("; first error: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        Err(e) => {
+            f.rows.push(cpu_row.goal(Goal::ValueAtMost(5.0)));
+            f.notes.push(format!("the plain poll client failed: {e:#}"));
+        }
+    }
     f.rows.push(
         Row::new("job polls/s (simulators' count)", rate, "1/s")
             .baseline("bound: jobs x 2 / poll_max_interval", bound)

@@ -293,7 +293,7 @@ async fn wait_serving(addr: &str, t0: Instant, limit: Duration) -> Result<Durati
 }
 
 /// What to write into the store.
-struct Plan {
+pub(crate) struct Plan {
     finished: usize,
     /// Service instances: live job `k` is on instance `k`, finished job `i`
     /// on instance `i % instances`; instance `t` is on simulator
@@ -308,7 +308,7 @@ struct Plan {
 
 impl Plan {
     fn backup_op(&self, t: usize) -> (String, String, Operation) {
-        let n = self.sims.len();
+        let n = self.sims.len().max(1);
         let g = guid(t);
         (
             format!("backends/cf{}/serviceInstances/{g}", t % n),
@@ -345,35 +345,9 @@ impl Plan {
     /// Running, intent stored, handle stored: what the driver has written
     /// by the time the job polls.
     fn to_polling(&self, r: &mut JobRecord, job_url: &str, at: DateTime<Utc>) {
-        let ms = chrono::Duration::milliseconds;
-        r.state = JobState::Running;
-        r.start_time = Some(at + ms(2));
-        r.message = "starting".into();
-        r.record_event(at + ms(2));
-        // What the CF adapter's prepare records: the instance's last
-        // operation (the previous backup) and its newest backups.
-        let prev = (at - chrono::Duration::days(1)).to_rfc3339();
-        let state = json!({
-            "last_operation": {"type": "update", "state": "succeeded",
-                "description": "backup succeeded", "created_at": prev, "updated_at": prev},
-            "has_last_operation": true,
-            "newest_created_at": (at - chrono::Duration::days(1)).timestamp(),
-            "newest_ids": [Uuid::new_v4().to_string()],
-        });
-        r.intent = Some(Intent {
-            state: state.to_string(),
-            recorded_at: Some(at + ms(30)),
-        });
-        r.phase = Phase::Submitting;
-        r.message = "submitting to the backend".into();
-        r.record_event(at + ms(30));
-        r.handle = Some(RemoteHandle {
-            display: job_url.to_string(),
-            state: json!({"watch": "job", "url": job_url}).to_string(),
-        });
-        r.phase = Phase::Polling;
-        r.message = format!("submitted; waiting for {job_url}");
-        r.record_event(at + ms(45));
+        started(r, at);
+        submitting(r, at);
+        polling(r, job_url, at);
         let job = job_url.rsplit('/').next().unwrap_or_default();
         r.message = format!("CF job {job} is PROCESSING");
     }
@@ -389,14 +363,7 @@ impl Plan {
         let sim = &self.sims[t % self.sims.len()];
         let url = format!("{sim}/v3/jobs/{}", Uuid::new_v4());
         self.to_polling(&mut r, &url, at);
-        let end = at + chrono::Duration::minutes(3);
-        let backup = Uuid::new_v4().to_string();
-        r.state = JobState::Succeeded;
-        r.phase = Phase::Done;
-        r.end_time = Some(end);
-        r.message = format!("backup {backup} created");
-        r.backup_id = Some(backup);
-        r.record_event(end);
+        succeeded(&mut r, at + chrono::Duration::minutes(3));
         r
     }
 
@@ -408,6 +375,95 @@ impl Plan {
         self.to_polling(&mut polling, &self.live_urls[k], at);
         (pending, polling)
     }
+
+    /// A plan of no stored jobs, for `crate::floor`: jobs on `instances`
+    /// service instances spread over the simulators at `sims`.
+    pub(crate) fn of_instances(instances: usize, sims: Vec<String>) -> Plan {
+        Plan {
+            finished: 0,
+            instances,
+            sims,
+            live_urls: Vec::new(),
+            now: Utc::now(),
+        }
+    }
+
+    /// The first `n` (at most 5) of the versions the daemon writes of a
+    /// backup job on instance `t % instances` that runs to its end
+    /// (creation, start, intent, handle, end), made now.
+    pub(crate) fn versions(&self, t: usize, n: usize) -> Vec<JobRecord> {
+        let at = Utc::now();
+        let t = t % self.instances.max(1);
+        let mut r = self.new_job(t, at);
+        let mut out = Vec::with_capacity(n.min(5));
+        for step in 0..n.min(5) {
+            match step {
+                0 => {}
+                1 => started(&mut r, at),
+                2 => submitting(&mut r, at),
+                3 => {
+                    let sim = self.sims.get(t % self.sims.len().max(1));
+                    let sim = sim.map_or("http://127.0.0.1", String::as_str);
+                    polling(&mut r, &format!("{sim}/v3/jobs/{}", Uuid::new_v4()), at);
+                }
+                _ => succeeded(&mut r, at + chrono::Duration::milliseconds(60)),
+            }
+            out.push(r.clone());
+        }
+        out
+    }
+}
+
+/// The steps of a backup job's life, each as the driver writes it (the
+/// versions of `Plan::versions`): PENDING → RUNNING ("starting") →
+/// intent stored (Submitting) → handle stored (Polling) → SUCCEEDED.
+fn started(r: &mut JobRecord, at: DateTime<Utc>) {
+    let t = at + chrono::Duration::milliseconds(2);
+    r.state = JobState::Running;
+    r.start_time = Some(t);
+    r.message = "starting".into();
+    r.record_event(t);
+}
+
+/// What the CF adapter's prepare records (the instance's last operation,
+/// the previous backup, and its newest backups), stored before the submit.
+fn submitting(r: &mut JobRecord, at: DateTime<Utc>) {
+    let prev = (at - chrono::Duration::days(1)).to_rfc3339();
+    let state = json!({
+        "last_operation": {"type": "update", "state": "succeeded",
+            "description": "backup succeeded", "created_at": prev, "updated_at": prev},
+        "has_last_operation": true,
+        "newest_created_at": (at - chrono::Duration::days(1)).timestamp(),
+        "newest_ids": [Uuid::new_v4().to_string()],
+    });
+    let t = at + chrono::Duration::milliseconds(30);
+    r.intent = Some(Intent {
+        state: state.to_string(),
+        recorded_at: Some(t),
+    });
+    r.phase = Phase::Submitting;
+    r.message = "submitting to the backend".into();
+    r.record_event(t);
+}
+
+fn polling(r: &mut JobRecord, job_url: &str, at: DateTime<Utc>) {
+    r.handle = Some(RemoteHandle {
+        display: job_url.to_string(),
+        state: json!({"watch": "job", "url": job_url}).to_string(),
+    });
+    r.phase = Phase::Polling;
+    r.message = format!("submitted; waiting for {job_url}");
+    r.record_event(at + chrono::Duration::milliseconds(45));
+}
+
+fn succeeded(r: &mut JobRecord, end: DateTime<Utc>) {
+    let backup = Uuid::new_v4().to_string();
+    r.state = JobState::Succeeded;
+    r.phase = Phase::Done;
+    r.end_time = Some(end);
+    r.message = format!("backup {backup} created");
+    r.backup_id = Some(backup);
+    r.record_event(end);
 }
 
 /// A UUIDv7 of `at`, as `Uuid::now_v7` would have made then.
@@ -476,6 +532,31 @@ mod tests {
                 .collect(),
             now: Utc::now(),
         }
+    }
+
+    #[test]
+    fn the_versions_of_a_job_are_its_life_in_order() {
+        let p = Plan::of_instances(4, vec!["http://127.0.0.1:1".into()]);
+        let v = p.versions(6, 5);
+        let steps: Vec<_> = v.iter().map(|r| (r.state, r.phase)).collect();
+        assert_eq!(
+            steps,
+            [
+                (JobState::Pending, Phase::Queued),
+                (JobState::Running, Phase::Queued),
+                (JobState::Running, Phase::Submitting),
+                (JobState::Running, Phase::Polling),
+                (JobState::Succeeded, Phase::Done),
+            ]
+        );
+        assert!(v.iter().all(|r| r.id == v[0].id));
+        assert_eq!(
+            v[0].target,
+            format!("backends/cf0/serviceInstances/{}", guid(2))
+        );
+        assert!(v[3].handle.is_some() && v[4].backup_id.is_some());
+        assert_eq!(p.versions(0, 1).len(), 1);
+        assert_eq!(p.versions(0, 9).len(), 5);
     }
 
     #[test]
