@@ -5,8 +5,9 @@
 //! - [`store_writes`]: job records written through the daemon's own
 //!   `Store` (the run's `--store` engine, its group-commit flusher; a fresh
 //!   data dir, no daemon, no gRPC, no backend), each version awaited
-//!   durable before the next, as `Engine::create` and the driver do.
-//!   P1 writes the creation alone; P2 the five versions of a job's life.
+//!   durable before the next, grouped as `Engine::create` and the driver
+//!   group them. P1 writes the creation alone; P2 the five versions of a
+//!   job's life.
 //! - [`plain_polls`]: a plain client in a process of its own (this
 //!   executable, `custos-bench poll-client`) polling CF jobs on the same
 //!   simulators at the rate the daemon polled, with the adapters' own HTTP
@@ -43,9 +44,8 @@ pub struct StoreRun {
     /// Versions written, each awaited durable.
     pub writes: u64,
     pub elapsed: Duration,
-    /// The store's group commits, and the writers they answered.
+    /// The store's group commits.
     pub flushes: u64,
-    pub waiters: u64,
 }
 
 impl StoreRun {
@@ -53,15 +53,31 @@ impl StoreRun {
         self.writes as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// Versions made durable by one flush, on average (a group of
+    /// creations is one waiter of the flusher, so this is not waiters).
     pub fn per_flush(&self) -> f64 {
-        self.waiters as f64 / self.flushes.max(1) as f64
+        self.writes as f64 / self.flushes.max(1) as f64
     }
 }
+
+/// The most creations the daemon's intake writes in one batch
+/// (`INTAKE_GROUP` in `src/engine/mod.rs`).
+const INTAKE_GROUP: usize = 256;
+
+type Creation = (
+    custos::job::JobRecord,
+    tokio::sync::oneshot::Sender<Result<()>>,
+);
 
 /// `writers` tasks write jobs (on `instances` service instances of
 /// simulators at `sims`) through a `Store` of their own, the first
 /// `versions` (1 to 5) of each job's life, each awaited durable, until
 /// `until` (a number of jobs, or a time after which no job is started).
+/// As the daemon writes them: creations through one intake that writes
+/// whatever is queued as one batch (`put_jobs`) and answers the group
+/// after its flush, in a task of its own while it writes the next group
+/// (`Engine::intake`); the later versions one key each (`update_job`),
+/// each writer awaiting its flush (the driver).
 pub async fn store_writes(
     instances: usize,
     sims: Vec<String>,
@@ -75,11 +91,14 @@ pub async fn store_writes(
         daemon::store_engine(),
     )?);
     let plan = Arc::new(Plan::of_instances(instances, sims));
+    let (intake_tx, intake_rx) = tokio::sync::mpsc::unbounded_channel::<Creation>();
+    let intake = tokio::spawn(intake(store.clone(), intake_rx));
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..writers.max(1) {
         let (store, plan, next) = (store.clone(), plan.clone(), next.clone());
+        let intake_tx = intake_tx.clone();
         set.spawn(async move {
             let (mut jobs, mut writes) = (0u64, 0u64);
             loop {
@@ -89,12 +108,17 @@ pub async fn store_writes(
                     Until::Calls(n) if i >= n => break,
                     _ => {}
                 }
-                for (k, rec) in plan.versions(i as usize, versions).iter().enumerate() {
-                    if k == 0 {
-                        store.put_job(rec)?;
-                    } else {
-                        store.update_job(rec)?;
-                    }
+                let mut recs = plan.versions(i as usize, versions).into_iter();
+                let Some(created) = recs.next() else { break };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                intake_tx
+                    .send((created, tx))
+                    .map_err(|_| anyhow!("the intake stopped"))?;
+                rx.await
+                    .map_err(|_| anyhow!("the intake dropped a creation"))??;
+                writes += 1;
+                for rec in recs {
+                    store.update_job(&rec)?;
                     store.flush().await?;
                     writes += 1;
                 }
@@ -103,6 +127,7 @@ pub async fn store_writes(
             anyhow::Ok((jobs, writes))
         });
     }
+    drop(intake_tx);
     let (mut jobs, mut writes) = (0, 0);
     while let Some(r) = set.join_next().await {
         let (j, w) = r.context("a store writer panicked")??;
@@ -110,14 +135,41 @@ pub async fn store_writes(
         writes += w;
     }
     let elapsed = t0.elapsed();
+    intake.await.context("the intake panicked")?;
     let s = store.flush_stats();
     Ok(StoreRun {
         jobs,
         writes,
         elapsed,
         flushes: s.flushes.load(Ordering::Relaxed),
-        waiters: s.waiters.load(Ordering::Relaxed),
     })
+}
+
+/// The floor's `Engine::intake`: whatever is queued, up to
+/// [`INTAKE_GROUP`], written as one batch, then flushed and answered in a
+/// task of its own while the next group is written.
+async fn intake(store: Arc<Store>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Creation>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < INTAKE_GROUP {
+            match rx.try_recv() {
+                Ok(x) => group.push(x),
+                Err(_) => break,
+            }
+        }
+        let (recs, answers): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let written = store.put_jobs(&recs).map_err(|e| e.to_string());
+        let store = store.clone();
+        tokio::spawn(async move {
+            let r = match written {
+                Ok(()) => store.flush().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            for a in answers {
+                let _ = a.send(r.clone().map_err(anyhow::Error::msg));
+            }
+        });
+    }
 }
 
 /// What the plain poll client is told (on its stdin, as JSON).

@@ -108,7 +108,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         .baseline("Health/Check/s", base.rate()),
     );
     f.notes.push(format!(
-        "the store alone ({} store, its group commit; no gRPC, no jobs run): {} creations in {:.1} s, {:.1} writers a flush; the ratio is P1's ceiling if a creation cost nothing but its durable write",
+        "the store alone ({} store, its group commit; no gRPC, no jobs run): {} creations in {:.1} s, {:.1} versions made durable a flush; the ratio is P1's ceiling if a creation cost nothing but its durable write",
         crate::daemon::store_engine(),
         floor.writes,
         floor.elapsed.as_secs_f64(),

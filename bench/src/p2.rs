@@ -242,7 +242,7 @@ pub async fn run(bin: &Path, a: &Args) -> Result<Figure> {
         base.polls as f64 / n as f64
     ));
     f.notes.push(format!(
-        "the store alone ({} store, its group commit; no gRPC, no HTTP): {} versions ({} jobs: creation, start, intent, handle, end, each awaited durable) in {:.2} s, {:.0}/s, {:.1} writers a flush; the ratio is P2's ceiling if the daemon cost nothing but its durable writes",
+        "the store alone ({} store, its group commit; no gRPC, no HTTP): {} versions ({} jobs: creation, start, intent, handle, end, each awaited durable) in {:.2} s, {:.0}/s, {:.1} versions made durable a flush; the ratio is P2's ceiling if the daemon cost nothing but its durable writes",
         crate::daemon::store_engine(),
         floor.writes,
         floor.jobs,
