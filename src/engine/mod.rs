@@ -482,8 +482,7 @@ impl Engine {
     }
 
     /// Group commit for `create`: the jobs queued while the last group
-    /// was being written are written together, in one batch (sled takes
-    /// a global lock and syncs its log once per batch), then flushed and
+    /// was being written are written together, in one batch, then flushed and
     /// answered in a task of their own while the next group is written.
     /// A caller that goes away does not stop its job's creation.
     /// It holds no strong reference to the engine while it waits.
@@ -721,7 +720,7 @@ impl Engine {
                 Err(e) => Err(e.into()),
             });
         }
-        if let Err(e) = self.store.put_jobs(&fresh) {
+        if let Err(e) = self.store.create_jobs(&fresh) {
             let mut live = lock(&self.live);
             for rec in &fresh {
                 live.remove(&rec.id);

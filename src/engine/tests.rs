@@ -865,6 +865,32 @@ fn with_request(instance: &str, request_id: Option<&str>) -> NewJob {
     n
 }
 
+/// On sled a creation's batch is written key by key, its record last: a
+/// crash (or a failed write) can leave its request id without the job.
+/// That creation was never acknowledged; the client's retry with the
+/// same request id makes the job (it is not told forever that an earlier
+/// job "is not in the store"), and a start resumes nothing of it.
+#[tokio::test]
+async fn a_request_id_left_without_its_job_lets_the_retry_make_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    let mut cut = crate::test_support::record();
+    cut.request_id = Some("cut".into());
+    let len = e.store.put_job_prefix(&cut, 0);
+    e.store.put_job_prefix(&cut, len - 1);
+    e.store.flush().await.unwrap();
+    assert!(e.store.live_jobs().unwrap().is_empty());
+    let job = e.create(with_request("i0", Some("cut"))).await.unwrap();
+    assert_ne!(job.id, cut.id);
+    assert_eq!(e.store.job_for_request("cut").unwrap(), Some(job.id));
+    let done = real_wait_end(&e, job.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    // A retry now finds that job, as before.
+    let again = e.create(with_request("i0", Some("cut"))).await.unwrap();
+    assert_eq!(again.id, job.id);
+}
+
 /// Issue 12 (P5): `create_many` makes many jobs durable with one flush,
 /// each as `create` would: nothing is visible before that flush, a
 /// request id already used returns its job (also twice in one batch), a

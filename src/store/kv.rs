@@ -7,8 +7,11 @@
 //!
 //! What every engine promises:
 //! - a write ([`Kv::apply`], [`Kv::put`], [`Kv::remove`]) is visible to
-//!   every read that starts after it returns, and is atomic (a batch is
-//!   all of its operations or none, also after a crash);
+//!   every read that starts after it returns; a batch's operations are
+//!   applied in order, and are not atomic on every engine: redb applies
+//!   a batch whole or not at all, sled key by key (a reader or a crash
+//!   may see a prefix of it), so `Store` orders every batch so that each
+//!   prefix is safe (`add_job` in `mod.rs`);
 //! - [`Kv::flush`] returns once every write that returned before it was
 //!   called is durable (survives `kill -9` of the process);
 //! - after a crash the store holds a prefix of the writes, in the order
@@ -38,7 +41,7 @@ impl Batch {
     }
 }
 
-/// An ordered byte-key map with atomic batches and a durable flush.
+/// An ordered byte-key map with ordered batches and a durable flush.
 pub(crate) trait Kv: Clone + Send + Sync + 'static {
     /// A stored key or value, without a copy where the engine allows.
     type Bytes: AsRef<[u8]>;
@@ -47,7 +50,8 @@ pub(crate) trait Kv: Clone + Send + Sync + 'static {
 
     fn get(&self, key: &[u8]) -> Result<Option<Self::Bytes>, StoreError>;
     fn contains(&self, key: &[u8]) -> Result<bool, StoreError>;
-    /// All of the batch or none of it (not yet durable: [`Kv::flush`]).
+    /// The batch's operations in order; all or none on redb, a prefix
+    /// possible on sled (not yet durable: [`Kv::flush`]).
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Whether the key was there.

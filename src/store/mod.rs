@@ -5,8 +5,9 @@
 //! redb (`redb_kv.rs`), chosen by [`StoreEngine`] (`store_engine` in the
 //! config).
 //!
-//! One map, keys by prefix, so that a job and its indexes change in one
-//! atomic batch:
+//! One map, keys by prefix; a job and its indexes change in one batch,
+//! ordered so that any prefix of it is safe (sled writes a batch key by
+//! key; see `add_job`):
 //! - `j{uuid}` → the job record (JSON, versioned)
 //! - `l{uuid}` → present while the job is not terminal (start-up reads only these)
 //! - `r{request_id}` → the job's uuid (idempotency keys)
@@ -256,10 +257,22 @@ fn request_key(request_id: &str) -> Vec<u8> {
     k
 }
 
-/// A job and its index entries, into `batch`.
+/// A job and its index entries, into `batch`, in an order whose every
+/// prefix a reader copes with: sled applies a batch key by key (its
+/// batches cost a process-wide lock: `sled_kv.rs`), so a crash can keep a
+/// prefix of it, and a reader in the same process can see one.
+/// - The entries that point at the record (indexes, the live mark, the
+///   request id, the end time) come before it: one whose record is
+///   missing is skipped by lists and by `live_jobs`, and a request id
+///   without its record is no job (`job_for_request`); the creation was
+///   never acknowledged (that waits for a flush after the whole batch).
+/// - An ended job's state and end-time entries come before its final
+///   record: lists check the record against the filter, pruning checks
+///   that the record has ended at that time.
+/// - The live mark goes after the final record: a start drops a mark
+///   whose record has ended (`live_jobs`).
 fn add_job(batch: &mut Batch, rec: &JobRecord) -> Result<(), StoreError> {
     let bytes = rec.encode().map_err(|e| StoreError::Io(e.to_string()))?;
-    batch.put(key(b'j', &rec.id), bytes);
     // Kind and target never change: indexed before the job starts
     // (its first writes); the end state once it has ended.
     if rec.start_time.is_none() || rec.state.is_terminal() {
@@ -268,7 +281,6 @@ fn add_job(batch: &mut Batch, rec: &JobRecord) -> Result<(), StoreError> {
         }
     }
     if rec.state.is_terminal() {
-        batch.remove(key(b'l', &rec.id));
         if let Some(end) = rec.end_time {
             batch.put(end_key(end, &rec.id), []);
         }
@@ -277,6 +289,10 @@ fn add_job(batch: &mut Batch, rec: &JobRecord) -> Result<(), StoreError> {
     }
     if let Some(r) = &rec.request_id {
         batch.put(request_key(r), rec.id.as_bytes().as_slice());
+    }
+    batch.put(key(b'j', &rec.id), bytes);
+    if rec.state.is_terminal() {
+        batch.remove(key(b'l', &rec.id));
     }
     Ok(())
 }
@@ -371,16 +387,16 @@ impl Store {
         &self.stats
     }
 
-    /// Writes a job and its index entries in one atomic batch (not yet
-    /// durable: await [`Store::flush`]).
+    /// Writes a job and its index entries in one batch (not yet durable:
+    /// await [`Store::flush`]; see [`Store::put_jobs`]).
     pub fn put_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
         self.put_jobs(std::slice::from_ref(rec))
     }
 
-    /// Writes several jobs and their index entries in one atomic batch
-    /// (not yet durable: await [`Store::flush`]): all of them or none.
-    /// Cheaper than one `put_job` each: sled writes (and syncs) its log
-    /// buffer once per batch, not once per job.
+    /// Writes several jobs and their index entries in one batch (not yet
+    /// durable: await [`Store::flush`]), ordered so that any prefix of it
+    /// is safe (`add_job`): on sled, a failure or a crash can leave a
+    /// prefix; on redb all of them or none.
     pub fn put_jobs(&self, recs: &[JobRecord]) -> Result<(), StoreError> {
         self.injected_put_failure()?;
         let mut batch = Batch::default();
@@ -390,6 +406,23 @@ impl Store {
         self.kv.apply(batch)?;
         self.count_batch();
         Ok(())
+    }
+
+    /// Writes new jobs (never stored before) and their index entries, as
+    /// [`Store::put_jobs`]. If the write fails, none of them exists: on
+    /// sled a prefix of the batch may have been written, so the records
+    /// are taken back out (entries without their record are no job:
+    /// `add_job`).
+    pub fn create_jobs(&self, recs: &[JobRecord]) -> Result<(), StoreError> {
+        let r = self.put_jobs(recs);
+        if r.is_err() {
+            for rec in recs {
+                if let Err(e) = self.kv.remove(&key(b'j', &rec.id)) {
+                    tracing::error!(job = %rec.id, error = %e, "cannot take back the record of a job whose creation failed");
+                }
+            }
+        }
+        r
     }
 
     /// Writes a new version of a job that is already in the store (not yet
@@ -410,6 +443,25 @@ impl Store {
 
     fn count_batch(&self) {
         (self.stats.batches).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes the first `n` operations of the batch that `put_job(rec)`
+    /// writes (what a crash, or a failed write, can leave on sled);
+    /// returns how many operations that batch has.
+    #[cfg(test)]
+    pub(crate) fn put_job_prefix(&self, rec: &JobRecord, n: usize) -> usize {
+        let mut batch = Batch::default();
+        add_job(&mut batch, rec).unwrap();
+        let len = batch.ops.len();
+        for op in batch.ops.into_iter().take(n) {
+            match op {
+                kv::Op::Put(k, v) => self.kv.put(&k, &v).unwrap(),
+                kv::Op::Remove(k) => {
+                    self.kv.remove(&k).unwrap();
+                }
+            }
+        }
+        len
     }
 
     /// A write failure a test asked for (`TestFaults::fail_puts`).
@@ -451,32 +503,44 @@ impl Store {
         r
     }
 
-    /// The job created with this `request_id`, if it is still kept.
+    /// The job created with this `request_id`, if it is still kept. A
+    /// request id whose record is not there is no job: its creation was
+    /// cut short after the id was written (a crash, on sled; a failed
+    /// write), and never acknowledged (see `add_job`).
     pub fn job_for_request(&self, request_id: &str) -> Result<Option<Uuid>, StoreError> {
-        self.kv
-            .get(&request_key(request_id))?
-            .map(|v| {
-                // Unreadable is an error, not "no job": a retried request
-                // must not make a second job (a restore run twice).
-                Uuid::from_slice(v.as_ref()).map_err(|e| {
-                    StoreError::Corrupt(format!(
-                        "the job of request_id {request_id:?} is stored unreadably: {e}"
-                    ))
-                })
-            })
-            .transpose()
+        let Some(v) = self.kv.get(&request_key(request_id))? else {
+            return Ok(None);
+        };
+        // Unreadable is an error, not "no job": a retried request must not
+        // make a second job (a restore run twice).
+        let id = Uuid::from_slice(v.as_ref()).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "the job of request_id {request_id:?} is stored unreadably: {e}"
+            ))
+        })?;
+        Ok(self.kv.contains(&key(b'j', &id))?.then_some(id))
     }
 
-    /// All non-terminal jobs, oldest first.
+    /// All non-terminal jobs, oldest first. A live mark whose record is
+    /// missing or has ended (a creation or an end cut short: `add_job`) is
+    /// removed (not flushed: it is removed again by the next start if it
+    /// comes back). For the start only, before any job is created or
+    /// changed: a creation being written has its mark before its record.
     pub fn live_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let mut out = Vec::new();
+        let mut stale = Vec::new();
         for kv in self.kv.range(b"l", b"m", false) {
             let (k, _) = kv?;
             let id = Uuid::from_slice(&k.as_ref()[1..])
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if let Some(rec) = self.get_job(&id)? {
-                out.push(rec);
+            match self.get_job(&id)? {
+                Some(rec) if !rec.state.is_terminal() => out.push(rec),
+                _ => stale.push(id),
             }
+        }
+        for id in stale {
+            tracing::info!(job = %id, "removing the live mark of a job that has no record or has ended");
+            self.kv.remove(&key(b'l', &id))?;
         }
         Ok(out)
     }
@@ -568,16 +632,21 @@ impl Store {
     pub fn prune_finished_before(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
         let end = end_key(cutoff, &Uuid::nil());
         let mut n = 0;
+        // Keys left in place are passed over: each chunk starts after
+        // the last key of the one before.
+        let mut from = b"e".to_vec();
         loop {
             let chunk = self
                 .kv
-                .range(b"e", &end, false)
+                .range(&from, &end, false)
                 .take(PRUNE_CHUNK)
                 .map(|kv| kv.map(|(k, _)| k.as_ref().to_vec()))
                 .collect::<Result<Vec<_>, _>>()?;
-            if chunk.is_empty() {
+            let Some(last) = chunk.last() else {
                 return Ok(n);
-            }
+            };
+            from = last.clone();
+            from.push(0);
             for k in chunk {
                 let Some(id) = k.get(9..).and_then(|id| Uuid::from_slice(id).ok()) else {
                     // It names no job: it goes, so that one bad key
@@ -593,6 +662,19 @@ impl Store {
                 // without a record), so that one bad record cannot stop
                 // pruning for good.
                 match self.get_job(&id) {
+                    // The end-time key is written before the job's final
+                    // record (`add_job`): that record is being written
+                    // now, or a crash kept the key without it and the
+                    // job's end will be written again. It stays.
+                    Ok(Some(rec)) if !rec.state.is_terminal() => continue,
+                    // Such a key, and the job ended at another time, with
+                    // a key of its own: only this key goes.
+                    Ok(Some(rec))
+                        if rec.end_time.map(|e| end_key(e, &id).to_vec()) != Some(k.clone()) =>
+                    {
+                        self.kv.remove(&k)?;
+                        continue;
+                    }
                     Ok(Some(rec)) => {
                         if let Some(r) = &rec.request_id {
                             batch.remove(request_key(r));
@@ -775,7 +857,101 @@ mod tests {
         acknowledged_writes_survive_reopening,
         refuses_a_data_dir_of_the_other_engine,
         pruning_goes_through_every_chunk,
+        every_prefix_of_a_creation_is_the_job_or_no_job,
+        every_prefix_of_an_end_is_the_running_job_or_the_ended_one,
     );
+
+    /// sled writes a batch key by key, so a crash (or a failed write) can
+    /// leave any prefix of a creation's batch: each is either the whole
+    /// job or no job at all. No live mark or request id is left that
+    /// makes a start resume nothing or a retry find nothing forever.
+    async fn every_prefix_of_a_creation_is_the_job_or_no_job(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let len = store.put_job_prefix(&rec(Some("probe")), 0);
+        assert!(len >= 5, "record, live mark, request id, kind, target");
+        for n in 0..=len {
+            let r = rec(Some(&format!("req-{n}")));
+            store.put_job_prefix(&r, n);
+            let whole = store.get_job(&r.id).unwrap().is_some();
+            // The record goes last: only the whole batch is a job.
+            assert_eq!(whole, n == len, "prefix {n} of {len}");
+            let expected = whole.then_some(r.id);
+            assert_eq!(
+                store.job_for_request(&format!("req-{n}")).unwrap(),
+                expected,
+                "prefix {n}: a request id without its record is no job"
+            );
+            let live: Vec<Uuid> = store.live_jobs().unwrap().iter().map(|j| j.id).collect();
+            assert_eq!(live.contains(&r.id), whole, "prefix {n}");
+            assert_eq!(
+                store.kv.contains(&key(b'l', &r.id)).unwrap(),
+                whole,
+                "prefix {n}: a start drops a live mark without its record"
+            );
+            store.flush().await.unwrap();
+        }
+    }
+
+    /// The same for the batch of a job's end: any prefix of it is the
+    /// job as it was (still resumed at a start, not pruned) or the ended
+    /// job (not resumed, pruned in its time).
+    async fn every_prefix_of_an_end_is_the_running_job_or_the_ended_one(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let mut probe = rec(None);
+        probe.state = JobState::Succeeded;
+        probe.end_time = Some(Utc::now());
+        let len = store.put_job_prefix(&probe, 0);
+        for n in 0..=len {
+            let mut r = rec(Some(&format!("req-{n}")));
+            store.put_job(&r).unwrap();
+            r.state = JobState::Running;
+            r.start_time = Some(Utc::now());
+            store.update_job(&r).unwrap();
+            let mut ended = r.clone();
+            ended.state = JobState::Succeeded;
+            ended.end_time = Some(Utc::now() - chrono::Duration::days(40));
+            store.put_job_prefix(&ended, n);
+            let stored = store.get_job(&r.id).unwrap().unwrap();
+            let done = stored.state.is_terminal();
+            let live: Vec<Uuid> = store.live_jobs().unwrap().iter().map(|j| j.id).collect();
+            assert_eq!(live.contains(&r.id), !done, "prefix {n} of {len}");
+            assert_eq!(
+                store.kv.contains(&key(b'l', &r.id)).unwrap(),
+                !done,
+                "prefix {n}: a start drops the live mark of an ended job"
+            );
+            let prune = || {
+                store
+                    .prune_finished_before(Utc::now() - chrono::Duration::days(30))
+                    .unwrap()
+            };
+            assert_eq!(prune(), usize::from(done), "prefix {n}");
+            assert_eq!(
+                store.get_job(&r.id).unwrap().is_some(),
+                !done,
+                "prefix {n}: pruning never takes a job that has not ended"
+            );
+            if !done {
+                // Its end, written again (by its driver after a start),
+                // is pruned in its time.
+                store.put_job(&ended).unwrap();
+                assert_eq!(prune(), 1, "prefix {n}");
+                assert!(store.get_job(&r.id).unwrap().is_none(), "prefix {n}");
+            }
+            // No end-time key is left behind either way.
+            assert_eq!(
+                store
+                    .kv
+                    .range(b"e", b"f", false)
+                    .filter(|kv| kv.as_ref().unwrap().0.as_ref()[9..] == *r.id.as_bytes())
+                    .count(),
+                0,
+                "prefix {n}"
+            );
+        }
+    }
 
     async fn writability_follows_the_flushes(engine: StoreEngine) {
         use std::sync::atomic::Ordering;

@@ -1,7 +1,8 @@
 //! The sled 0.34 engine (the default): one tree in `data_dir/db`.
 //!
-//! A write is in sled's memory when it returns (sled seals and syncs its
-//! log buffer on every batch, but promises nothing until a flush);
+//! A write is in sled's memory when it returns (sled promises nothing
+//! until a flush); a [`Batch`] is applied key by key, not atomically
+//! (see `apply`);
 //! [`Kv::flush`] is `sled::Db::flush`, which writes with `sync_file_range`
 //! (survives `kill -9`, not a power loss: `docs/store.md`). sled 0.34's
 //! `flush_async` hangs with concurrent callers, so `Store` never calls it:
@@ -75,15 +76,25 @@ impl Kv for SledKv {
         Ok(self.db.contains_key(key)?)
     }
 
+    /// Key by key, in order, not as a `sled::Batch`: sled 0.34's
+    /// `apply_batch` takes a process-wide lock for writing, and once one
+    /// batch has run every `insert` and `get` of the process takes it for
+    /// reading (`concurrency_control` in sled's source); with batches the
+    /// daemon made P1's creations 4x and P2 1.8x slower
+    /// (`docs/benchmarks.md`, sixth stop). A crash keeps a prefix of the
+    /// operations, as of all writes (sled recovers a prefix of its log);
+    /// `Store` orders every batch so that any prefix is safe (`add_job`).
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
         for op in batch.ops {
             match op {
-                Op::Put(k, v) => b.insert(k, v),
-                Op::Remove(k) => b.remove(k),
+                Op::Put(k, v) => {
+                    self.db.insert(k, v)?;
+                }
+                Op::Remove(k) => {
+                    self.db.remove(k)?;
+                }
             }
         }
-        self.db.apply_batch(b)?;
         Ok(())
     }
 
