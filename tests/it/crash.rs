@@ -79,6 +79,75 @@ async fn kill_nine_with_fifty_jobs_in_flight(opts: &Opts) -> tempfile::TempDir {
     dir
 }
 
+/// The store writes a creation key by key on sled (its record last, so
+/// a crash keeps a prefix of it). Killed during a burst of restores sent
+/// at once with request ids, the daemon comes back with each request
+/// either made (its retry gets that job) or not (its retry makes it): a
+/// retry is never refused for good, and no instance is restored twice.
+#[tokio::test]
+async fn kill_nine_in_a_burst_of_restores_then_each_retry_gets_one_job() {
+    const N: usize = 40;
+    let sim = sim(
+        SimConfig {
+            job_duration: Duration::from_millis(300),
+            ..Default::default()
+        },
+        N,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(d.op().await);
+    }
+    let req = |i: usize| {
+        let mut r = restore_req(i);
+        r.backup_id = format!("seed-{i}");
+        r.request_id = format!("00000000-0000-4000-8000-{i:012}");
+        r
+    };
+    let mut sent = tokio::task::JoinSet::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let r = req(i);
+        sent.spawn(async move { (i, c.restore(r).await.map(|j| j.into_inner().name)) });
+    }
+    // Some answered, some in flight, some not yet sent.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let d = d.restart_after_kill9(&sim, dir.path());
+    let mut before = std::collections::HashMap::new();
+    while let Some(r) = sent.join_next().await {
+        if let (i, Ok(name)) = r.unwrap() {
+            before.insert(i, name);
+        }
+    }
+    eprintln!("acknowledged before the kill: {} of {N}", before.len());
+    let mut c = d.op().await;
+    for i in 0..N {
+        let name = c
+            .restore(req(i))
+            .await
+            .unwrap_or_else(|e| panic!("the retry of request {i}: {e}\n{}", d.logs()))
+            .into_inner()
+            .name;
+        if let Some(first) = before.get(&i) {
+            assert_eq!(&name, first, "request {i} was acknowledged as another job");
+        }
+        let j = wait_done(&mut c, &name, Duration::from_secs(60)).await;
+        assert!(
+            state(&j) == "SUCCEEDED" || j.message.contains("outcome unknown"),
+            "{i}: {}: {}",
+            state(&j),
+            j.message
+        );
+    }
+    let mut per_instance = std::collections::HashMap::new();
+    for r in sim.restores() {
+        *per_instance.entry(r.instance).or_insert(0) += 1;
+    }
+    assert!(per_instance.values().all(|n| *n == 1), "{per_instance:?}");
+}
+
 #[tokio::test]
 async fn kill_nine_during_restores_never_restores_twice() {
     kill_nine_during_restores(&Opts::default()).await;
