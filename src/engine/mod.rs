@@ -687,8 +687,9 @@ impl Engine {
     /// Under the create lock: for each request the job made before with
     /// its request id (`Err(id)`), or a new one (`Ok(i)`: `fresh[i]`),
     /// `live` but unpublished, queued on its target; the new ones are
-    /// written in one batch (not yet durable). If that write fails, none
-    /// is: each of them is that error.
+    /// written (not yet durable: `Store::create_jobs`). If a write fails,
+    /// the jobs written before it go on as any new job (never taken back
+    /// out of the store), and each of the others is that error.
     fn stage_many(
         &self,
         news: &[NewJob],
@@ -720,19 +721,25 @@ impl Engine {
                 Err(e) => Err(e.into()),
             });
         }
-        if let Err(e) = self.store.create_jobs(&fresh) {
-            let mut live = lock(&self.live);
-            for rec in &fresh {
-                live.remove(&rec.id);
+        if let Err((written, e)) = self.store.create_jobs(&fresh) {
+            // The jobs written before the failure are in the store like
+            // any new job (never taken back out: flushed, then accepted,
+            // or held if the flush fails); the others are not, and their
+            // requests get the error.
+            {
+                let mut live = lock(&self.live);
+                for rec in &fresh[written..] {
+                    live.remove(&rec.id);
+                }
             }
-            let staged = staged
+            staged = staged
                 .into_iter()
                 .map(|s| match s {
-                    Ok(Ok(_)) => Err(e.clone().into()),
+                    Ok(Ok(i)) if i >= written => Err(e.clone().into()),
                     other => other,
                 })
                 .collect();
-            return (staged, Vec::new());
+            fresh.truncate(written);
         }
         for rec in &fresh {
             self.targets.enqueue(&rec.target, rec.id);

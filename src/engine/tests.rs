@@ -865,6 +865,45 @@ fn with_request(instance: &str, request_id: Option<&str>) -> NewJob {
     n
 }
 
+/// A group's creations are written one job after the other (on sled a
+/// batch is not atomic): when the write of one fails, the jobs written
+/// before it are created as usual (a store may keep them whatever this
+/// process does: they are never taken back out), and the requests of the
+/// others get the error and can be retried.
+#[tokio::test]
+async fn a_write_failing_inside_a_group_creates_the_jobs_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    e.store.faults.pass_puts.store(1, Ordering::SeqCst);
+    e.store.faults.fail_puts.store(1, Ordering::SeqCst);
+    let r = e
+        .create_many(vec![
+            with_request("i0", Some("g1")),
+            with_request("i1", Some("g2")),
+            with_request("i2", Some("g3")),
+        ])
+        .await;
+    let first = r[0].as_ref().expect("written before the failure").clone();
+    assert!(matches!(r[1], Err(EngineError::Store(_))), "{:?}", r[1]);
+    assert!(matches!(r[2], Err(EngineError::Store(_))), "{:?}", r[2]);
+    assert_eq!(e.store.job_for_request("g1").unwrap(), Some(first.id));
+    for g in ["g2", "g3"] {
+        assert_eq!(e.store.job_for_request(g).unwrap(), None, "{g}");
+    }
+    let done = real_wait_end(&e, first.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    // The failed ones, retried, are made.
+    let again = e.create(with_request("i1", Some("g2"))).await.unwrap();
+    assert_eq!(e.store.job_for_request("g2").unwrap(), Some(again.id));
+    assert_eq!(
+        e.list(&JobIndex::All, None, 10, |_| true).unwrap().0.len(),
+        2
+    );
+    let done = real_wait_end(&e, again.id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+}
+
 /// On sled a creation's batch is written key by key, its record last: a
 /// crash (or a failed write) can leave its request id without the job.
 /// That creation was never acknowledged; the client's retry with the

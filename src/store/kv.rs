@@ -106,6 +106,14 @@ impl Iterator for AnyRange {
     }
 }
 
+impl AnyKv {
+    /// Whether [`Kv::apply`] writes a batch whole or not at all (redb),
+    /// rather than key by key (sled).
+    pub(crate) fn atomic_batches(&self) -> bool {
+        matches!(self, AnyKv::Redb(_))
+    }
+}
+
 impl Kv for AnyKv {
     type Bytes = AnyBytes;
     type Range = AnyRange;

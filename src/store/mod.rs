@@ -209,8 +209,9 @@ pub struct Store {
 #[derive(Debug, Default)]
 pub(crate) struct TestFaults {
     /// The next this-many writes of jobs (`put_job`, `put_jobs`,
-    /// `update_job`) fail.
+    /// `update_job`) fail, after `pass_puts` more have succeeded.
     pub fail_puts: std::sync::atomic::AtomicU32,
+    pub pass_puts: std::sync::atomic::AtomicU32,
     /// The next this-many flushes fail (after running).
     pub fail_flushes: Arc<std::sync::atomic::AtomicU32>,
     /// Held for writing by a test, it stops the flusher before its next
@@ -228,7 +229,7 @@ pub(crate) struct TestFaults {
 pub struct FlushStats {
     pub flushes: std::sync::atomic::AtomicU64,
     pub waiters: std::sync::atomic::AtomicU64,
-    /// Atomic batches of jobs written (`put_jobs`, final versions).
+    /// Groups of jobs written (`put_jobs`, `create_jobs`; final versions).
     pub batches: std::sync::atomic::AtomicU64,
 }
 
@@ -398,31 +399,36 @@ impl Store {
     /// is safe (`add_job`): on sled, a failure or a crash can leave a
     /// prefix; on redb all of them or none.
     pub fn put_jobs(&self, recs: &[JobRecord]) -> Result<(), StoreError> {
+        self.write_jobs(recs)?;
+        self.count_batch();
+        Ok(())
+    }
+
+    fn write_jobs(&self, recs: &[JobRecord]) -> Result<(), StoreError> {
         self.injected_put_failure()?;
         let mut batch = Batch::default();
         for rec in recs {
             add_job(&mut batch, rec)?;
         }
-        self.kv.apply(batch)?;
-        self.count_batch();
-        Ok(())
+        self.kv.apply(batch)
     }
 
-    /// Writes new jobs (never stored before) and their index entries, as
-    /// [`Store::put_jobs`]. If the write fails, none of them exists: on
-    /// sled a prefix of the batch may have been written, so the records
-    /// are taken back out (entries without their record are no job:
-    /// `add_job`).
-    pub fn create_jobs(&self, recs: &[JobRecord]) -> Result<(), StoreError> {
-        let r = self.put_jobs(recs);
-        if r.is_err() {
-            for rec in recs {
-                if let Err(e) = self.kv.remove(&key(b'j', &rec.id)) {
-                    tracing::error!(job = %rec.id, error = %e, "cannot take back the record of a job whose creation failed");
-                }
-            }
+    /// Writes new jobs (never stored before) and their index entries (not
+    /// yet durable: await [`Store::flush`]). If a write fails, the error
+    /// says how many of them were written whole; the others are no job
+    /// (a prefix of a creation without its record is none: `add_job`).
+    /// On redb, one batch: all or none. On sled one job after the other,
+    /// which costs nothing more: sled writes a batch key by key anyway.
+    pub fn create_jobs(&self, recs: &[JobRecord]) -> Result<(), (usize, StoreError)> {
+        if self.kv.atomic_batches() {
+            return self.put_jobs(recs).map_err(|e| (0, e));
         }
-        r
+        for (i, rec) in recs.iter().enumerate() {
+            self.write_jobs(std::slice::from_ref(rec))
+                .map_err(|e| (i, e))?;
+        }
+        self.count_batch();
+        Ok(())
     }
 
     /// Writes a new version of a job that is already in the store (not yet
@@ -469,6 +475,11 @@ impl Store {
         #[cfg(test)]
         {
             use std::sync::atomic::Ordering;
+            let pass = &self.faults.pass_puts;
+            if pass.load(Ordering::SeqCst) > 0 {
+                pass.fetch_sub(1, Ordering::SeqCst);
+                return Ok(());
+            }
             let f = &self.faults.fail_puts;
             if f.load(Ordering::SeqCst) > 0 {
                 f.fetch_sub(1, Ordering::SeqCst);
