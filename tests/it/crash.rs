@@ -141,11 +141,7 @@ async fn kill_nine_in_a_burst_of_restores_then_each_retry_gets_one_job() {
             j.message
         );
     }
-    let mut per_instance = std::collections::HashMap::new();
-    for r in sim.restores() {
-        *per_instance.entry(r.instance).or_insert(0) += 1;
-    }
-    assert!(per_instance.values().all(|n| *n == 1), "{per_instance:?}");
+    no_instance_restored_twice(&sim);
 }
 
 #[tokio::test]
@@ -190,11 +186,7 @@ async fn kill_nine_during_restores(opts: &Opts) {
         );
     }
     assert!(sim.counters().restore_submits <= 20);
-    let mut per_instance = std::collections::HashMap::new();
-    for r in sim.restores() {
-        *per_instance.entry(r.instance).or_insert(0) += 1;
-    }
-    assert!(per_instance.values().all(|n| *n == 1), "{per_instance:?}");
+    no_instance_restored_twice(&sim);
 }
 
 #[tokio::test]
@@ -542,4 +534,13 @@ client_secret = "{secret}"
     stop.cancel();
     let c = sim.counters();
     assert_eq!((c.requests, c.backup_submits), (0, 0), "{c:?}");
+}
+
+/// Each instance the simulator restored, it restored once.
+fn no_instance_restored_twice(sim: &custos_cf_v3::sim::Simulator) {
+    let mut per_instance = std::collections::HashMap::new();
+    for r in sim.restores() {
+        *per_instance.entry(r.instance).or_insert(0) += 1;
+    }
+    assert!(per_instance.values().all(|n| *n == 1), "{per_instance:?}");
 }
