@@ -80,8 +80,9 @@ impl Kv for SledKv {
     /// `apply_batch` takes a process-wide lock for writing, and once one
     /// batch has run every `insert` and `get` of the process takes it for
     /// reading (`concurrency_control` in sled's source); with batches the
-    /// daemon made P1's creations 4x and P2 1.8x slower
-    /// (`docs/benchmarks.md`, sixth stop). A crash keeps a prefix of the
+    /// daemon's P1 ratio was 0.039 against 0.125 without, and its P2
+    /// ratio 3.64 against 2.89 (medians of three alternated runs,
+    /// `docs/benchmarks.md`, sixth stop). A crash keeps a prefix of the
     /// operations, as of all writes (sled recovers a prefix of its log);
     /// `Store` orders every batch so that any prefix is safe (`add_job`).
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
