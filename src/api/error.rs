@@ -275,11 +275,13 @@ impl From<EngineError> for ApiError {
                 message: m,
             },
             e @ EngineError::ShuttingDown => ApiError::shutting_down(e.to_string()),
-            ref e @ EngineError::CreationUnknown { job, .. } => ApiError::OutcomeUnknown {
-                reason: CREATION_OUTCOME_UNKNOWN,
-                name: crate::names::job_name(job),
-                message: e.to_string(),
-            },
+            ref e @ (EngineError::CreationUnknown { job, .. } | EngineError::NotDurable(job)) => {
+                ApiError::OutcomeUnknown {
+                    reason: CREATION_OUTCOME_UNKNOWN,
+                    name: crate::names::job_name(job),
+                    message: e.to_string(),
+                }
+            }
         }
     }
 }
@@ -495,6 +497,7 @@ mod tests {
                 error: StoreError::Io("disk full".into()),
             }
             .into(),
+            EngineError::NotDurable(uuid::Uuid::nil()).into(),
             StoreError::Closed.into(),
             ApiError::Aborted {
                 reason: WATCH_FELL_BEHIND,

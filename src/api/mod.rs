@@ -28,7 +28,7 @@ pub use error::ApiError;
 
 use crate::{
     config::Role,
-    engine::{BackendEntry, Engine, NewJob},
+    engine::{BackendEntry, Engine, EngineError, NewJob},
     job::{JobKind, JobRecord},
     names::{self, Target},
     schedule::Scheduler,
@@ -175,7 +175,18 @@ impl Service {
 
     fn get_job(&self, name: &str) -> Result<JobRecord, ApiError> {
         let id = Self::job_id(name)?;
-        self.engine.get(&id)?.ok_or_else(|| job_not_found(name))
+        self.engine
+            .get(&id)?
+            .ok_or_else(|| self.job_missing(&id, name))
+    }
+
+    /// `job_not_found`, or UNAVAILABLE for a job whose creation is
+    /// written but not durable yet (`Engine::missing`).
+    fn job_missing(&self, id: &Uuid, name: &str) -> ApiError {
+        match self.engine.missing(id) {
+            EngineError::NotFound(_) => job_not_found(name),
+            e => e.into(),
+        }
     }
 }
 
@@ -631,7 +642,7 @@ impl BackupService for Service {
             .engine
             .snapshot(&id)
             .map_err(ApiError::from)?
-            .ok_or_else(|| job_not_found(&name))?;
+            .ok_or_else(|| self.job_missing(&id, &name))?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
         let stop = self.shutdown.clone();

@@ -248,6 +248,87 @@ async fn a_create_whose_flush_failed_says_its_outcome_is_unknown() {
     assert_eq!(job.name, name, "the same request id gets that job");
 }
 
+/// Review finding: a job held after its creation's flush failed (its
+/// caller told CREATION_OUTCOME_UNKNOWN, naming it, and that it runs once
+/// the store recovers) was NOT_FOUND to GetJob, WatchJob and CancelJob.
+/// They now answer UNAVAILABLE with the same reason and resource, and
+/// find the job once a flush made it durable.
+#[tokio::test]
+async fn a_job_not_yet_durable_is_unavailable_not_missing() {
+    use std::sync::atomic::Ordering;
+    use tonic_types::StatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), vec![("a", Scripted::new(), 64)], 64).await;
+    let svc = service(&e);
+    fn as_operator<T>(mut r: Request<T>) -> Request<T> {
+        r.extensions_mut().insert(Caller {
+            name: "t".into(),
+            role: Role::Operator,
+        });
+        r
+    }
+    e.store()
+        .faults
+        .fail_flushes
+        .store(u32::MAX, Ordering::SeqCst);
+    let status = svc
+        .create_backup(as_operator(Request::new(pb::CreateBackupRequest {
+            target: "backends/a/serviceInstances/i0".into(),
+            ..Default::default()
+        })))
+        .await
+        .unwrap_err();
+    let name = status.get_details_error_info().unwrap().metadata["resource"].clone();
+    let held = |status: tonic::Status, call: &str| {
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{call}: {status:?}"
+        );
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "CREATION_OUTCOME_UNKNOWN", "{call}");
+        assert_eq!(info.metadata["resource"], name, "{call}");
+        assert!(
+            status.message().contains("not made it durable yet"),
+            "{call}: {}",
+            status.message()
+        );
+    };
+    let get = || as_reader(pb::GetJobRequest { name: name.clone() });
+    held(
+        BackupService::get_job(&svc, get()).await.unwrap_err(),
+        "GetJob",
+    );
+    let watch = svc
+        .watch_job(as_reader(pb::WatchJobRequest { name: name.clone() }))
+        .await;
+    held(watch.err().unwrap(), "WatchJob");
+    for validate_only in [true, false] {
+        let cancel = pb::CancelJobRequest {
+            name: name.clone(),
+            validate_only,
+        };
+        held(
+            svc.cancel_job(as_operator(Request::new(cancel)))
+                .await
+                .unwrap_err(),
+            "CancelJob",
+        );
+    }
+    e.store().faults.fail_flushes.store(0, Ordering::SeqCst);
+    let job = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(job) = BackupService::get_job(&svc, get()).await {
+                return job.into_inner();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the job is found once a flush made it durable");
+    assert_eq!(job.name, name);
+}
+
 /// Issue 12 (P5, found by the benchmark): a burst of changes well within
 /// the engine's event buffer cut a `WatchJobs` reader off with ABORTED,
 /// because each watcher's own buffer held only 1,024 converted messages:

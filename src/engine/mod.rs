@@ -75,6 +75,16 @@ pub enum EngineError {
         crate::names::job_name(*.job)
     )]
     CreationUnknown { job: Uuid, error: StoreError },
+    /// A job whose creation was written but is not durable yet: its
+    /// flush failed and is being retried (the caller was told
+    /// `CreationUnknown`), or is under way. Readers cannot see it yet,
+    /// and it cannot be cancelled yet; it is not gone.
+    #[error(
+        "job {} was written, but the store has not made it durable yet; \
+         it runs once the store recovers, or after a restart if the store kept it: ask again later",
+        crate::names::job_name(*.0)
+    )]
+    NotDurable(Uuid),
 }
 
 /// A configured backend with its limits.
@@ -512,10 +522,17 @@ impl Engine {
                 continue;
             };
             tokio::spawn(async move {
-                let results = engine.finish_many(&news, staged).await;
-                for (answer, r) in answers.into_iter().zip(results) {
-                    let _ = answer.send(r);
-                }
+                // Each caller is answered as soon as its own answer is
+                // known: a retry that waits for another creation to
+                // settle holds up no one else in its group.
+                let mut answers: Vec<_> = answers.into_iter().map(Some).collect();
+                engine
+                    .finish_many(&news, staged, |i, r| {
+                        if let Some(a) = answers.get_mut(i).and_then(Option::take) {
+                            let _ = a.send(r);
+                        }
+                    })
+                    .await;
             });
         }
     }
@@ -596,24 +613,50 @@ impl Engine {
         let held = self.create_lock.lock().await;
         let staged = self.stage_many(&news, &held);
         drop(held);
-        self.finish_many(&news, staged).await
+        let mut results: Vec<Option<Result<JobRecord, EngineError>>> =
+            (0..news.len()).map(|_| None).collect();
+        self.finish_many(&news, staged, |i, r| {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = Some(r);
+            }
+        })
+        .await;
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(EngineError::Store(StoreError::Io(
+                        "creating the job failed: no answer was made for it".into(),
+                    )))
+                })
+            })
+            .collect()
     }
 
     /// The second half of creating jobs after `stage_many`: one flush,
-    /// then each new job is accepted (or, if the flush failed, taken back
-    /// out), and each request gets its answer, in the order of `news`.
+    /// then each new job is accepted (or, if the flush failed, held until
+    /// one succeeds), and each request's answer is given to `answer` with
+    /// its index in `news`, as soon as it is known. A retry of a job that
+    /// another write is still creating waits for that creation to settle
+    /// (up to `CREATION_SETTLES`); such retries wait together, and no
+    /// other answer waits for them (review finding: they were awaited one
+    /// after the other, before any answer of the group was sent, so that
+    /// 40 retries of held jobs could keep a whole group waiting 20
+    /// minutes).
     async fn finish_many(
         self: &Arc<Self>,
         news: &[NewJob],
         (staged, fresh): (Vec<Staged>, Vec<JobRecord>),
-    ) -> Vec<Result<JobRecord, EngineError>> {
+        mut answer: impl FnMut(usize, Result<JobRecord, EngineError>),
+    ) {
         // Nothing written and nothing to look up: no flush to wait for.
         if staged.iter().all(Result::is_err) {
-            return staged
-                .into_iter()
-                .filter_map(Result::err)
-                .map(Err)
-                .collect();
+            for (i, s) in staged.into_iter().enumerate() {
+                if let Err(e) = s {
+                    answer(i, Err(e));
+                }
+            }
+            return;
         }
         let flushed = self.store.flush().await;
         match &flushed {
@@ -628,13 +671,13 @@ impl Engine {
             }
             Err(_) => {}
         }
-        let mut answers = Vec::with_capacity(news.len());
-        for (new, staged) in news.iter().zip(staged) {
-            answers.push(match (staged, &flushed) {
+        let mut settling = futures_util::stream::FuturesUnordered::new();
+        for (i, (new, staged)) in news.iter().zip(staged).enumerate() {
+            let r = match (staged, &flushed) {
                 (Err(e), _) => Err(e),
-                (Ok(Ok(i)), Ok(())) => Ok(fresh[i].clone()),
-                (Ok(Ok(i)), Err(e)) => Err(EngineError::CreationUnknown {
-                    job: fresh[i].id,
+                (Ok(Ok(f)), Ok(())) => Ok(fresh[f].clone()),
+                (Ok(Ok(f)), Err(e)) => Err(EngineError::CreationUnknown {
+                    job: fresh[f].id,
                     error: e.clone(),
                 }),
                 // The same request twice in this group.
@@ -644,10 +687,16 @@ impl Engine {
                         error: e.clone(),
                     })
                 }
-                (Ok(Err(id)), _) => self.existing_settled(new, id).await,
-            });
+                (Ok(Err(id)), _) => {
+                    settling.push(async move { (i, self.existing_settled(new, id).await) });
+                    continue;
+                }
+            };
+            answer(i, r);
         }
-        answers
+        while let Some((i, r)) = futures_util::StreamExt::next(&mut settling).await {
+            answer(i, r);
+        }
     }
 
     /// [`Engine::existing`], once the creation of that job has settled:
@@ -806,6 +855,18 @@ impl Engine {
         Ok(self.snapshot(id)?.map(|(_, j)| j))
     }
 
+    /// Why a job that `get` or `snapshot` did not find is not there: its
+    /// creation is written but not durable yet (`NotDurable`: held after
+    /// a failed flush, or flushing), or there is no such job (review
+    /// finding: a job held after a failed flush, which its caller had
+    /// been told runs once the store recovers, was NOT_FOUND).
+    pub fn missing(&self, id: &Uuid) -> EngineError {
+        match self.peek(id) {
+            Peek::Hot(e) if lock(&e).published.is_none() => EngineError::NotDurable(*id),
+            _ => EngineError::NotFound(crate::names::job_name(*id)),
+        }
+    }
+
     /// The job as last made durable, with the `seq` of that version
     /// (`u64::MAX` for a job that has ended: no event follows it).
     pub fn snapshot(&self, id: &Uuid) -> Result<Option<(u64, JobRecord)>, StoreError> {
@@ -894,9 +955,7 @@ impl Engine {
     /// operation exists (or may exist) is refused with the reason.
     pub async fn cancel(&self, id: &Uuid) -> Result<JobRecord, EngineError> {
         let name = crate::names::job_name(*id);
-        let current = self
-            .get(id)?
-            .ok_or_else(|| EngineError::NotFound(name.clone()))?;
+        let current = self.get(id)?.ok_or_else(|| self.missing(id))?;
         if current.state.is_terminal() {
             return Err(EngineError::FailedPrecondition(format!(
                 "job {name} already ended {}",

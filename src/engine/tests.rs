@@ -560,6 +560,87 @@ async fn a_creation_whose_flush_failed_runs_once_durable_and_the_answer_says_so(
     assert_eq!(b.calls("submit").len(), 1, "run once");
 }
 
+/// Two jobs whose creation could not be made durable (every flush fails):
+/// their ids, each created with its own request id.
+async fn two_held_jobs(e: &Arc<Engine>) -> [Uuid; 2] {
+    e.store
+        .faults
+        .fail_flushes
+        .store(u32::MAX, Ordering::SeqCst);
+    let mut ids = [Uuid::nil(); 2];
+    for (n, id) in ids.iter_mut().enumerate() {
+        let err = e
+            .create(with_request(&format!("held{n}"), Some(&format!("held{n}"))))
+            .await
+            .unwrap_err();
+        let EngineError::CreationUnknown { job, .. } = err else {
+            panic!("{err}")
+        };
+        *id = job;
+    }
+    ids
+}
+
+/// Review finding: the retries in one group of jobs held after a failed
+/// flush waited for their creations to settle one after the other, each
+/// up to `CREATION_SETTLES`: 40 of them kept the group 20 minutes. They
+/// now wait together (on the paused clock: one `CREATION_SETTLES`, not
+/// two).
+#[tokio::test(start_paused = true)]
+async fn retries_of_held_jobs_in_one_group_wait_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), vec![("a", Scripted::new(), 4)], 8).await;
+    let [a, b] = two_held_jobs(&e).await;
+    let t0 = tokio::time::Instant::now();
+    let answers = e
+        .create_many(vec![
+            with_request("held0", Some("held0")),
+            with_request("held1", Some("held1")),
+        ])
+        .await;
+    let waited = t0.elapsed();
+    for (r, id) in answers.iter().zip([a, b]) {
+        let err = r.as_ref().unwrap_err().to_string();
+        assert!(err.contains(&crate::names::job_name(id)), "{err}");
+        assert!(err.contains("still being made durable"), "{err}");
+    }
+    assert!(
+        waited < CREATION_SETTLES + Duration::from_secs(5),
+        "two retries of held jobs were answered after {waited:?}"
+    );
+}
+
+/// Review finding: a caller whose create shared a group with a retry of a
+/// held job waited for that retry (up to `CREATION_SETTLES`) before it got
+/// its own answer. Each answer is now sent as soon as it is known.
+#[tokio::test(start_paused = true)]
+async fn a_create_does_not_wait_for_a_retry_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), vec![("a", Scripted::new(), 4)], 8).await;
+    let [a, _] = two_held_jobs(&e).await;
+    let t0 = tokio::time::Instant::now();
+    // Sent before either task runs: the intake takes them in one group.
+    let e1 = e.clone();
+    let retry = tokio::spawn(async move { e1.create(with_request("held0", Some("held0"))).await });
+    let e2 = e.clone();
+    let other = tokio::spawn(async move {
+        let r = e2.create(with_request("other", None)).await;
+        (r, tokio::time::Instant::now())
+    });
+    let (r, answered) = other.await.unwrap();
+    assert!(
+        matches!(r, Err(EngineError::CreationUnknown { .. })),
+        "{r:?}"
+    );
+    assert!(
+        answered - t0 < Duration::from_secs(1),
+        "the new job's caller waited {:?} for a retry in its group",
+        answered - t0
+    );
+    let err = retry.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains(&crate::names::job_name(a)), "{err}");
+}
+
 /// Cancel is refused once a submit may have been sent, and a job
 /// cancelled while it prepares sends nothing.
 #[tokio::test]
