@@ -985,6 +985,46 @@ async fn a_write_failing_inside_a_group_creates_the_jobs_written_before_it() {
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
 }
 
+/// Review finding: sled can apply an insert and then report an error of
+/// its log, so the job whose write "failed" inside a group could be whole
+/// in the store. It was answered with the error and dropped, and a retry
+/// with its request id was answered with it although no driver ran it.
+/// A job whose record is there after a failed write now goes on as any
+/// written job.
+#[tokio::test]
+async fn a_write_that_failed_but_was_applied_creates_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Scripted::new();
+    let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
+    e.store.faults.pass_puts.store(1, Ordering::SeqCst);
+    e.store.faults.fail_puts.store(1, Ordering::SeqCst);
+    e.store
+        .faults
+        .apply_failed_puts
+        .store(true, Ordering::SeqCst);
+    let r = e
+        .create_many(vec![
+            with_request("i0", Some("g1")),
+            with_request("i1", Some("g2")),
+            with_request("i2", Some("g3")),
+        ])
+        .await;
+    e.store
+        .faults
+        .apply_failed_puts
+        .store(false, Ordering::SeqCst);
+    let second = r[1].as_ref().expect("applied, then flushed").clone();
+    assert!(matches!(r[2], Err(EngineError::Store(_))), "{:?}", r[2]);
+    assert_eq!(e.store.job_for_request("g3").unwrap(), None);
+    for job in [r[0].as_ref().unwrap().id, second.id] {
+        let done = real_wait_end(&e, job, Duration::from_secs(10)).await;
+        assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    }
+    let again = e.create(with_request("i1", Some("g2"))).await.unwrap();
+    assert_eq!(again.id, second.id, "the retry gets the job");
+    assert_eq!(b.calls("submit").len(), 2, "each job submitted once");
+}
+
 /// On sled a creation's batch is written key by key, its record last: a
 /// crash (or a failed write) can leave its request id without the job.
 /// That creation was never acknowledged; the client's retry with the

@@ -12,6 +12,9 @@
 //!   a batch whole or not at all, sled key by key (a reader or a crash
 //!   may see a prefix of it), so `Store` orders every batch so that each
 //!   prefix is safe (`add_job` in `mod.rs`);
+//! - a write that returns an error may have been applied all the same
+//!   (sled applies an insert in memory before its log can report an
+//!   error): a caller that needs to know reads the key back;
 //! - [`Kv::flush`] returns once every write that returned before it was
 //!   called is durable (survives `kill -9` of the process);
 //! - after a crash the store holds a prefix of the writes, in the order

@@ -212,6 +212,9 @@ pub(crate) struct TestFaults {
     /// `update_job`) fail, after `pass_puts` more have succeeded.
     pub fail_puts: std::sync::atomic::AtomicU32,
     pub pass_puts: std::sync::atomic::AtomicU32,
+    /// A write of jobs that `fail_puts` fails is applied first, as sled
+    /// can apply an insert and then report an error of its log.
+    pub apply_failed_puts: std::sync::atomic::AtomicBool,
     /// The next this-many flushes fail (after running).
     pub fail_flushes: Arc<std::sync::atomic::AtomicU32>,
     /// Held for writing by a test, it stops the flusher before its next
@@ -405,18 +408,38 @@ impl Store {
     }
 
     fn write_jobs(&self, recs: &[JobRecord]) -> Result<(), StoreError> {
-        self.injected_put_failure()?;
+        let injected = self.injected_put_failure();
+        if injected.is_err() && !self.applies_failed_puts() {
+            return injected;
+        }
         let mut batch = Batch::default();
         for rec in recs {
             add_job(&mut batch, rec)?;
         }
-        self.kv.apply(batch)
+        self.kv.apply(batch)?;
+        injected
+    }
+
+    /// Whether a test asked that a failed write be applied all the same
+    /// (`TestFaults::apply_failed_puts`).
+    fn applies_failed_puts(&self) -> bool {
+        #[cfg(test)]
+        {
+            self.faults
+                .apply_failed_puts
+                .load(std::sync::atomic::Ordering::SeqCst)
+        }
+        #[cfg(not(test))]
+        false
     }
 
     /// Writes new jobs (never stored before) and their index entries (not
     /// yet durable: await [`Store::flush`]). If a write fails, the error
-    /// says how many of them were written whole; the others are no job
-    /// (a prefix of a creation without its record is none: `add_job`).
+    /// says how many of them were written whole before the failing one;
+    /// that one may have been applied all the same (sled makes an insert
+    /// visible before its log can report an error), so the caller checks
+    /// for its record: the others are no job (a prefix of a creation
+    /// without its record is none: `add_job`).
     /// On redb, one batch: all or none. On sled one job after the other,
     /// which costs nothing more: sled writes a batch key by key anyway.
     pub fn create_jobs(&self, recs: &[JobRecord]) -> Result<(), (usize, StoreError)> {
@@ -458,6 +481,13 @@ impl Store {
     pub(crate) fn put_job_prefix(&self, rec: &JobRecord, n: usize) -> usize {
         let mut batch = Batch::default();
         add_job(&mut batch, rec).unwrap();
+        self.apply_prefix(batch, n)
+    }
+
+    /// Applies the first `n` operations of `batch`, one by one; returns
+    /// how many it has.
+    #[cfg(test)]
+    fn apply_prefix(&self, batch: Batch, n: usize) -> usize {
         let len = batch.ops.len();
         for op in batch.ops.into_iter().take(n) {
             match op {
@@ -468,6 +498,16 @@ impl Store {
             }
         }
         len
+    }
+
+    /// Applies the first `n` operations of what pruning does for the
+    /// end-time key of `rec` (what a crash, or a failed write, can leave
+    /// on sled); returns how many operations that batch has.
+    #[cfg(test)]
+    pub(crate) fn prune_prefix(&self, rec: &JobRecord, n: usize) -> usize {
+        let k = end_key(rec.end_time.unwrap(), &rec.id);
+        let batch = self.pruning(&k).unwrap().unwrap();
+        self.apply_prefix(batch, n)
     }
 
     /// A write failure a test asked for (`TestFaults::fail_puts`).
@@ -659,53 +699,85 @@ impl Store {
             from = last.clone();
             from.push(0);
             for k in chunk {
-                let Some(id) = k.get(9..).and_then(|id| Uuid::from_slice(id).ok()) else {
-                    // It names no job: it goes, so that one bad key
-                    // cannot stop pruning for good (each run would end
-                    // at it).
-                    tracing::warn!(key = ?k, "removing an unreadable end-time key while pruning");
-                    self.kv.remove(&k)?;
-                    continue;
-                };
-                let mut batch = Batch::default();
-                // An unreadable record is removed all the same (its index
-                // entries, unknown, stay behind harmlessly: lists skip ids
-                // without a record), so that one bad record cannot stop
-                // pruning for good.
-                match self.get_job(&id) {
-                    // The end-time key is written before the job's final
-                    // record (`add_job`): that record is being written
-                    // now, or a crash kept the key without it and the
-                    // job's end will be written again. It stays.
-                    Ok(Some(rec)) if !rec.state.is_terminal() => continue,
-                    // Such a key, and the job ended at another time, with
-                    // a key of its own: only this key goes.
-                    Ok(Some(rec))
-                        if rec.end_time.map(|e| end_key(e, &id).to_vec()) != Some(k.clone()) =>
-                    {
-                        self.kv.remove(&k)?;
-                        continue;
-                    }
-                    Ok(Some(rec)) => {
-                        if let Some(r) = &rec.request_id {
-                            batch.remove(request_key(r));
-                        }
-                        for k in index_keys(&rec) {
-                            batch.remove(k);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(job = %id, error = %e, "pruning an unreadable job record")
-                    }
+                if let Some(batch) = self.pruning(&k)? {
+                    self.kv.apply(batch)?;
+                    n += 1;
                 }
-                batch.remove(key(b'j', &id));
-                batch.remove(k);
-                self.kv.apply(batch)?;
-                n += 1;
             }
             self.kv.flush()?;
         }
+    }
+}
+
+impl Store {
+    /// What pruning does for one end-time key `k` that has come of age:
+    /// the batch that removes its job (ordered so that any prefix of it
+    /// is safe: `docs/store.md`), or `None` when only the key went, or
+    /// nothing (done here).
+    fn pruning(&self, k: &[u8]) -> Result<Option<Batch>, StoreError> {
+        let Some(id) = k.get(9..).and_then(|id| Uuid::from_slice(id).ok()) else {
+            // It names no job: it goes, so that one bad key cannot stop
+            // pruning for good (each run would end at it).
+            tracing::warn!(key = ?k, "removing an unreadable end-time key while pruning");
+            self.kv.remove(k)?;
+            return Ok(None);
+        };
+        let mut batch = Batch::default();
+        match self.get_job(&id) {
+            // The end-time key is written before the job's final record
+            // (`add_job`): that record is being written now, or a crash
+            // kept the key without it and the job's end will be written
+            // again. It stays.
+            Ok(Some(rec)) if !rec.state.is_terminal() => return Ok(None),
+            // Such a key, and the job ended at another time, with a key
+            // of its own: only this key goes.
+            Ok(Some(rec)) if rec.end_time.map(|e| end_key(e, &id).to_vec()) != Some(k.to_vec()) => {
+                self.kv.remove(k)?;
+                return Ok(None);
+            }
+            Ok(Some(rec)) => {
+                // The request id only while it still names this job
+                // (review finding: a pruning cut short after it had
+                // removed the key let a new job take the request id, and
+                // the next pruning of the old job removed the new job's
+                // key, so that a retry made a second job). No new job can
+                // take it between this read and the removal: while this
+                // record is kept, the request id finds this job.
+                if let Some(r) = &rec.request_id
+                    && self
+                        .kv
+                        .get(&request_key(r))?
+                        .is_some_and(|v| v.as_ref() == id.as_bytes())
+                {
+                    batch.remove(request_key(r));
+                }
+                for k in index_keys(&rec) {
+                    batch.remove(k);
+                }
+                // The state key of an end cut short by a crash, after
+                // which the job ended in another state.
+                for s in [JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+                    let other = index_key(&[b's', state_byte(s)], &id);
+                    if s != rec.state && self.kv.contains(&other)? {
+                        batch.remove(other);
+                    }
+                }
+            }
+            Ok(None) => {}
+            // Unreadable (damaged, or written by a newer version): whether
+            // its job ended is unknown, so the record stays for an
+            // operator (review finding: it was removed, even when its job
+            // was live with an end-time key left by a cut-short end).
+            // Only the key goes, so that it cannot stop pruning for good.
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "keeping an unreadable job record while pruning; removing its end-time key");
+                self.kv.remove(k)?;
+                return Ok(None);
+            }
+        }
+        batch.remove(key(b'j', &id));
+        batch.remove(k.to_vec());
+        Ok(Some(batch))
     }
 }
 
@@ -870,7 +942,138 @@ mod tests {
         pruning_goes_through_every_chunk,
         every_prefix_of_a_creation_is_the_job_or_no_job,
         every_prefix_of_an_end_is_the_running_job_or_the_ended_one,
+        every_prefix_of_a_pruning_leaves_a_new_jobs_request_id,
+        pruning_removes_the_state_key_of_an_end_cut_short,
+        pruning_keeps_an_unreadable_record,
     );
+
+    /// A job ended 40 days ago, with a request id.
+    fn ended_long_ago(request_id: &str) -> JobRecord {
+        let mut r = rec(Some(request_id));
+        r.state = JobState::Succeeded;
+        r.start_time = Some(Utc::now() - chrono::Duration::days(41));
+        r.end_time = Some(Utc::now() - chrono::Duration::days(40));
+        r
+    }
+
+    fn prune_old(store: &Store) -> usize {
+        store
+            .prune_finished_before(Utc::now() - chrono::Duration::days(30))
+            .unwrap()
+    }
+
+    /// Review finding: any prefix of a pruning can be left (on sled, by a
+    /// crash or a failed write). One that had removed the request id let
+    /// a new request with that id make a new job, and the next pruning of
+    /// the old job removed the new job's key: a retry of the new request
+    /// then made a second job (a restore run twice).
+    async fn every_prefix_of_a_pruning_leaves_a_new_jobs_request_id(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let probe = ended_long_ago("probe");
+        store.put_job(&probe).unwrap();
+        let len = store.prune_prefix(&probe, 0);
+        assert!(len >= 5, "request id, kind, target, state, record, end");
+        for n in 0..=len {
+            let req = format!("req-{n}");
+            let old = ended_long_ago(&req);
+            store.put_job(&old).unwrap();
+            store.prune_prefix(&old, n);
+            let new = match store.job_for_request(&req).unwrap() {
+                // The old job, or what is left of it, still holds it.
+                Some(id) => {
+                    assert_eq!(id, old.id, "prefix {n}");
+                    None
+                }
+                None => {
+                    let new = rec(Some(&req));
+                    store.put_job(&new).unwrap();
+                    Some(new)
+                }
+            };
+            prune_old(&store);
+            assert!(store.get_job(&old.id).unwrap().is_none(), "prefix {n}");
+            assert_eq!(
+                store.job_for_request(&req).unwrap(),
+                new.as_ref().map(|j| j.id),
+                "prefix {n} of {len}: the new job keeps its request id"
+            );
+        }
+    }
+
+    /// A crash cut a job's end after its state key (FAILED); after the
+    /// restart the job ended in another state. Pruning it leaves no state
+    /// key behind (review finding: the first one stayed forever).
+    async fn pruning_removes_the_state_key_of_an_end_cut_short(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let mut job = rec(None);
+        store.put_job(&job).unwrap();
+        job.state = JobState::Running;
+        job.start_time = Some(Utc::now() - chrono::Duration::days(41));
+        store.update_job(&job).unwrap();
+        let mut failed = job.clone();
+        failed.state = JobState::Failed;
+        failed.end_time = Some(Utc::now() - chrono::Duration::days(40));
+        let failed_key = index_key(&[b's', state_byte(JobState::Failed)], &job.id);
+        let len = store.put_job_prefix(&failed, 0);
+        let cut = (0..=len)
+            .find(|n| {
+                store.put_job_prefix(&failed, *n);
+                store.kv.contains(&failed_key).unwrap()
+            })
+            .unwrap();
+        assert!(cut < len, "the state key comes before the record");
+        assert_eq!(
+            store.get_job(&job.id).unwrap().unwrap().state,
+            JobState::Running
+        );
+        store.put_job(&ended_like(&job)).unwrap();
+        assert_eq!(prune_old(&store), 1);
+        let left: Vec<_> = store
+            .kv
+            .range(b"s", b"t", false)
+            .map(|kv| kv.unwrap().0.as_ref().to_vec())
+            .filter(|k| k.ends_with(job.id.as_bytes()))
+            .collect();
+        assert!(left.is_empty(), "state keys left: {left:?}");
+    }
+
+    /// `job`, ended SUCCEEDED 40 days ago.
+    fn ended_like(job: &JobRecord) -> JobRecord {
+        let mut j = job.clone();
+        j.state = JobState::Succeeded;
+        j.end_time = Some(Utc::now() - chrono::Duration::days(40));
+        j
+    }
+
+    /// Review finding: a record that cannot be read (damaged, or written
+    /// by a newer version) was removed by pruning when an end-time key
+    /// of its id had come of age, although whether its job had ended was
+    /// unknown. Now only the key goes.
+    async fn pruning_keeps_an_unreadable_record(engine: StoreEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), engine).unwrap();
+        let old = ended_long_ago("r");
+        store.put_job(&old).unwrap();
+        store
+            .kv
+            .put(&key(b'j', &old.id), b"\xff not a record")
+            .unwrap();
+        assert!(store.get_job(&old.id).is_err());
+        assert_eq!(prune_old(&store), 0);
+        assert!(
+            store.kv.contains(&key(b'j', &old.id)).unwrap(),
+            "the record stays"
+        );
+        assert!(
+            !store
+                .kv
+                .contains(&end_key(old.end_time.unwrap(), &old.id))
+                .unwrap(),
+            "its end-time key went, so it does not stop pruning"
+        );
+    }
 
     /// sled writes a batch key by key, so a crash (or a failed write) can
     /// leave any prefix of a creation's batch: each is either the whole
