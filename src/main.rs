@@ -45,10 +45,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(run())
+    let mut checkpoint = None;
+    let code = runtime.block_on(run(&mut checkpoint));
+    // Every task and blocking thread ends with the runtime, and every
+    // handle of the store with them: only then can it be opened again.
+    drop(runtime);
+    if let Some((dir, engine)) = checkpoint {
+        server::checkpoint_store(&dir, engine);
+    }
+    code
 }
 
-async fn run() -> ExitCode {
+/// The store to checkpoint after the runtime is gone
+/// (`server::checkpoint_store`).
+type Checkpoint = Option<(std::path::PathBuf, custos::store::StoreEngine)>;
+
+async fn run(checkpoint: &mut Checkpoint) -> ExitCode {
     let args = Cli::parse();
     let result = match args.command {
         Command::Serve {
@@ -56,7 +68,7 @@ async fn run() -> ExitCode {
             dev,
             insecure,
             listen,
-        } => serve(config, dev, insecure, listen).await,
+        } => serve(config, dev, insecure, listen, checkpoint).await,
         Command::Simulate {
             kind,
             listen,
@@ -96,6 +108,7 @@ async fn serve(
     dev: bool,
     insecure: bool,
     listen: Option<String>,
+    checkpoint: &mut Checkpoint,
 ) -> anyhow::Result<i32> {
     let mut cfg = match &config {
         Some(p) => Config::load(Path::new(p))?,
@@ -139,6 +152,7 @@ async fn serve(
     #[cfg(not(feature = "sim"))]
     let banner = None;
     let shutdown = server::shutdown_on_signal();
+    let store = (cfg.data_dir.clone(), cfg.store_engine);
     server::run(
         cfg,
         socket,
@@ -151,6 +165,7 @@ async fn serve(
     .await?;
     #[cfg(feature = "sim")]
     drop(dev_env);
+    *checkpoint = Some(store);
     Ok(0)
 }
 

@@ -1,6 +1,6 @@
 //! `run`: the daemon's life from an open listener to a clean stop.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use tokio::net::TcpSocket;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -385,6 +385,46 @@ pub fn shutdown_on_signal() -> CancellationToken {
         std::process::exit(130);
     });
     token
+}
+
+/// After a graceful stop, once the daemon's runtime (and with it every
+/// handle of the store) is gone: `store::checkpoint`, so that the next
+/// start reads only what is written after this (sled; a large store's
+/// checkpoint takes seconds: P4). Logged with its time; a failure is only
+/// a warning (the next start reads more; nothing is lost). A signal
+/// meanwhile exits at once, as a second signal does during the drain:
+/// cut short, the checkpoint is a crash of an open, which sled recovers.
+pub fn checkpoint_store(dir: &Path, engine: crate::store::StoreEngine) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not checkpoint the store; the next start reads its whole log");
+            return;
+        }
+    };
+    let dir = dir.to_path_buf();
+    rt.block_on(async move {
+        let t = std::time::Instant::now();
+        let work = tokio::task::spawn_blocking(move || crate::store::checkpoint(&dir, engine));
+        tokio::select! {
+            r = work => match r {
+                Ok(Ok(true)) => tracing::info!(
+                    seconds = t.elapsed().as_secs_f64(),
+                    "store checkpointed: the next start reads only what is written after this"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not checkpoint the store; the next start reads its whole log"),
+                Err(e) => tracing::warn!(error = %e, "the store's checkpoint failed; the next start reads its whole log"),
+            },
+            _ = wait_signal() => {
+                tracing::warn!("signal during the store's checkpoint: exiting now; the next start reads the store's log");
+                std::process::exit(130);
+            }
+        }
+    });
 }
 
 async fn wait_signal() {

@@ -781,6 +781,31 @@ impl Store {
     }
 }
 
+/// Makes the next open of the store in `dir` quick; for a graceful stop,
+/// once every handle of the store is gone. sled 0.34 writes its page-table
+/// snapshot only while it opens a store, and each open reads and checks
+/// every log message written since the last snapshot: ~3 s at the first
+/// start after 1,000,000 jobs were written (P4), and a daemon that ran for
+/// a month would read all it wrote. Opening the store once more at the
+/// stop moves that cost from the next start to the stop. After a crash the
+/// next start still pays it. redb needs nothing: each durable commit is a
+/// consistent tree, and an open reads its header. Returns whether a
+/// checkpoint was made.
+pub fn checkpoint(dir: &Path, engine: StoreEngine) -> Result<bool, StoreError> {
+    match engine {
+        StoreEngine::Sled => {
+            let kv =
+                sled_kv::SledKv::open(dir, CACHE_BYTES).map_err(|message| StoreError::Open {
+                    path: dir.to_path_buf(),
+                    message,
+                })?;
+            drop(kv);
+            Ok(true)
+        }
+        StoreEngine::Redb => Ok(false),
+    }
+}
+
 /// How many jobs [`Store::prune_finished_before`] deletes between flushes.
 const PRUNE_CHUNK: usize = 1000;
 
@@ -1165,6 +1190,53 @@ mod tests {
                 "prefix {n}"
             );
         }
+    }
+
+    /// The names of sled's page-table snapshots in `dir`.
+    fn snapshots(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(sled_kv::location(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("snap.") && !n.ends_with(".generating"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// sled writes its page-table snapshot only while it opens a store:
+    /// a checkpoint (a graceful stop's) writes one that covers every
+    /// write made before it, so the next open reads only what follows.
+    #[tokio::test]
+    async fn a_checkpoint_writes_a_snapshot_of_everything_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), StoreEngine::Sled).unwrap();
+        let jobs: Vec<JobRecord> = (0..200).map(|_| rec(None)).collect();
+        store.put_jobs(&jobs).unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        let before = snapshots(dir.path());
+        // Once the flusher task has let go of the store.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match checkpoint(dir.path(), StoreEngine::Sled) {
+                Ok(made) => break assert!(made),
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let after = snapshots(dir.path());
+        assert!(
+            after.last() > before.last(),
+            "a newer snapshot: {before:?} then {after:?}"
+        );
+        let store = Store::open_with(dir.path(), StoreEngine::Sled).unwrap();
+        assert_eq!(store.live_jobs().unwrap().len(), 200);
+        let dir = tempfile::tempdir().unwrap();
+        drop(crate::test_support::open_store(dir.path(), StoreEngine::Redb).await);
+        assert!(
+            !checkpoint(dir.path(), StoreEngine::Redb).unwrap(),
+            "redb needs none"
+        );
     }
 
     async fn writability_follows_the_flushes(engine: StoreEngine) {

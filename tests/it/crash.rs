@@ -306,6 +306,68 @@ async fn health_turns_not_serving_during_the_drain() {
     );
 }
 
+/// The names of sled's page-table snapshots in the daemon's store.
+fn sled_snapshots(data: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data.join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snap.") && !n.ends_with(".generating"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 12 (P4): sled reads every log message written since its last
+/// snapshot at each open, and writes a snapshot only while it opens. A
+/// graceful stop now opens the store once more once the daemon is done
+/// with it, so that the next start reads only what was written after
+/// (a kill -9 does not: its next start reads the log). The daemon says
+/// so in its log, exits 0, and the next start has every job.
+#[tokio::test]
+async fn a_graceful_stop_checkpoints_the_store_for_the_next_start() {
+    let sim = sim(SimConfig::default(), 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
+    let mut c = d.op().await;
+    let names = create_backups(&mut c, 0..20).await;
+    expect_all_succeed(&mut c, &names, Duration::from_secs(30), &d).await;
+    drop(c);
+    let before = sled_snapshots(&data);
+    let pid = d.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", d.logs());
+    assert!(
+        d.logs().contains("store checkpointed"),
+        "the stop says it checkpointed:\n{}",
+        d.logs()
+    );
+    let after = sled_snapshots(&data);
+    assert!(
+        after.last() > before.last(),
+        "a newer snapshot: {before:?} then {after:?}"
+    );
+    let config = d.config.clone();
+    drop(d);
+    let d = Daemon::start_with(&config, &sim, dir.path()).expect("restart");
+    let mut c = d.op().await;
+    for name in &names {
+        let job = c
+            .get_job(pb::GetJobRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(state(&job), "SUCCEEDED", "{name}");
+    }
+}
+
 /// Review finding: `systemctl reload` (SIGHUP) ended a daemon without
 /// `[tls]` (the signal's default action). It is logged and ignored.
 #[tokio::test]
