@@ -12,7 +12,6 @@ pub mod config;
 pub mod dev;
 pub mod engine;
 pub mod job;
-pub mod memory;
 pub mod names;
 pub mod schedule;
 pub mod schedule_record;

@@ -32,9 +32,16 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     }
 }
 
+/// jemalloc: the daemon allocates and frees small blocks from many
+/// threads (tokio's workers, the flush's blocking thread, sled's); with
+/// glibc's malloc, its arena locks and its freeing took a quarter of the
+/// daemon's CPU in P2 (`perf`), and freed memory stayed resident unless
+/// trimmed. `Cargo.toml` has the figures.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
-    // Before the runtime starts its threads (each keeps its first arena).
-    custos::memory::limit_arenas(custos::memory::ARENAS);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -142,8 +149,6 @@ async fn serve(
     // at once), but connections are refused until the store is open
     // (`server::run` listens then).
     let socket = server::bind(&cfg.listen).await?;
-    // Freed memory back to the system every 10 s (glibc; `memory.rs`).
-    custos::memory::start_trimming(custos::memory::TRIM_EVERY);
     #[cfg(feature = "sim")]
     let banner = match &dev_env {
         Some(env) => Some(env.banner(socket.local_addr()?)),
