@@ -4,6 +4,9 @@
 #   docker run -v custos-data:/var/lib/custos -v ./custos.toml:/etc/custos/custos.toml:ro \
 #     -e CUSTOS_OPS_TOKEN=... -p 50051:50051 custos
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (the daemon's allocator) is built from C with make.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin custos
