@@ -170,7 +170,10 @@ async fn serve(
     .await?;
     #[cfg(feature = "sim")]
     drop(dev_env);
-    *checkpoint = Some(store);
+    // Not for `--dev`: its data dir (a temporary one) is gone.
+    if !dev {
+        *checkpoint = Some(store);
+    }
     Ok(0)
 }
 

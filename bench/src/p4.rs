@@ -558,8 +558,8 @@ async fn seed_store(data: PathBuf, plan: Plan, stop: bool) -> Result<(Duration, 
             let seeded = r?;
             let checkpoint = if stop {
                 let t = Instant::now();
-                custos::store::checkpoint(&data, crate::daemon::store_engine())?;
-                Some(t.elapsed())
+                custos::store::checkpoint(&data, crate::daemon::store_engine())?
+                    .then(|| t.elapsed())
             } else {
                 None
             };

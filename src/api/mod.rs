@@ -175,18 +175,17 @@ impl Service {
 
     fn get_job(&self, name: &str) -> Result<JobRecord, ApiError> {
         let id = Self::job_id(name)?;
-        self.engine
-            .get(&id)?
-            .ok_or_else(|| self.job_missing(&id, name))
+        self.job_snapshot(&id, name).map(|(_, j)| j)
     }
 
-    /// `job_not_found`, or UNAVAILABLE for a job whose creation is
-    /// written but not durable yet (`Engine::missing`).
-    fn job_missing(&self, id: &Uuid, name: &str) -> ApiError {
-        match self.engine.missing(id) {
+    /// `Engine::snapshot_or_missing`: NOT_FOUND as `job_not_found` (the
+    /// name as given), or UNAVAILABLE for a job whose creation is written
+    /// but not durable yet.
+    fn job_snapshot(&self, id: &Uuid, name: &str) -> Result<(u64, JobRecord), ApiError> {
+        self.engine.snapshot_or_missing(id).map_err(|e| match e {
             EngineError::NotFound(_) => job_not_found(name),
             e => e.into(),
-        }
+        })
     }
 }
 
@@ -638,11 +637,7 @@ impl BackupService for Service {
         let id = Self::job_id(&name)?;
         // Subscribe before reading, so no change falls in between.
         let mut events = self.engine.subscribe();
-        let (mut last, first) = self
-            .engine
-            .snapshot(&id)
-            .map_err(ApiError::from)?
-            .ok_or_else(|| self.job_missing(&id, &name))?;
+        let (mut last, first) = self.job_snapshot(&id, &name)?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
         let stop = self.shutdown.clone();

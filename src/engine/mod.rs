@@ -770,20 +770,7 @@ impl Engine {
                 Err(e) => Err(e.into()),
             });
         }
-        if let Err((mut written, e)) = self.store.create_jobs(&fresh) {
-            // A write that failed may have been applied all the same (sled
-            // makes an insert visible before its log reports an error;
-            // review finding: that job was answered "failed", dropped from
-            // `live`, and a retry with its request id was then answered
-            // with it, undriven and not durable). A job whose record can
-            // be read, or cannot be checked, is written: it goes on as the
-            // others (held, `CreationUnknown`, if the flush fails).
-            while fresh
-                .get(written)
-                .is_some_and(|r| !matches!(self.store.get_job(&r.id), Ok(None)))
-            {
-                written += 1;
-            }
+        if let Err((written, e)) = self.store.create_jobs(&fresh) {
             // The jobs written before the failure are in the store like
             // any new job (never taken back out: flushed, then accepted,
             // or held if the flush fails); the others are not, and their
@@ -868,16 +855,26 @@ impl Engine {
         Ok(self.snapshot(id)?.map(|(_, j)| j))
     }
 
-    /// Why a job that `get` or `snapshot` did not find is not there: its
-    /// creation is written but not durable yet (`NotDurable`: held after
-    /// a failed flush, or flushing), or there is no such job (review
-    /// finding: a job held after a failed flush, which its caller had
-    /// been told runs once the store recovers, was NOT_FOUND).
-    pub fn missing(&self, id: &Uuid) -> EngineError {
-        match self.peek(id) {
-            Peek::Hot(e) if lock(&e).published.is_none() => EngineError::NotDurable(*id),
-            _ => EngineError::NotFound(crate::names::job_name(*id)),
+    /// [`Engine::snapshot`], or why the job is not there: its creation is
+    /// written but not durable yet (`NotDurable`: held after a failed
+    /// flush, or flushing), or there is no such job (review finding: a
+    /// job held after a failed flush, which its caller had been told runs
+    /// once the store recovers, was NOT_FOUND). A job that changed between
+    /// the read and the look (made durable, ended) is read again.
+    pub fn snapshot_or_missing(&self, id: &Uuid) -> Result<(u64, JobRecord), EngineError> {
+        for _ in 0..3 {
+            if let Some(s) = self.snapshot(id)? {
+                return Ok(s);
+            }
+            match self.peek(id) {
+                Peek::Hot(e) if lock(&e).published.is_none() => {
+                    return Err(EngineError::NotDurable(*id));
+                }
+                Peek::Absent if self.store.get_job(id)?.is_none() => break,
+                _ => continue,
+            }
         }
+        Err(EngineError::NotFound(crate::names::job_name(*id)))
     }
 
     /// The job as last made durable, with the `seq` of that version
@@ -968,7 +965,7 @@ impl Engine {
     /// operation exists (or may exist) is refused with the reason.
     pub async fn cancel(&self, id: &Uuid) -> Result<JobRecord, EngineError> {
         let name = crate::names::job_name(*id);
-        let current = self.get(id)?.ok_or_else(|| self.missing(id))?;
+        let (_, current) = self.snapshot_or_missing(id)?;
         if current.state.is_terminal() {
             return Err(EngineError::FailedPrecondition(format!(
                 "job {name} already ended {}",
