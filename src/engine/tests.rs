@@ -946,6 +946,28 @@ fn with_request(instance: &str, request_id: Option<&str>) -> NewJob {
     n
 }
 
+/// Creates three jobs in one group (request ids g1, g2, g3 on i0, i1,
+/// i2) whose second write fails, `applied` or not before it reports the
+/// error.
+async fn three_with_the_second_write_failing(
+    e: &Arc<Engine>,
+    applied: bool,
+) -> Vec<Result<JobRecord, EngineError>> {
+    let faults = &e.store.faults;
+    faults.pass_puts.store(1, Ordering::SeqCst);
+    faults.fail_puts.store(1, Ordering::SeqCst);
+    faults.apply_failed_puts.store(applied, Ordering::SeqCst);
+    let r = e
+        .create_many(vec![
+            with_request("i0", Some("g1")),
+            with_request("i1", Some("g2")),
+            with_request("i2", Some("g3")),
+        ])
+        .await;
+    faults.apply_failed_puts.store(false, Ordering::SeqCst);
+    r
+}
+
 /// A group's creations are written one job after the other (on sled a
 /// batch is not atomic): when the write of one fails, the jobs written
 /// before it are created as usual (a store may keep them whatever this
@@ -956,15 +978,7 @@ async fn a_write_failing_inside_a_group_creates_the_jobs_written_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let b = Scripted::new();
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
-    e.store.faults.pass_puts.store(1, Ordering::SeqCst);
-    e.store.faults.fail_puts.store(1, Ordering::SeqCst);
-    let r = e
-        .create_many(vec![
-            with_request("i0", Some("g1")),
-            with_request("i1", Some("g2")),
-            with_request("i2", Some("g3")),
-        ])
-        .await;
+    let r = three_with_the_second_write_failing(&e, false).await;
     let first = r[0].as_ref().expect("written before the failure").clone();
     assert!(matches!(r[1], Err(EngineError::Store(_))), "{:?}", r[1]);
     assert!(matches!(r[2], Err(EngineError::Store(_))), "{:?}", r[2]);
@@ -996,23 +1010,7 @@ async fn a_write_that_failed_but_was_applied_creates_its_job() {
     let dir = tempfile::tempdir().unwrap();
     let b = Scripted::new();
     let e = engine(dir.path(), vec![("a", b.clone(), 4)], 8).await;
-    e.store.faults.pass_puts.store(1, Ordering::SeqCst);
-    e.store.faults.fail_puts.store(1, Ordering::SeqCst);
-    e.store
-        .faults
-        .apply_failed_puts
-        .store(true, Ordering::SeqCst);
-    let r = e
-        .create_many(vec![
-            with_request("i0", Some("g1")),
-            with_request("i1", Some("g2")),
-            with_request("i2", Some("g3")),
-        ])
-        .await;
-    e.store
-        .faults
-        .apply_failed_puts
-        .store(false, Ordering::SeqCst);
+    let r = three_with_the_second_write_failing(&e, true).await;
     let second = r[1].as_ref().expect("applied, then flushed").clone();
     assert!(matches!(r[2], Err(EngineError::Store(_))), "{:?}", r[2]);
     assert_eq!(e.store.job_for_request("g3").unwrap(), None);

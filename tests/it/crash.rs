@@ -212,14 +212,7 @@ async fn sigterm_stops_gracefully_and_jobs_resume() {
         .unwrap()
         .into_inner();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = d.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    d.signal("TERM");
     // The stream ends cleanly and soon, with UNAVAILABLE saying why.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -281,14 +274,7 @@ async fn health_turns_not_serving_during_the_drain() {
         probes.push((service, s));
     }
     let started = std::time::Instant::now();
-    let pid = d.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    d.signal("TERM");
     for (service, s) in &mut probes {
         let next = tokio::time::timeout(Duration::from_secs(10), s.message())
             .await
@@ -334,14 +320,7 @@ async fn a_graceful_stop_checkpoints_the_store_for_the_next_start() {
     expect_all_succeed(&mut c, &names, Duration::from_secs(30), &d).await;
     drop(c);
     let before = sled_snapshots(&data);
-    let pid = d.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    d.signal("TERM");
     let status = d.child.wait().unwrap();
     assert!(status.success(), "{status:?}\n{}", d.logs());
     assert!(
@@ -375,15 +354,8 @@ async fn sighup_without_tls_does_not_end_the_daemon() {
     let sim = sim(SimConfig::default(), 1).await;
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(&sim, dir.path(), &Opts::default());
-    let pid = d.child.id().to_string();
     for _ in 0..2 {
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        d.signal("HUP");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !d.logs().contains("SIGHUP: nothing to reload") {

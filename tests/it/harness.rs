@@ -193,6 +193,17 @@ impl Daemon {
         self.client(Some(OP_TOKEN)).await
     }
 
+    /// Sends the signal `name` (`TERM`: a graceful stop, `HUP`); returns
+    /// at once.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

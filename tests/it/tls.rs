@@ -248,13 +248,7 @@ async fn certificates_reload_on_sighup_and_on_change() {
     std::fs::create_dir(&data).unwrap();
     let d = Daemon::start(&sim, &data, &o);
     let https = format!("https://{}", d.addr);
-    let hup = || {
-        let s = Command::new("kill")
-            .args(["-HUP", &d.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(s.success());
-    };
+    let hup = || d.signal("HUP");
     assert!(mtls_ok(&https, &ca1_file, &client1));
 
     // Renewed (a new CA for both sides), then SIGHUP.
